@@ -1,0 +1,67 @@
+// A search space as plain data, the flat architecture encoding, and checks of encoded
+// architectures. Python (nasops/space.py) validates the YAML and hands the numbers over.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "rng.h"
+
+namespace nasops {
+
+struct StageSpec {
+  std::vector<int64_t> width, depth, kernel_size, expand_ratio;
+  int64_t stride = 1;
+  bool se = false;
+};
+
+struct SpaceSpec {
+  std::vector<int64_t> resolution;
+  int64_t in_channels = 3;
+  int64_t num_classes = 1000;
+  std::vector<int64_t> stem_width;
+  int64_t stem_kernel = 3;
+  int64_t stem_stride = 2;
+  std::vector<StageSpec> stages;
+  std::vector<int64_t> head_width;
+  int64_t head_expand = 6;
+};
+
+// One position of the flat encoding: its name (e.g. "width[3]") and its allowed values, sorted.
+struct Dim {
+  std::string name;
+  std::vector<int64_t> choices;
+};
+
+class Space {
+ public:
+  explicit Space(SpaceSpec spec);
+
+  const SpaceSpec& spec() const { return spec_; }
+  const std::vector<Dim>& dims() const { return dims_; }
+  int64_t num_dims() const { return static_cast<int64_t>(dims_.size()); }
+  int64_t num_stages() const { return static_cast<int64_t>(spec_.stages.size()); }
+
+  // Offsets of the groups of the flat encoding: resolution, widths (stem, stages, head),
+  // depths, kernel sizes, expand ratios (one per stage each).
+  int64_t width_offset() const { return 1; }
+  int64_t depth_offset() const { return 1 + num_stages() + 2; }
+  int64_t kernel_offset() const { return depth_offset() + num_stages(); }
+  int64_t expand_offset() const { return kernel_offset() + num_stages(); }
+
+  // Throws std::invalid_argument naming the row, the field, the value and the allowed values.
+  void check(const int64_t* archs, int64_t n) const;
+
+  // Fills out[n * D] with architectures drawn uniformly (each dimension independently).
+  void sample_uniform(Rng& rng, int64_t* out, int64_t n) const;
+
+  // The architecture with every dimension at its smallest / largest choice.
+  std::vector<int64_t> min_arch() const;
+  std::vector<int64_t> max_arch() const;
+
+ private:
+  SpaceSpec spec_;
+  std::vector<Dim> dims_;
+};
+
+}  // namespace nasops
