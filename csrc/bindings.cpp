@@ -133,25 +133,27 @@ PYBIND11_MODULE(_C, m) {
            })
       .def(
           "cost",
-          [](const Space& s, const IntArray& archs, bool every_shortcut_conv) {
+          [](const Space& s, const IntArray& archs) {
             const int64_t n = rows_of(s, archs);
             IntArray macs(n), params(n);
             {
               py::gil_scoped_release release;
               s.check(archs.data(), n);
+              const nasops::CostModel& model = s.cost_model();
               const int64_t D = s.num_dims();
+              std::vector<int32_t> x(D);
               int64_t* m = macs.mutable_data();
               int64_t* p = params.mutable_data();
               for (int64_t i = 0; i < n; ++i) {
-                const nasops::Cost c = nasops::arch_cost(s, archs.data() + i * D, every_shortcut_conv);
+                s.to_indices(archs.data() + i * D, x.data());
+                const nasops::Cost c = model.of_indices(x.data());
                 m[i] = c.macs;
                 p[i] = c.params;
               }
             }
             return py::make_tuple(macs, params);
           },
-          py::arg("archs"), py::arg("every_shortcut_conv") = false,
-          "(MACs, weights) of each row of an [N, D] int64 array, as exact integers")
+          py::arg("archs"), "(MACs, weights) of each row of an [N, D] int64 array, exact integers")
       .def("sample_uniform",
            [](const Space& s, int64_t n, uint64_t seed) {
              IntArray out = new_archs(s, n);

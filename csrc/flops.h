@@ -1,7 +1,8 @@
 // FLOPs (multiply-accumulates of conv and linear layers, one image) and parameter counts (conv
-// and linear weights, no biases, no BN) of encoded architectures. See DESIGN.md for the network.
+// and linear weights, no biases, no BN) of architectures. See DESIGN.md for the network.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "space.h"
 
@@ -10,15 +11,47 @@ namespace nasops {
 struct Cost {
   int64_t macs = 0;
   int64_t params = 0;
+
+  Cost& operator+=(const Cost& o) {
+    macs += o.macs;
+    params += o.params;
+    return *this;
+  }
 };
 
-// The hidden width of an MBConv block, rounded as the reference networks do.
-int64_t make_divisible(double value, int64_t divisor = 8);
+// make_divisible(v, 8) of DESIGN.md for an integer v: the nearest multiple of 8 (at least 8),
+// plus 8 if that fell below 0.9 v. Hidden widths of MBConv blocks and SE reductions.
+inline int64_t make_divisible8(int64_t v) {
+  int64_t rounded = (v + 4) / 8 * 8;
+  if (rounded < 8) rounded = 8;
+  if (10 * rounded < 9 * v) rounded += 8;
+  return rounded;
+}
 
-// Cost of one encoded architecture (D values, already checked). With every_shortcut_conv the
-// residual 1x1 conv is counted in every stage's first block whether or not the width changes:
-// every term is then non-decreasing in every dimension, so the result at the space's largest
-// architecture bounds the cost of all its architectures (used by size-proportional sampling).
-Cost arch_cost(const Space& space, const int64_t* arch, bool every_shortcut_conv = false);
+// The cost of every architecture of a space as a sum of table entries: the stem, each stage's
+// first block (it sees the previous width and carries the stride), (depth - 1) times the stage's
+// repeated block, and the head. The tables are filled once from the layer formulas, so costing
+// an architecture is a dozen look-ups: the sampler does it for every trial.
+class CostModel {
+ public:
+  explicit CostModel(const Space& space);
+
+  Cost of_indices(const int32_t* indices) const;  // one choice index per dimension
+  // A bound on every architecture's cost (the sum of each table's largest entry).
+  Cost upper_bound() const { return bound_; }
+
+ private:
+  struct StageTables {
+    std::vector<Cost> first;            // [res][prev width][width][kernel][expand]
+    std::vector<Cost> rest;             // [res][width][kernel][expand]
+    std::vector<int64_t> more_blocks;   // depth - 1, per depth choice
+    int32_t n_prev = 0, n_width = 0, n_kernel = 0, n_expand = 0;
+  };
+  int32_t S_ = 0, n_stem_ = 0, n_head_ = 0;
+  std::vector<Cost> stem_;              // [res][stem width]
+  std::vector<StageTables> stages_;
+  std::vector<Cost> head_;              // [res][last stage width][head width]
+  Cost bound_;
+};
 
 }  // namespace nasops

@@ -10,10 +10,11 @@ namespace nasops {
 
 namespace {
 
-// First index i with cumulative[i] > r (cumulative counts, r < cumulative.back()).
-inline int64_t pick(const int64_t* cumulative, int64_t size, int64_t r) {
-  int64_t i = 0;
-  while (i + 1 < size && cumulative[i] <= r) ++i;
+// First index i with cumulative[i] > r (cumulative counts, r < cumulative[size - 1]), counted
+// without data-dependent branches: they mispredict on random r.
+inline int32_t pick(const int64_t* cumulative, int32_t size, int64_t r) {
+  int32_t i = 0;
+  for (int32_t k = 0; k + 1 < size; ++k) i += cumulative[k] <= r;
   return i;
 }
 
@@ -27,7 +28,6 @@ Sampler::Sampler(std::shared_ptr<const Space> space, int64_t n_prior, double ste
   st_.examples_per_bin = examples_per_bin;
   const int64_t D = space_->num_dims();
   compute_offsets();
-  const int64_t total_choices = dim_offset_[D];
 
   // One pass over n_prior uniform architectures: count bins and per-bin choices, and keep a
   // uniform reservoir of examples per bin for the fallback.
@@ -36,23 +36,20 @@ Sampler::Sampler(std::shared_ptr<const Space> space, int64_t n_prior, double ste
     std::vector<int64_t> choice_counts, examples;
   };
   std::map<int64_t, BinData> by_bin;
+  std::vector<int32_t> x(D);
   std::vector<int64_t> arch(D);
   for (int64_t i = 0; i < n_prior; ++i) {
-    space_->sample_uniform(rng_, arch.data(), 1);
-    BinData& bin = by_bin[bin_of(arch_cost(*space_, arch.data()).macs / 1e6)];
-    if (bin.count == 0) bin.choice_counts.assign(total_choices, 0);
+    draw_uniform(x.data());
+    BinData& bin = by_bin[bin_of(space_->cost_model().of_indices(x.data()).macs / 1e6)];
+    if (bin.count == 0) bin.choice_counts.assign(dim_offset_[D], 0);
     ++bin.count;
-    for (int64_t j = 0; j < D; ++j) {
-      const auto& choices = space_->dims()[j].choices;
-      const auto k = std::lower_bound(choices.begin(), choices.end(), arch[j]) - choices.begin();
-      ++bin.choice_counts[dim_offset_[j] + k];
-    }
+    for (int64_t j = 0; j < D; ++j) ++bin.choice_counts[dim_offset_[j] + x[j]];
     const int64_t stored = static_cast<int64_t>(bin.examples.size()) / D;
-    if (stored < examples_per_bin) {
-      bin.examples.insert(bin.examples.end(), arch.begin(), arch.end());
-    } else {
-      const int64_t slot = static_cast<int64_t>(rng_.below(bin.count));
-      if (slot < examples_per_bin) std::copy(arch.begin(), arch.end(), bin.examples.begin() + slot * D);
+    const int64_t slot = stored < examples_per_bin ? stored : rng_.below(bin.count);
+    if (slot < examples_per_bin) {
+      write_values(x.data(), arch.data());
+      if (slot == stored) bin.examples.insert(bin.examples.end(), arch.begin(), arch.end());
+      else std::copy(arch.begin(), arch.end(), bin.examples.begin() + slot * D);
     }
   }
   for (const auto& [b, data] : by_bin) {
@@ -67,21 +64,21 @@ Sampler::Sampler(std::shared_ptr<const Space> space, int64_t n_prior, double ste
   build_tables();
 }
 
-Sampler::Sampler(std::shared_ptr<const Space> space, SamplerState state) : space_(std::move(space)), st_(std::move(state)) {
+Sampler::Sampler(std::shared_ptr<const Space> space, SamplerState state)
+    : space_(std::move(space)), st_(std::move(state)) {
   const int64_t D = space_->num_dims();
   compute_offsets();
-  const size_t total_choices = dim_offset_[D];
+  const size_t row = dim_offset_[D];
   const size_t n_bins = st_.bins.size();
   if (!(st_.step > 0) || st_.max_trials < 1 || st_.examples_per_bin < 1 || n_bins == 0 ||
       st_.counts.size() != n_bins || st_.n_examples.size() != n_bins ||
-      st_.proposal.size() != n_bins * total_choices ||
+      st_.proposal.size() != n_bins * row ||
       st_.examples.size() != n_bins * st_.examples_per_bin * D ||
       !std::is_sorted(st_.bins.begin(), st_.bins.end()) ||
       st_.bins.back() - st_.bins.front() > 100000000)
     throw std::invalid_argument(
         "sampler state does not fit this search space (table sizes differ); was it saved from "
         "a sampler of another space?");
-  const int64_t row = total_choices;
   for (size_t b = 0; b < n_bins; ++b) {
     bool ok = st_.counts[b] >= 1 && st_.n_examples[b] >= 1 &&
               st_.n_examples[b] <= st_.examples_per_bin;
@@ -105,8 +102,7 @@ Sampler::Sampler(std::shared_ptr<const Space> space, SamplerState state) : space
 void Sampler::compute_offsets() {
   const int64_t D = space_->num_dims();
   dim_offset_.assign(D + 1, 0);
-  for (int64_t j = 0; j < D; ++j)
-    dim_offset_[j + 1] = dim_offset_[j] + space_->dims()[j].choices.size();
+  for (int64_t j = 0; j < D; ++j) dim_offset_[j + 1] = dim_offset_[j] + space_->dims()[j].size();
 }
 
 void Sampler::build_tables() {
@@ -156,28 +152,40 @@ void Sampler::sample_bins(int64_t* out, int64_t n, bool uniform_over_bins) {
   }
 }
 
-bool Sampler::draw_from_proposal(int64_t bin_pos, int64_t* arch) {
+void Sampler::draw_uniform(int32_t* x) {
+  for (const Dim& d : space_->dims()) *x++ = d.size() == 1 ? 0 : rng_.below(d.size());
+}
+
+void Sampler::write_values(const int32_t* x, int64_t* arch) const {
+  for (const Dim& d : space_->dims()) *arch++ = d.choices[*x++];
+}
+
+bool Sampler::draw_from_proposal(int64_t bin_pos, int32_t* x) {
   const int64_t D = space_->num_dims();
   const int64_t* cumulative = cumulative_.data() + bin_pos * dim_offset_[D];
-  const uint64_t count = st_.counts[bin_pos];  // every row of a bin sums to its count
+  const uint64_t count = st_.counts[bin_pos];  // every dimension's counts sum to the bin's
+  Rng rng = rng_;  // a local copy stays in registers
   for (int64_t j = 0; j < D; ++j) {
-    const int64_t size = dim_offset_[j + 1] - dim_offset_[j];
-    const int64_t k = pick(cumulative + dim_offset_[j], size, rng_.below(count));
-    arch[j] = space_->dims()[j].choices[k];
+    const int32_t size = dim_offset_[j + 1] - dim_offset_[j];
+    x[j] = size == 1 ? 0 : pick(cumulative + dim_offset_[j], size, rng.below(count));
   }
-  return bin_of(arch_cost(*space_, arch).macs / 1e6) == st_.bins[bin_pos];
+  rng_ = rng;
+  return bin_of(space_->cost_model().of_indices(x).macs / 1e6) == st_.bins[bin_pos];
 }
 
 void Sampler::sample(int64_t bin_pos, int64_t* out, int64_t n) {
   const int64_t D = space_->num_dims();
+  std::vector<int32_t> x(D);
   for (int64_t i = 0; i < n; ++i) {
     int64_t* arch = out + i * D;
     bool accepted = false;
     for (int64_t t = 0; t < st_.max_trials && !accepted; ++t) {
       ++st_.stats.trials;
-      accepted = draw_from_proposal(bin_pos, arch);
+      accepted = draw_from_proposal(bin_pos, x.data());
     }
-    if (!accepted) {  // a stored prior example of this bin: always at the target
+    if (accepted) {
+      write_values(x.data(), arch);
+    } else {  // a stored prior example of this bin: always at the target
       ++st_.stats.fallbacks;
       const int64_t k = rng_.below(st_.n_examples[bin_pos]);
       const int64_t* example = st_.examples.data() + (bin_pos * st_.examples_per_bin + k) * D;
@@ -189,20 +197,20 @@ void Sampler::sample(int64_t bin_pos, int64_t* out, int64_t n) {
 
 void Sampler::sample_proportional(int64_t* out, int64_t n, bool by_flops) {
   // Rejection from uniform: accept x with probability size(x) / bound, which gives
-  // p(x) proportional to size(x) exactly; bound >= every size (see arch_cost).
+  // p(x) proportional to size(x) exactly, as long as bound >= every size.
   const int64_t D = space_->num_dims();
-  const std::vector<int64_t> largest = space_->max_arch();
-  const Cost bound_cost = arch_cost(*space_, largest.data(), /*every_shortcut_conv=*/true);
+  const Cost bound_cost = space_->cost_model().upper_bound();
   const double bound = static_cast<double>(by_flops ? bound_cost.macs : bound_cost.params);
+  std::vector<int32_t> x(D);
   for (int64_t i = 0; i < n; ++i) {
-    int64_t* arch = out + i * D;
     for (;;) {
       ++st_.stats.proportional_draws;
-      space_->sample_uniform(rng_, arch, 1);
-      const Cost c = arch_cost(*space_, arch);
+      draw_uniform(x.data());
+      const Cost c = space_->cost_model().of_indices(x.data());
       const double size = static_cast<double>(by_flops ? c.macs : c.params);
       if (rng_.uniform() * bound < size) break;
     }
+    write_values(x.data(), out + i * D);
     ++st_.stats.proportional_samples;
   }
 }

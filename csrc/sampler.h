@@ -64,7 +64,9 @@ class Sampler {
  private:
   void compute_offsets();
   void build_tables();
-  bool draw_from_proposal(int64_t bin_pos, int64_t* arch);
+  void draw_uniform(int32_t* indices);
+  bool draw_from_proposal(int64_t bin_pos, int32_t* indices);
+  void write_values(const int32_t* indices, int64_t* arch) const;
 
   std::shared_ptr<const Space> space_;
   SamplerState st_;

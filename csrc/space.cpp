@@ -1,5 +1,7 @@
 #include "space.h"
 
+#include "flops.h"
+
 #include <algorithm>
 #include <sstream>
 #include <stdexcept>
@@ -20,7 +22,11 @@ Dim make_dim(const std::string& name, std::vector<int64_t> choices) {
   if (choices.empty()) throw std::invalid_argument(name + " has no candidate values");
   std::sort(choices.begin(), choices.end());
   choices.erase(std::unique(choices.begin(), choices.end()), choices.end());
-  return Dim{name, std::move(choices)};
+  if (choices.back() - choices.front() > 1000000)
+    throw std::invalid_argument(name + " spans too wide a range of values");
+  std::vector<int32_t> lookup(choices.back() - choices.front() + 1, -1);
+  for (size_t k = 0; k < choices.size(); ++k) lookup[choices[k] - choices.front()] = k;
+  return Dim{name, std::move(choices), std::move(lookup)};
 }
 
 }  // namespace
@@ -42,22 +48,28 @@ Space::Space(SpaceSpec spec) : spec_(std::move(spec)) {
   for (const Dim& d : dims_)
     if (d.choices.front() < 1)
       throw std::invalid_argument(d.name + " has a non-positive candidate " + join(d.choices));
+  cost_model_ = std::make_unique<CostModel>(*this);
 }
+
+Space::~Space() = default;
 
 void Space::check(const int64_t* archs, int64_t n) const {
   const int64_t D = num_dims();
   for (int64_t row = 0; row < n; ++row) {
     for (int64_t j = 0; j < D; ++j) {
       const int64_t value = archs[row * D + j];
-      const auto& choices = dims_[j].choices;
-      if (!std::binary_search(choices.begin(), choices.end(), value)) {
+      if (dims_[j].index_of(value) < 0) {
         std::ostringstream msg;
         msg << "architecture row " << row << ": " << dims_[j].name << " = " << value
-            << " is not allowed; allowed values: " << join(choices);
+            << " is not allowed; allowed values: " << join(dims_[j].choices);
         throw std::invalid_argument(msg.str());
       }
     }
   }
+}
+
+void Space::to_indices(const int64_t* arch, int32_t* indices) const {
+  for (size_t j = 0; j < dims_.size(); ++j) indices[j] = dims_[j].index_of(arch[j]);
 }
 
 void Space::sample_uniform(Rng& rng, int64_t* out, int64_t n) const {

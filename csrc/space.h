@@ -2,6 +2,7 @@
 // architectures. Python (nasops/space.py) validates the YAML and hands the numbers over.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -31,11 +32,22 @@ struct SpaceSpec {
 struct Dim {
   std::string name;
   std::vector<int64_t> choices;
+  std::vector<int32_t> lookup;  // lookup[v - choices.front()]: index of v in choices, or -1
+
+  // Index of value v among the choices, or -1 when v is not allowed. O(1).
+  int32_t index_of(int64_t v) const {
+    const int64_t i = v - choices.front();
+    return i >= 0 && i < static_cast<int64_t>(lookup.size()) ? lookup[i] : -1;
+  }
+  int32_t size() const { return static_cast<int32_t>(choices.size()); }
 };
+
+class CostModel;  // flops.h
 
 class Space {
  public:
   explicit Space(SpaceSpec spec);
+  ~Space();
 
   const SpaceSpec& spec() const { return spec_; }
   const std::vector<Dim>& dims() const { return dims_; }
@@ -52,8 +64,14 @@ class Space {
   // Throws std::invalid_argument naming the row, the field, the value and the allowed values.
   void check(const int64_t* archs, int64_t n) const;
 
+  // Choice indices of one checked architecture (D values).
+  void to_indices(const int64_t* arch, int32_t* indices) const;
+
   // Fills out[n * D] with architectures drawn uniformly (each dimension independently).
   void sample_uniform(Rng& rng, int64_t* out, int64_t n) const;
+
+  // FLOPs and parameter counts of this space's architectures.
+  const CostModel& cost_model() const { return *cost_model_; }
 
   // The architecture with every dimension at its smallest / largest choice.
   std::vector<int64_t> min_arch() const;
@@ -62,6 +80,7 @@ class Space {
  private:
   SpaceSpec spec_;
   std::vector<Dim> dims_;
+  std::unique_ptr<CostModel> cost_model_;
 };
 
 }  // namespace nasops

@@ -1,0 +1,14 @@
+"""nasops: two-stage weight-sharing neural architecture search with a fast C++/CUDA core."""
+try:
+    from . import _C  # noqa: F401  (the compiled core)
+except ImportError as e:  # pragma: no cover - only without a build
+    raise ImportError(
+        "nasops._C, the compiled core, is missing or does not load: install nasops with "
+        "`pip install --no-build-isolation .` (torch installed first); see README.md. "
+        f"Cause: {e}") from e
+
+from .sampling import FlopsSampler
+from .space import Arch, SearchSpace, packaged_spaces
+
+__all__ = ["Arch", "FlopsSampler", "SearchSpace", "packaged_spaces"]
+__version__ = "0.1.0"
