@@ -8,16 +8,21 @@ from nasops import SearchSpace
 from reference import random_arch, reference_cost
 
 
-@pytest.mark.parametrize("name", ["attentive_nas", "small"])
-def test_flops_and_params_equal_the_reference(packaged_yaml, name):
-    doc = packaged_yaml[name]
-    space = SearchSpace.load(name)
-    rng = np.random.default_rng(0)
-    archs = [random_arch(doc, rng) for _ in range(10_000)]
+def check_against_reference(space, doc, n, seed):
+    """n random architectures drawn from the YAML with NumPy: batched C++ cost == reference."""
+    rng = np.random.default_rng(seed)
+    archs = [random_arch(doc, rng) for _ in range(n)]
     expected = np.array([reference_cost(doc, a) for a in archs])
     encoded = np.stack([space.encode(a) for a in archs])
     np.testing.assert_allclose(space.flops(encoded), expected[:, 0], rtol=1e-9, atol=0)
     np.testing.assert_allclose(space.params(encoded), expected[:, 1], rtol=1e-9, atol=0)
+    return archs, expected
+
+
+@pytest.mark.parametrize("name", ["attentive_nas", "small"])
+def test_flops_and_params_equal_the_reference(packaged_yaml, name):
+    space = SearchSpace.load(name)
+    archs, expected = check_against_reference(space, packaged_yaml[name], 10_000, seed=0)
     # one at a time, and as Arch objects / dicts, gives the same numbers
     for a, (f, p) in zip(archs[:50], expected[:50]):
         assert space.flops(a) == pytest.approx(f, rel=1e-12)
@@ -37,13 +42,7 @@ def test_unusual_space_equals_the_reference(tmp_path, packaged_yaml):
     doc["head"].update(expand_ratio=4, width=[100])
     path = tmp_path / "odd.yaml"
     path.write_text(yaml.safe_dump(doc))
-    space = SearchSpace.load(str(path))
-    rng = np.random.default_rng(1)
-    archs = [random_arch(doc, rng) for _ in range(3000)]
-    expected = np.array([reference_cost(doc, a) for a in archs])
-    encoded = np.stack([space.encode(a) for a in archs])
-    np.testing.assert_allclose(space.flops(encoded), expected[:, 0], rtol=1e-9, atol=0)
-    np.testing.assert_allclose(space.params(encoded), expected[:, 1], rtol=1e-9, atol=0)
+    check_against_reference(SearchSpace.load(str(path)), doc, 3000, seed=1)
 
 
 def test_flops_grow_with_every_dimension():
