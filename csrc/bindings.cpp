@@ -49,7 +49,7 @@ SpaceSpec spec_from_dict(const py::dict& d) {
   return spec;
 }
 
-// A [N, D] C-contiguous int64 array checked against the space: returns N.
+// N of an [N, D] array of architectures (its shape checked; values are checked by the callers).
 int64_t rows_of(const Space& space, const IntArray& archs) {
   if (archs.ndim() != 2 || archs.shape(1) != space.num_dims())
     throw std::invalid_argument("architectures must be an int64 array of shape [N, " +

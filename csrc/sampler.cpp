@@ -23,6 +23,9 @@ inline int32_t pick(const int64_t* cumulative, int32_t size, int64_t r) {
 Sampler::Sampler(std::shared_ptr<const Space> space, int64_t n_prior, double step, uint64_t seed,
                  int64_t max_trials, int64_t examples_per_bin)
     : space_(std::move(space)), rng_(seed) {
+  if (n_prior < 1 || !(step > 0) || max_trials < 1 || examples_per_bin < 1)
+    throw std::invalid_argument("sampler needs n_prior >= 1, step > 0, max_trials >= 1 and "
+                                "examples_per_bin >= 1");
   st_.step = step;
   st_.max_trials = max_trials;
   st_.examples_per_bin = examples_per_bin;
@@ -174,6 +177,8 @@ bool Sampler::draw_from_proposal(int64_t bin_pos, int32_t* x) {
 }
 
 void Sampler::sample(int64_t bin_pos, int64_t* out, int64_t n) {
+  if (bin_pos < 0 || bin_pos >= static_cast<int64_t>(st_.bins.size()))
+    throw std::invalid_argument("bin position " + std::to_string(bin_pos) + " is out of range");
   const int64_t D = space_->num_dims();
   std::vector<int32_t> x(D);
   for (int64_t i = 0; i < n; ++i) {

@@ -38,8 +38,8 @@ struct SamplerState {
 class Sampler {
  public:
   // Builds the prior and proposal from n_prior uniform samples.
-  Sampler(std::shared_ptr<const Space> space, int64_t n_prior, double step, uint64_t seed, int64_t max_trials,
-          int64_t examples_per_bin);
+  Sampler(std::shared_ptr<const Space> space, int64_t n_prior, double step, uint64_t seed,
+          int64_t max_trials, int64_t examples_per_bin);
   // Rebuilds a sampler from its state (checked against the space).
   Sampler(std::shared_ptr<const Space> space, SamplerState state);
 
@@ -56,7 +56,8 @@ class Sampler {
 
   // Targets drawn from the prior (or uniformly over its bins): bin indices.
   void sample_bins(int64_t* out, int64_t n, bool uniform_over_bins);
-  // n architectures whose rounded FLOPs equal the bin at position bin_pos.
+  // n architectures whose rounded FLOPs equal the bin at position bin_pos (0 <= bin_pos <
+  // bins().size(), checked).
   void sample(int64_t bin_pos, int64_t* out, int64_t n);
   // n architectures with probability proportional to params (by_flops false) or FLOPs.
   void sample_proportional(int64_t* out, int64_t n, bool by_flops);
