@@ -7,8 +7,10 @@ except ImportError as e:  # pragma: no cover - only without a build
         "`pip install --no-build-isolation .` (torch installed first); see README.md. "
         f"Cause: {e}") from e
 
+from .nn import Supernet, calibrate_bn, resize_batch
 from .sampling import FlopsSampler
 from .space import Arch, SearchSpace, packaged_spaces
 
-__all__ = ["Arch", "FlopsSampler", "SearchSpace", "packaged_spaces"]
+__all__ = ["Arch", "FlopsSampler", "SearchSpace", "Supernet", "calibrate_bn", "packaged_spaces",
+           "resize_batch"]
 __version__ = "0.1.0"

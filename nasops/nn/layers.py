@@ -1,0 +1,96 @@
+"""Dynamic layers: each holds the largest weight of its layer and runs any active sub-network
+out of a slice of it (leading channels, centred kernel window). Sizes are passed to forward, so
+the layers hold no per-architecture state."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def make_divisible(v: int, divisor: int = 8) -> int:
+    """DESIGN.md's rounding of hidden widths (the C++ cost model uses the same rule)."""
+    rounded = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * v else rounded
+
+
+def activation(name: str) -> nn.Module:
+    return {"swish": nn.SiLU, "relu": nn.ReLU, "hswish": nn.Hardswish}[name]()
+
+
+class DynamicConv2d(nn.Module):
+    """A dense k x k convolution (1x1 by default) over the leading in/out channels."""
+
+    def __init__(self, max_in: int, max_out: int, kernel_size: int = 1, stride: int = 1,
+                 bias: bool = False):
+        super().__init__()
+        self.kernel_size, self.stride = kernel_size, stride
+        self.weight = nn.Parameter(torch.empty(max_out, max_in, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(max_out)) if bias else None
+        nn.init.kaiming_normal_(self.weight, mode="fan_out")
+
+    def forward(self, x: torch.Tensor, out_channels: int) -> torch.Tensor:
+        weight = self.weight[:out_channels, : x.shape[1]]
+        bias = None if self.bias is None else self.bias[:out_channels]
+        return F.conv2d(x, weight, bias, self.stride, self.kernel_size // 2)
+
+
+class DynamicDepthwiseConv2d(nn.Module):
+    """A depthwise convolution over the leading channels with the centred k x k window of the
+    largest kernel, padding k // 2."""
+
+    def __init__(self, max_channels: int, max_kernel: int):
+        super().__init__()
+        self.max_kernel = max_kernel
+        self.weight = nn.Parameter(torch.empty(max_channels, 1, max_kernel, max_kernel))
+        nn.init.kaiming_normal_(self.weight, mode="fan_out")
+
+    def active_weight(self, channels: int, kernel_size: int) -> torch.Tensor:
+        start = (self.max_kernel - kernel_size) // 2
+        return self.weight[:channels, :, start:start + kernel_size, start:start + kernel_size]
+
+    def forward(self, x: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
+        channels = x.shape[1]
+        return F.conv2d(x, self.active_weight(channels, kernel_size), None, stride,
+                        kernel_size // 2, groups=channels)
+
+
+class DynamicBatchNorm2d(nn.BatchNorm2d):
+    """Batch norm over the leading channels; running statistics are updated in their slice."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        # momentum None: cumulative average over batches, as BN re-calibration wants
+        momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked.clamp(min=1))
+        return F.batch_norm(x, self.running_mean[:c], self.running_var[:c], self.weight[:c],
+                            self.bias[:c], self.training, momentum, self.eps)
+
+
+class DynamicSE(nn.Module):
+    """Squeeze-excitation: pool, 1x1 reduce to make_divisible(c // 4), ReLU, 1x1 expand, hard
+    sigmoid, scale."""
+
+    def __init__(self, max_channels: int):
+        super().__init__()
+        max_reduced = make_divisible(max_channels // 4)
+        self.reduce = DynamicConv2d(max_channels, max_reduced, bias=True)
+        self.expand = DynamicConv2d(max_reduced, max_channels, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        s = F.adaptive_avg_pool2d(x, 1)
+        s = F.relu(self.reduce(s, make_divisible(c // 4)))
+        return x * F.hardsigmoid(self.expand(s, c))
+
+
+class DynamicLinear(nn.Module):
+    def __init__(self, max_in: int, out_features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, max_in))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        nn.init.normal_(self.weight, std=0.01)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight[:, : x.shape[1]], self.bias)
