@@ -9,21 +9,34 @@ from torch import nn
 from .layers import DynamicBatchNorm2d, DynamicConv2d, make_divisible
 
 
+def _new(cls, *args, **kwargs) -> nn.Module:
+    """A module built on the meta device: no time spent initialising what _take replaces."""
+    with torch.device("meta"):
+        return cls(*args, **kwargs)
+
+
+def _take(module: nn.Module, **tensors: torch.Tensor) -> nn.Module:
+    """Gives module copies of the given tensors as its parameters / buffers of those names."""
+    for name, tensor in tensors.items():
+        copy = tensor.detach().clone()
+        if name in module._parameters:
+            setattr(module, name, nn.Parameter(copy))
+        else:
+            setattr(module, name, copy)
+    return module
+
+
 def _conv(dyn: DynamicConv2d, c_in: int, c_out: int) -> nn.Conv2d:
-    conv = nn.Conv2d(c_in, c_out, dyn.kernel_size, dyn.stride, dyn.kernel_size // 2,
-                     bias=dyn.bias is not None)
-    conv.weight.data.copy_(dyn.weight[:c_out, :c_in])
-    if dyn.bias is not None:
-        conv.bias.data.copy_(dyn.bias[:c_out])
-    return conv
+    conv = _new(nn.Conv2d, c_in, c_out, dyn.kernel_size, dyn.stride, dyn.kernel_size // 2,
+                bias=dyn.bias is not None)
+    _take(conv, weight=dyn.weight[:c_out, :c_in])
+    return conv if dyn.bias is None else _take(conv, bias=dyn.bias[:c_out])
 
 
 def _bn(dyn: DynamicBatchNorm2d, c: int) -> nn.BatchNorm2d:
-    bn = nn.BatchNorm2d(c, eps=dyn.eps, momentum=dyn.momentum)
-    for name in ("weight", "bias", "running_mean", "running_var"):
-        getattr(bn, name).data.copy_(getattr(dyn, name)[:c])
-    bn.num_batches_tracked.copy_(dyn.num_batches_tracked)
-    return bn
+    bn = _new(nn.BatchNorm2d, c, eps=dyn.eps, momentum=dyn.momentum)
+    return _take(bn, weight=dyn.weight[:c], bias=dyn.bias[:c], running_mean=dyn.running_mean[:c],
+                 running_var=dyn.running_var[:c], num_batches_tracked=dyn.num_batches_tracked)
 
 
 class StaticSE(nn.Module):
@@ -46,8 +59,9 @@ class StaticMBConv(nn.Module):
                                         _bn(block.expand_bn, hidden), activation_like(act))
         else:
             self.expand = nn.Identity()
-        dw = nn.Conv2d(hidden, hidden, kernel, block.stride, kernel // 2, groups=hidden, bias=False)
-        dw.weight.data.copy_(block.depthwise.active_weight(hidden, kernel))
+        dw = _new(nn.Conv2d, hidden, hidden, kernel, block.stride, kernel // 2, groups=hidden,
+                  bias=False)
+        _take(dw, weight=block.depthwise.active_weight(hidden, kernel))
         self.depthwise = nn.Sequential(dw, _bn(block.depthwise_bn, hidden), activation_like(act))
         if block.se is not None:
             reduced = make_divisible(hidden // 4)
@@ -92,9 +106,9 @@ class StaticNet(nn.Module):
         self.last = nn.Sequential(_conv(net.last_conv, c_in, wide), _bn(net.last_bn, wide),
                                   activation_like(net.head_act))
         self.head = nn.Sequential(_conv(net.head_conv, wide, a.width[-1]), activation_like(net.head_act))
-        self.classifier = nn.Linear(a.width[-1], net.classifier.weight.shape[0])
-        self.classifier.weight.data.copy_(net.classifier.weight[:, : a.width[-1]])
-        self.classifier.bias.data.copy_(net.classifier.bias)
+        self.classifier = _take(_new(nn.Linear, a.width[-1], net.classifier.weight.shape[0]),
+                                weight=net.classifier.weight[:, : a.width[-1]],
+                                bias=net.classifier.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.last(self.blocks(self.stem(x)))
