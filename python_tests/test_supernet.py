@@ -109,3 +109,88 @@ def test_bad_architecture_and_input_raise():
         net(torch.randn(2, 3, 32, 32))
     assert resize_batch(torch.randn(2, 3, 32, 32), 24).shape == (2, 3, 24, 24)
     assert net.active_arch.to_dict() == arch
+
+
+def documented_layout(cfg):
+    """The state-dict layout as README.md documents it, rebuilt from the space's YAML."""
+    def md(v):
+        r = max(8, int(v + 4) // 8 * 8)
+        return r + 8 if r < 0.9 * v else r
+
+    def bn(prefix, c):
+        return {f"{prefix}.{k}": [c] for k in ("weight", "bias", "running_mean", "running_var")} | {
+            f"{prefix}.num_batches_tracked": []}
+
+    stem = max(cfg["stem"]["width"])
+    k = cfg["stem"]["kernel_size"]
+    out = {"stem.weight": [stem, cfg["in_channels"], k, k], **bn("stem_bn", stem)}
+    prev = cfg["stem"]["width"]
+    for s, st in enumerate(cfg["stages"]):
+        w, e, kk = max(st["width"]), max(st["expand_ratio"]), max(st["kernel_size"])
+        for b in range(max(st["depth"])):
+            c_in = max(prev) if b == 0 else w
+            hidden, p = md(c_in * e), f"stages.{s}.{b}"
+            if e > 1:
+                out |= {f"{p}.expand.weight": [hidden, c_in, 1, 1], **bn(f"{p}.expand_bn", hidden)}
+            out |= {f"{p}.depthwise.weight": [hidden, 1, kk, kk], **bn(f"{p}.depthwise_bn", hidden)}
+            if st["se"]:
+                r = md(hidden // 4)
+                out |= {f"{p}.se.reduce.weight": [r, hidden, 1, 1], f"{p}.se.reduce.bias": [r],
+                        f"{p}.se.expand.weight": [hidden, r, 1, 1], f"{p}.se.expand.bias": [hidden]}
+            out |= {f"{p}.project.weight": [w, hidden, 1, 1], **bn(f"{p}.project_bn", w)}
+            if b == 0 and (len(prev) > 1 or prev != st["width"]):
+                out[f"{p}.shortcut.weight"] = [w, c_in, 1, 1]
+        prev = st["width"]
+    last, head = cfg["head"]["expand_ratio"] * max(prev), max(cfg["head"]["width"])
+    out |= {"last_conv.weight": [last, max(prev), 1, 1], **bn("last_bn", last),
+            "head_conv.weight": [head, last, 1, 1], "head_conv.bias": [head],
+            "classifier.weight": [cfg["num_classes"], head], "classifier.bias": [cfg["num_classes"]]}
+    return out
+
+
+@pytest.mark.parametrize("name", ["small", "attentive_nas"])
+def test_state_dict_layout_is_the_documented_one(packaged_yaml, name):
+    net = Supernet(SearchSpace.load(name))
+    layout = {k: list(v.shape) for k, v in net.state_dict().items()}
+    cfg = dict(packaged_yaml[name], in_channels=3)
+    assert layout == documented_layout(cfg)
+    # a checkpoint of one supernet loads into a fresh one
+    Supernet(SearchSpace.load(name)).load_state_dict(net.state_dict())
+
+
+def test_exports_run_without_nasops_code(tmp_path):
+    torch.manual_seed(0)
+    space = SearchSpace.load("small")
+    net = Supernet(space).eval()
+    arch = space.decode(space.sample(1, seed=5)[0])
+    static = net.extract(arch).eval()
+    x = torch.randn(3, 3, arch.resolution, arch.resolution)
+    with torch.no_grad():
+        expected = net(x)
+        traced = torch.jit.trace(static, x)
+    traced.save(str(tmp_path / "net.pt"))
+    torch.testing.assert_close(torch.jit.load(str(tmp_path / "net.pt"))(x), expected, rtol=1e-5, atol=1e-6)
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    path = str(tmp_path / "net.onnx")
+    torch.onnx.export(static, (x,), path, input_names=["x"], output_names=["logits"])
+    onnx.checker.check_model(onnx.load(path))
+    got = ort.InferenceSession(path).run(None, {"x": x.numpy()})[0]
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_dropout_and_drop_connect_only_in_training():
+    torch.manual_seed(0)
+    space = SearchSpace.load("small")
+    net = Supernet(space, dropout=0.5, drop_connect=0.5)
+    x = torch.randn(4, 3, 32, 32)
+    net.eval()
+    with torch.no_grad():
+        assert torch.equal(net(x), net(x))
+    net.train()
+    with torch.no_grad():
+        assert not torch.equal(net(x), net(x))
+    with pytest.raises(ValueError, match=r"dropout = 1.0 must be a number in \[0, 1\)"):
+        net.dropout = 1.0
+    with pytest.raises(ValueError, match="drop_connect = -0.1"):
+        Supernet(space, drop_connect=-0.1)

@@ -13,13 +13,19 @@ from .layers import (DynamicBatchNorm2d, DynamicConv2d, DynamicDepthwiseConv2d, 
                      DynamicSE, activation, make_divisible)
 
 
+def _check_rate(name: str, rate) -> float:
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+        raise ValueError(f"{name} = {rate!r} must be a number in [0, 1)")
+    return float(rate)
+
+
 class DynamicMBConv(nn.Module):
     """MBConv: 1x1 expand (absent at ratio 1), depthwise k x k with the stride, optional SE, 1x1
     project, BN after each conv; residual: identity, or average pooling for the stride and a 1x1
     conv when the width changes."""
 
     def __init__(self, max_in: int, max_out: int, max_kernel: int, max_expand: int, stride: int,
-                 se: bool, act: str, has_expand: bool):
+                 se: bool, act: str, has_expand: bool, has_shortcut_conv: bool):
         super().__init__()
         self.stride = stride
         max_hidden = make_divisible(max_in * max_expand)
@@ -30,7 +36,8 @@ class DynamicMBConv(nn.Module):
         self.se = DynamicSE(max_hidden) if se else None
         self.project = DynamicConv2d(max_hidden, max_out)
         self.project_bn = DynamicBatchNorm2d(max_out)
-        self.shortcut = DynamicConv2d(max_in, max_out)  # used only when the width changes
+        # only a stage's first block can change the width, and only it holds the residual conv
+        self.shortcut = DynamicConv2d(max_in, max_out) if has_shortcut_conv else None
         self.act = activation(act)
 
     def forward(self, x, out_channels: int, kernel_size: int, expand_ratio: int,
@@ -51,6 +58,7 @@ class DynamicMBConv(nn.Module):
         if self.stride > 1:
             res = F.avg_pool2d(res, self.stride, self.stride, ceil_mode=True)
         if c_in != out_channels:
+            assert self.shortcut is not None, "width change in a block without a shortcut conv"
             res = self.shortcut(res, out_channels)
         return h + res
 
@@ -75,17 +83,20 @@ class Supernet(nn.Module):
         self.stem_bn = DynamicBatchNorm2d(max(stem["width"]))
         self.stem_act = activation(stem["act"])
         self.stages = nn.ModuleList()
-        max_in = max(stem["width"])
+        prev = stem["width"]
         for stage in cfg["stages"]:
             blocks = nn.ModuleList()
+            width = stage["width"]
             for b in range(max(stage["depth"])):
-                c_in = max_in if b == 0 else max(stage["width"])
+                first = b == 0
                 blocks.append(DynamicMBConv(
-                    c_in, max(stage["width"]), max(stage["kernel_size"]),
-                    max(stage["expand_ratio"]), stage["stride"] if b == 0 else 1, stage["se"],
-                    stage["act"], has_expand=max(stage["expand_ratio"]) > 1))
+                    max(prev) if first else max(width), max(width), max(stage["kernel_size"]),
+                    max(stage["expand_ratio"]), stage["stride"] if first else 1, stage["se"],
+                    stage["act"], has_expand=max(stage["expand_ratio"]) > 1,
+                    has_shortcut_conv=first and (len(prev) > 1 or prev != width)))
             self.stages.append(blocks)
-            max_in = max(stage["width"])
+            prev = width
+        max_in = max(prev)
         head = cfg["head"]
         self.head_expand_ratio = head["expand_ratio"]
         self.last_conv = DynamicConv2d(max_in, head["expand_ratio"] * max_in)
@@ -94,6 +105,24 @@ class Supernet(nn.Module):
         self.head_act = activation(head["act"])
         self.classifier = DynamicLinear(max(head["width"]), cfg["num_classes"])
         self.set_active(space.max_arch())
+
+    @property
+    def dropout(self) -> float:
+        """Dropout rate before the classifier (training mode only)."""
+        return self._dropout
+
+    @dropout.setter
+    def dropout(self, rate: float) -> None:
+        self._dropout = _check_rate("dropout", rate)
+
+    @property
+    def drop_connect(self) -> float:
+        """Drop-connect rate of the last block; earlier blocks get linearly less (training only)."""
+        return self._drop_connect
+
+    @drop_connect.setter
+    def drop_connect(self, rate: float) -> None:
+        self._drop_connect = _check_rate("drop_connect", rate)
 
     def set_active(self, arch) -> None:
         """Arch, dict, or flat int vector; validated against the space."""
