@@ -194,3 +194,20 @@ def test_dropout_and_drop_connect_only_in_training():
         net.dropout = 1.0
     with pytest.raises(ValueError, match="drop_connect = -0.1"):
         Supernet(space, drop_connect=-0.1)
+
+
+def test_calibrating_the_extracted_network_equals_calibrating_the_supernet():
+    torch.manual_seed(0)
+    space = SearchSpace.load("small")
+    net = Supernet(space)
+    arch = space.decode(space.sample(1, seed=9)[0])
+    net.set_active(arch)
+    static = net.extract()
+    batches = small_batches(space, arch.resolution, n=3, seed=4)
+    assert calibrate_bn(static, batches) == 3
+    calibrate_bn(net, batches)
+    net.eval(), static.eval()
+    x = batches[0][:2]
+    with torch.no_grad():
+        torch.testing.assert_close(static(x), net(x), rtol=1e-5, atol=1e-6)
+    assert static.stem[1].num_batches_tracked == 0 and static.stem[1].momentum == 0.1
