@@ -36,8 +36,13 @@ class CMakeBuild(build_ext):
         output = os.path.abspath(os.path.dirname(self.get_ext_fullpath(ext.name)))
         build_dir = os.path.abspath(os.path.join(self.build_temp, "cmake"))
         os.makedirs(build_dir, exist_ok=True)
+        # CUDA kernels when this torch has CUDA and nvcc is at hand; NASOPS_CUDA=0 turns them off.
+        with_cuda = (torch.version.cuda is not None and os.environ.get("NASOPS_CUDA", "1") != "0"
+                     and (shutil.which("nvcc") or os.path.exists("/usr/local/cuda/bin/nvcc")))
         configure = [
             cmake, ext.sourcedir,
+            f"-DTORCH_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+            f"-DNASOPS_WITH_CUDA={'ON' if with_cuda else 'OFF'}",
             f"-DNASOPS_OUTPUT_DIR={output}",
             f"-DTORCH_ROOT={os.path.dirname(torch.__file__)}",
             f"-DPython3_EXECUTABLE={sys.executable}",

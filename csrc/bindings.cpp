@@ -10,6 +10,7 @@
 #include <string>
 
 #include "flops.h"
+#include "kernels/cpu/dw_conv2d_cpu.h"
 #include "sampler.h"
 #include "space.h"
 
@@ -115,6 +116,9 @@ SamplerState state_from_dict(const py::dict& d) {
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "nasops C++ core: FLOPs, parameter counts and samplers over search spaces";
+  m.def("cpu_isa", &nasops::cpu_isa, "instruction set of the CPU depthwise kernels in use");
+  m.def("cpu_isas", &nasops::cpu_isas, "instruction sets this processor can run");
+  m.def("set_cpu_isa", &nasops::set_cpu_isa, "use the 'base' or 'avx2' CPU depthwise kernels");
 
   py::class_<Space, std::shared_ptr<Space>>(m, "Space")
       .def(py::init([](const py::dict& d) { return std::make_shared<Space>(spec_from_dict(d)); }))

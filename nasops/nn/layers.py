@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops import dw_conv2d
+
 
 def make_divisible(v: int, divisor: int = 8) -> int:
     """DESIGN.md's rounding of hidden widths (the C++ cost model uses the same rule)."""
@@ -37,7 +39,8 @@ class DynamicConv2d(nn.Module):
 
 class DynamicDepthwiseConv2d(nn.Module):
     """A depthwise convolution over the leading channels with the centred k x k window of the
-    largest kernel, padding k // 2."""
+    largest kernel, padding k // 2: torch.ops.nasops.dw_conv2d reads it in place (or slice +
+    F.conv2d with nasops.ops.set_dw_backend("torch"))."""
 
     def __init__(self, max_channels: int, max_kernel: int):
         super().__init__()
@@ -50,9 +53,7 @@ class DynamicDepthwiseConv2d(nn.Module):
         return self.weight[:channels, :, start:start + kernel_size, start:start + kernel_size]
 
     def forward(self, x: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
-        channels = x.shape[1]
-        return F.conv2d(x, self.active_weight(channels, kernel_size), None, stride,
-                        kernel_size // 2, groups=channels)
+        return dw_conv2d(x, self.weight, kernel_size, stride)
 
 
 class DynamicBatchNorm2d(nn.BatchNorm2d):

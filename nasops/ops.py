@@ -1,0 +1,93 @@
+"""Python side of the torch.ops.nasops operators: shape functions for tracing and compilation,
+autograd, and the switch between the nasops kernels and the pure-PyTorch path.
+
+``torch.ops.nasops.dw_conv2d(input, weight, kernel_size, stride)``: depthwise convolution of
+``input`` [N, C, H, W] with channels [:C] and the centred kernel_size x kernel_size window of the
+shared ``weight`` [C_max, 1, K_max, K_max], padding kernel_size // 2. Its backward writes the
+weight gradient at the full shared shape, zero outside the active window.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from . import _C  # noqa: F401  (registers the operators)
+
+BACKENDS = ("nasops", "torch")
+_backend = os.environ.get("NASOPS_DW_BACKEND", "nasops")
+if _backend not in BACKENDS:
+    raise ValueError(f"NASOPS_DW_BACKEND = {_backend!r} is not allowed; allowed: {list(BACKENDS)}")
+
+
+def set_dw_backend(name: str) -> str:
+    """Selects the depthwise implementation the dynamic layers use: "nasops" (the custom
+    kernels, default) or "torch" (slice + F.conv2d, for comparison and debugging). Returns the
+    previous one. The environment variable NASOPS_DW_BACKEND sets the initial value."""
+    global _backend
+    if name not in BACKENDS:
+        raise ValueError(f"depthwise backend {name!r} is not allowed; allowed: {list(BACKENDS)}")
+    previous, _backend = _backend, name
+    return previous
+
+
+def dw_backend() -> str:
+    return _backend
+
+
+def _out_size(n, stride):
+    return (n + stride - 1) // stride
+
+
+@torch.library.register_fake("nasops::dw_conv2d")
+def _dw_conv2d_fake(input, weight, kernel_size, stride):
+    n, c, h, w = input.shape
+    return input.new_empty(n, c, _out_size(h, stride), _out_size(w, stride))
+
+
+@torch.library.register_fake("nasops::dw_conv2d_grad_input")
+def _grad_input_fake(grad_output, input, weight, kernel_size, stride):
+    return input.new_empty(input.shape)
+
+
+@torch.library.register_fake("nasops::dw_conv2d_grad_weight")
+def _grad_weight_fake(grad_output, input, weight, kernel_size, stride):
+    return weight.new_empty(weight.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    input, weight, kernel_size, stride = inputs
+    ctx.save_for_backward(input, weight)
+    ctx.kernel_size, ctx.stride = kernel_size, stride
+
+
+def _backward(ctx, grad_output):
+    input, weight = ctx.saved_tensors
+    grad_input = grad_weight = None
+    if ctx.needs_input_grad[0]:
+        grad_input = torch.ops.nasops.dw_conv2d_grad_input(grad_output, input, weight,
+                                                           ctx.kernel_size, ctx.stride)
+    if ctx.needs_input_grad[1]:
+        grad_weight = torch.ops.nasops.dw_conv2d_grad_weight(grad_output, input, weight,
+                                                             ctx.kernel_size, ctx.stride)
+    return grad_input, grad_weight, None, None
+
+
+torch.library.register_autograd("nasops::dw_conv2d", _backward, setup_context=_setup_context)
+
+
+def dw_conv2d_reference(input, weight, kernel_size: int, stride: int):
+    """The same operation in pure PyTorch: slice the shared weight, then F.conv2d."""
+    channels, k_max = input.shape[1], weight.shape[-1]
+    start = (k_max - kernel_size) // 2
+    window = weight[:channels, :, start:start + kernel_size, start:start + kernel_size]
+    return F.conv2d(input, window, None, stride, kernel_size // 2, groups=channels)
+
+
+def dw_conv2d(input, weight, kernel_size: int, stride: int):
+    """Depthwise convolution with the active channels and window of a shared weight, by the
+    backend selected with :func:`set_dw_backend`."""
+    if _backend == "torch":
+        return dw_conv2d_reference(input, weight, kernel_size, stride)
+    return torch.ops.nasops.dw_conv2d(input, weight, kernel_size, stride)
