@@ -14,8 +14,9 @@ namespace {
 // Output columns ow whose input column ow * s + j - p lies inside [0, W).
 inline void column_range(int64_t W, int64_t Wo, int64_t j, int64_t p, int64_t s, int64_t& lo,
                          int64_t& hi) {
+  const int64_t last = W - 1 + p - j;  // largest ow * s allowed; negative: no column at all
   lo = p > j ? (p - j + s - 1) / s : 0;
-  hi = std::min(Wo, (W - 1 + p - j) / s + 1);
+  hi = last < 0 ? 0 : std::min(Wo, last / s + 1);
 }
 
 template <typename T>
