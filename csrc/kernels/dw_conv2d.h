@@ -14,26 +14,30 @@ void check_dw_conv2d(const at::Tensor& input, const at::Tensor& weight, int64_t 
 // Output size of a stride-s convolution with 'same' padding on n pixels: ceil(n / s).
 inline int64_t dw_out_size(int64_t n, int64_t stride) { return (n + stride - 1) / stride; }
 
-// Per-plane CPU kernels (one image, one channel). w points at the window's top-left tap inside
-// the shared weight; ws is the weight's row stride (K_max).
-// There is one build of them per instruction set (cpu/dw_conv2d_kernel.h); cpu/dw_conv2d.cpp
-// picks the best one the processor supports.
+// CPU kernels over a group of up to kDwGroup channels of one image, vectorised across the
+// channels of the group (the group is interleaved in a scratch buffer, so every multiply-add is a
+// full vector whatever the map size). Pointers are to the group's first channel: planes of
+// H x W (input) or Ho x Wo (output) one after another; w points at the first channel's window
+// top-left tap inside the shared weight, whose channels are wc apart and rows ws apart.
+constexpr int64_t kDwGroup = 8;
+
 template <typename T>
-struct DwPlaneKernels {
-  void (*forward)(const T* in, const T* w, int64_t ws, T* out, int64_t H, int64_t W, int64_t k,
-                  int64_t s);
-  void (*grad_input)(const T* grad_out, const T* w, int64_t ws, T* grad_in, int64_t H, int64_t W,
-                     int64_t k, int64_t s);
-  // Adds sum over the plane of grad_out * shifted input to acc[k * k] (double accumulators).
-  void (*grad_weight)(const T* grad_out, const T* in, double* acc, int64_t H, int64_t W,
-                      int64_t k, int64_t s);
+struct DwGroupKernels {
+  void (*forward)(const T* in, const T* w, int64_t wc, int64_t ws, T* out, int64_t channels,
+                  int64_t H, int64_t W, int64_t k, int64_t s);
+  void (*grad_input)(const T* grad_out, const T* w, int64_t wc, int64_t ws, T* grad_in,
+                     int64_t channels, int64_t H, int64_t W, int64_t k, int64_t s);
+  // Adds, per channel c < channels and tap, the sum of grad_out * shifted input to
+  // acc[c * k * k + tap] (double accumulators).
+  void (*grad_weight)(const T* grad_out, const T* in, double* acc, int64_t channels, int64_t H,
+                      int64_t W, int64_t k, int64_t s);
 };
 
 namespace cpu_base {
-template <typename T> DwPlaneKernels<T> dw_kernels();
+template <typename T> DwGroupKernels<T> dw_kernels();
 }
 namespace cpu_avx2 {
-template <typename T> DwPlaneKernels<T> dw_kernels();
+template <typename T> DwGroupKernels<T> dw_kernels();
 }
 
 }  // namespace nasops

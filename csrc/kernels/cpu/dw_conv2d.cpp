@@ -1,11 +1,12 @@
-// CPU implementations of the depthwise operators: planes (image, channel) in parallel with
-// at::parallel_for, each run by the per-plane kernels of the best instruction set available.
+// CPU implementations of the depthwise operators: groups of kDwGroup channels of one image in
+// parallel with at::parallel_for, each run by the kernels of the best instruction set available.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -40,7 +41,7 @@ int chosen_isa() {
 }
 
 template <typename T>
-DwPlaneKernels<T> kernels() {
+DwGroupKernels<T> kernels() {
 #if defined(NASOPS_HAVE_AVX2)
   if (chosen_isa() == 1) return cpu_avx2::dw_kernels<T>();
 #endif
@@ -57,7 +58,9 @@ Window window_of(const at::Tensor& weight, int64_t k) {
   return {off * K + off, K * K, K};
 }
 
-constexpr int64_t kGrain = 1;  // one plane is already thousands of operations
+constexpr int64_t kGrain = 1;  // one group is already thousands of operations
+
+int64_t groups_of(int64_t channels) { return (channels + kDwGroup - 1) / kDwGroup; }
 
 }  // namespace
 
@@ -89,10 +92,13 @@ at::Tensor dw_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, int6
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* wp = w.data_ptr<scalar_t>() + win.offset;
     scalar_t* op = out.data_ptr<scalar_t>();
-    at::parallel_for(0, N * C, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t plane = begin; plane < end; ++plane)
-        kern.forward(xp + plane * H * W, wp + (plane % C) * win.channel_stride, win.row_stride,
-                     op + plane * Ho * Wo, H, W, k, s);
+    const int64_t groups = groups_of(C);
+    at::parallel_for(0, N * groups, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t c0 = (task % groups) * kDwGroup, plane = (task / groups) * C + c0;
+        kern.forward(xp + plane * H * W, wp + c0 * win.channel_stride, win.channel_stride,
+                     win.row_stride, op + plane * Ho * Wo, std::min(kDwGroup, C - c0), H, W, k, s);
+      }
     });
   });
   return out;
@@ -114,10 +120,14 @@ at::Tensor dw_conv2d_grad_input_cpu(const at::Tensor& grad_output, const at::Ten
     const scalar_t* gp = go.data_ptr<scalar_t>();
     const scalar_t* wp = w.data_ptr<scalar_t>() + win.offset;
     scalar_t* ip = grad_input.data_ptr<scalar_t>();
-    at::parallel_for(0, N * C, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t plane = begin; plane < end; ++plane)
-        kern.grad_input(gp + plane * Ho * Wo, wp + (plane % C) * win.channel_stride,
-                        win.row_stride, ip + plane * H * W, H, W, k, s);
+    const int64_t groups = groups_of(C);
+    at::parallel_for(0, N * groups, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t c0 = (task % groups) * kDwGroup, plane = (task / groups) * C + c0;
+        kern.grad_input(gp + plane * Ho * Wo, wp + c0 * win.channel_stride, win.channel_stride,
+                        win.row_stride, ip + plane * H * W, std::min(kDwGroup, C - c0), H, W, k,
+                        s);
+      }
     });
   });
   return grad_input;
@@ -140,17 +150,21 @@ at::Tensor dw_conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::Te
     const scalar_t* gp = go.data_ptr<scalar_t>();
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* wp = grad_weight.data_ptr<scalar_t>();
-    at::parallel_for(0, C, kGrain, [&](int64_t begin, int64_t end) {
-      std::vector<double> acc(k * k);
-      for (int64_t c = begin; c < end; ++c) {
+    at::parallel_for(0, groups_of(C), kGrain, [&](int64_t begin, int64_t end) {
+      std::vector<double> acc(kDwGroup * k * k);
+      for (int64_t group = begin; group < end; ++group) {
+        const int64_t c0 = group * kDwGroup, channels = std::min(kDwGroup, C - c0);
         std::fill(acc.begin(), acc.end(), 0.0);
         for (int64_t n = 0; n < N; ++n) {
-          const int64_t plane = n * C + c;
-          kern.grad_weight(gp + plane * Ho * Wo, xp + plane * H * W, acc.data(), H, W, k, s);
+          const int64_t plane = n * C + c0;
+          kern.grad_weight(gp + plane * Ho * Wo, xp + plane * H * W, acc.data(), channels, H, W,
+                           k, s);
         }
-        for (int64_t i = 0; i < k; ++i)
-          for (int64_t j = 0; j < k; ++j)
-            wp[c * K * K + (off + i) * K + off + j] = static_cast<scalar_t>(acc[i * k + j]);
+        for (int64_t c = 0; c < channels; ++c)
+          for (int64_t i = 0; i < k; ++i)
+            for (int64_t j = 0; j < k; ++j)
+              wp[(c0 + c) * K * K + (off + i) * K + off + j] =
+                  static_cast<scalar_t>(acc[c * k * k + i * k + j]);
       }
     });
   });

@@ -1,8 +1,13 @@
-// The per-plane loops of the depthwise convolution, written so that the compiler vectorises the
-// innermost loop over output columns (contiguous for stride 1). Included once per instruction
-// set with NASOPS_CPU_NS set (see dw_conv2d_base.cpp, dw_conv2d_avx2.cpp).
+// The depthwise CPU kernels, vectorised across channels. Included once per instruction set with
+// NASOPS_CPU_NS set (dw_conv2d_base.cpp, dw_conv2d_avx2.cpp); the compiler turns every loop over
+// the V = kDwGroup lanes into vector instructions of that set.
+//
+// A group of V channel planes is copied into a zero-padded, channel-interleaved buffer
+// [H + 2p][W + 2p][V]; then each output pixel is one register of V accumulators fed by k * k
+// multiply-adds of full vectors, with no bounds checks and no short rows.
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "../dw_conv2d.h"
@@ -11,105 +16,186 @@ namespace nasops {
 namespace NASOPS_CPU_NS {
 namespace {
 
-// Output columns ow whose input column ow * s + j - p lies inside [0, W).
-inline void column_range(int64_t W, int64_t Wo, int64_t j, int64_t p, int64_t s, int64_t& lo,
-                         int64_t& hi) {
-  const int64_t last = W - 1 + p - j;  // largest ow * s allowed; negative: no column at all
-  lo = p > j ? (p - j + s - 1) / s : 0;
-  hi = last < 0 ? 0 : std::min(Wo, last / s + 1);
+constexpr int64_t V = kDwGroup;
+
+// V lanes of T as one GCC/Clang vector value: accumulators of this type live in registers (an
+// array with "omp simd" loops was kept on the stack, a store-to-load chain per multiply-add).
+template <typename T>
+struct Lanes {
+  typedef T type __attribute__((vector_size(V * sizeof(T))));
+};
+template <typename T>
+using lanes = typename Lanes<T>::type;
+
+template <typename T>
+inline lanes<T> load(const T* p) {
+  lanes<T> r;
+  std::memcpy(&r, p, sizeof r);
+  return r;
+}
+template <typename T>
+inline void store(T* p, const lanes<T>& v) {
+  std::memcpy(p, &v, sizeof v);
 }
 
 template <typename T>
-void forward_plane(const T* in, const T* w, int64_t ws, T* out, int64_t H, int64_t W, int64_t k,
-                   int64_t s) {
-  const int64_t p = k / 2, Ho = dw_out_size(H, s), Wo = dw_out_size(W, s);
-  for (int64_t oh = 0; oh < Ho; ++oh) {
-    T* orow = out + oh * Wo;
-    std::fill(orow, orow + Wo, T(0));
-    for (int64_t i = 0; i < k; ++i) {
-      const int64_t ih = oh * s + i - p;
-      if (ih < 0 || ih >= H) continue;
-      const T* irow = in + ih * W;
-      for (int64_t j = 0; j < k; ++j) {
-        const T wv = w[i * ws + j];
-        int64_t lo, hi;
-        column_range(W, Wo, j, p, s, lo, hi);
-        const T* src = irow + j - p;
-        if (s == 1) {
-#pragma omp simd
-          for (int64_t ow = lo; ow < hi; ++ow) orow[ow] += wv * src[ow];
-        } else {
-          for (int64_t ow = lo; ow < hi; ++ow) orow[ow] += wv * src[ow * s];
-        }
-      }
+T* scratch(std::vector<T>& buffer, int64_t size) {
+  if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(size);
+  return buffer.data();
+}
+
+// Interleaves `channels` planes of rows x cols into dst[(r + pad) * stride_row + (c + pad) * V + v],
+// zero everywhere else (padding and the lanes past `channels`).
+template <typename T>
+void interleave(const T* src, int64_t channels, int64_t rows, int64_t cols, int64_t pad, T* dst) {
+  const int64_t width = cols + 2 * pad;
+  std::fill(dst, dst + (rows + 2 * pad) * width * V, T(0));
+  for (int64_t v = 0; v < channels; ++v) {
+    const T* plane = src + v * rows * cols;
+    for (int64_t r = 0; r < rows; ++r) {
+      T* row = dst + ((r + pad) * width + pad) * V + v;
+      for (int64_t c = 0; c < cols; ++c) row[c * V] = plane[r * cols + c];
     }
   }
 }
 
+// Window taps of the group's channels as [k * k][V] (zero lanes past `channels`).
 template <typename T>
-void grad_input_plane(const T* go, const T* w, int64_t ws, T* gi, int64_t H, int64_t W, int64_t k,
-                      int64_t s) {
-  const int64_t p = k / 2, Ho = dw_out_size(H, s), Wo = dw_out_size(W, s);
-  std::fill(gi, gi + H * W, T(0));
-  for (int64_t oh = 0; oh < Ho; ++oh) {
-    const T* grow = go + oh * Wo;
-    for (int64_t i = 0; i < k; ++i) {
-      const int64_t ih = oh * s + i - p;
-      if (ih < 0 || ih >= H) continue;
-      T* dst_row = gi + ih * W;
-      for (int64_t j = 0; j < k; ++j) {
-        const T wv = w[i * ws + j];
-        int64_t lo, hi;
-        column_range(W, Wo, j, p, s, lo, hi);
-        T* dst = dst_row + j - p;
-        if (s == 1) {
-#pragma omp simd
-          for (int64_t ow = lo; ow < hi; ++ow) dst[ow] += wv * grow[ow];
-        } else {
-          for (int64_t ow = lo; ow < hi; ++ow) dst[ow * s] += wv * grow[ow];
+void gather_taps(const T* w, int64_t wc, int64_t ws, int64_t channels, int64_t k, T* taps) {
+  std::fill(taps, taps + k * k * V, T(0));
+  for (int64_t v = 0; v < channels; ++v)
+    for (int64_t i = 0; i < k; ++i)
+      for (int64_t j = 0; j < k; ++j) taps[(i * k + j) * V + v] = w[v * wc + i * ws + j];
+}
+
+// O[y][x][V] = sum over taps of taps[i][j][V] * X[(y * s + i + r0)][(x * s + j + c0)][V], X an
+// interleaved map Xw pixels wide. XB neighbouring outputs are computed together: their XB
+// accumulator chains are independent (a single chain would wait on the multiply-add latency)
+// and each tap vector is loaded once for all of them.
+template <typename T>
+void correlate(const T* X, int64_t Xw, const T* taps, int64_t k, int64_t s, int64_t r0, int64_t c0,
+               int64_t Ho, int64_t Wo, T* O) {
+  constexpr int64_t XB = 4;
+  const int64_t step = s * V;  // from one output pixel's window to the next one's
+  for (int64_t y = 0; y < Ho; ++y) {
+    int64_t x = 0;
+    for (; x + XB <= Wo; x += XB) {
+      lanes<T> a0 = {}, a1 = {}, a2 = {}, a3 = {};
+      for (int64_t i = 0; i < k; ++i) {
+        const T* row = X + ((y * s + i + r0) * Xw + x * s + c0) * V;
+        for (int64_t j = 0; j < k; ++j) {
+          const lanes<T> t = load(taps + (i * k + j) * V);
+          const T* src = row + j * V;
+          a0 += t * load(src);
+          a1 += t * load(src + step);
+          a2 += t * load(src + 2 * step);
+          a3 += t * load(src + 3 * step);
         }
       }
+      T* dst = O + (y * Wo + x) * V;
+      store(dst, a0);
+      store(dst + V, a1);
+      store(dst + 2 * V, a2);
+      store(dst + 3 * V, a3);
+    }
+    for (; x < Wo; ++x) {
+      lanes<T> acc = {};
+      for (int64_t i = 0; i < k; ++i) {
+        const T* row = X + ((y * s + i + r0) * Xw + x * s + c0) * V;
+        for (int64_t j = 0; j < k; ++j) acc += load(taps + (i * k + j) * V) * load(row + j * V);
+      }
+      store(O + (y * Wo + x) * V, acc);
     }
   }
 }
 
+// The first `channels` lanes of an interleaved [rows * cols][V] buffer back to planes.
 template <typename T>
-void grad_weight_plane(const T* go, const T* in, double* acc, int64_t H, int64_t W, int64_t k,
-                       int64_t s) {
+void deinterleave(const T* src, int64_t channels, int64_t rows, int64_t cols, T* dst) {
+  for (int64_t v = 0; v < channels; ++v)
+    for (int64_t q = 0; q < rows * cols; ++q) dst[v * rows * cols + q] = src[q * V + v];
+}
+
+template <typename T>
+void forward_group(const T* in, const T* w, int64_t wc, int64_t ws, T* out, int64_t channels,
+                   int64_t H, int64_t W, int64_t k, int64_t s) {
+  static thread_local std::vector<T> pad_buf, tap_buf, out_buf;
   const int64_t p = k / 2, Ho = dw_out_size(H, s), Wo = dw_out_size(W, s);
-  for (int64_t i = 0; i < k; ++i) {
+  T* X = scratch(pad_buf, (H + 2 * p) * (W + 2 * p) * V);
+  T* taps = scratch(tap_buf, k * k * V);
+  T* O = scratch(out_buf, Ho * Wo * V);
+  interleave(in, channels, H, W, p, X);
+  gather_taps(w, wc, ws, channels, k, taps);
+  correlate(X, W + 2 * p, taps, k, s, 0, 0, Ho, Wo, O);
+  deinterleave(O, channels, Ho, Wo, out);
+}
+
+template <typename T>
+void grad_input_group(const T* go, const T* w, int64_t wc, int64_t ws, T* gi, int64_t channels,
+                      int64_t H, int64_t W, int64_t k, int64_t s) {
+  // The input gradient is a stride-1 correlation with the flipped window of the output gradient
+  // dilated by the stride: D[y * s + k - 1][x * s + k - 1] = grad_out[y][x], zero elsewhere, read
+  // from offset p. (For stride 2, three quarters of D are zeros: the price of full vectors.)
+  static thread_local std::vector<T> dil_buf, tap_buf, flip_buf, out_buf;
+  const int64_t p = k / 2, Ho = dw_out_size(H, s), Wo = dw_out_size(W, s);
+  const int64_t Dh = std::max((Ho - 1) * s + 1, H + p) + 2 * (k - 1);
+  const int64_t Dw = std::max((Wo - 1) * s + 1, W + p) + 2 * (k - 1);
+  T* D = scratch(dil_buf, Dh * Dw * V);
+  T* taps = scratch(tap_buf, k * k * V);
+  T* flipped = scratch(flip_buf, k * k * V);
+  T* O = scratch(out_buf, H * W * V);
+  std::fill(D, D + Dh * Dw * V, T(0));
+  for (int64_t v = 0; v < channels; ++v)
+    for (int64_t y = 0; y < Ho; ++y)
+      for (int64_t x = 0; x < Wo; ++x)
+        D[((y * s + k - 1) * Dw + x * s + k - 1) * V + v] = go[v * Ho * Wo + y * Wo + x];
+  gather_taps(w, wc, ws, channels, k, taps);
+  for (int64_t t = 0; t < k * k; ++t)
+    std::copy(taps + t * V, taps + (t + 1) * V, flipped + (k * k - 1 - t) * V);
+  correlate(D, Dw, flipped, k, 1, p, p, H, W, O);
+  deinterleave(O, channels, H, W, gi);
+}
+
+template <typename T>
+void grad_weight_group(const T* go, const T* in, double* acc, int64_t channels, int64_t H,
+                       int64_t W, int64_t k, int64_t s) {
+  static thread_local std::vector<T> pad_buf, grad_buf;
+  const int64_t p = k / 2, Wp = W + 2 * p, Ho = dw_out_size(H, s), Wo = dw_out_size(W, s);
+  const int64_t step = s * V;
+  T* X = scratch(pad_buf, (H + 2 * p) * Wp * V);
+  T* G = scratch(grad_buf, Ho * Wo * V);
+  interleave(in, channels, H, W, p, X);
+  interleave(go, channels, Ho, Wo, 0, G);
+  for (int64_t i = 0; i < k; ++i)
     for (int64_t j = 0; j < k; ++j) {
-      int64_t lo, hi;
-      column_range(W, Wo, j, p, s, lo, hi);
-      double total = 0;
-      for (int64_t oh = 0; oh < Ho; ++oh) {
-        const int64_t ih = oh * s + i - p;
-        if (ih < 0 || ih >= H) continue;
-        const T* grow = go + oh * Wo;
-        const T* src = in + ih * W + j - p;
-        T row = 0;  // one row in T, rows summed in double: accurate and vectorisable
-        if (s == 1) {
-#pragma omp simd reduction(+ : row)
-          for (int64_t ow = lo; ow < hi; ++ow) row += grow[ow] * src[ow];
-        } else {
-#pragma omp simd reduction(+ : row)
-          for (int64_t ow = lo; ow < hi; ++ow) row += grow[ow] * src[ow * s];
+      double total[V] = {};
+      for (int64_t y = 0; y < Ho; ++y) {  // a row in T, rows summed in double: accurate
+        lanes<T> p0 = {}, p1 = {}, p2 = {}, p3 = {};  // independent partial sums
+        const T* g = G + y * Wo * V;
+        const T* src = X + ((y * s + i) * Wp + j) * V;
+        int64_t x = 0;
+        for (; x + 4 <= Wo; x += 4) {
+          p0 += load(g + x * V) * load(src + x * step);
+          p1 += load(g + (x + 1) * V) * load(src + (x + 1) * step);
+          p2 += load(g + (x + 2) * V) * load(src + (x + 2) * step);
+          p3 += load(g + (x + 3) * V) * load(src + (x + 3) * step);
         }
-        total += row;
+        for (; x < Wo; ++x) p0 += load(g + x * V) * load(src + x * step);
+        const lanes<T> row = (p0 + p1) + (p2 + p3);
+        for (int64_t v = 0; v < V; ++v) total[v] += row[v];
       }
-      acc[i * k + j] += total;
+      for (int64_t v = 0; v < channels; ++v) acc[v * k * k + i * k + j] += total[v];
     }
-  }
 }
 
 }  // namespace
 
 template <typename T>
-DwPlaneKernels<T> dw_kernels() {
-  return {&forward_plane<T>, &grad_input_plane<T>, &grad_weight_plane<T>};
+DwGroupKernels<T> dw_kernels() {
+  return {&forward_group<T>, &grad_input_group<T>, &grad_weight_group<T>};
 }
-template DwPlaneKernels<float> dw_kernels<float>();
-template DwPlaneKernels<double> dw_kernels<double>();
+template DwGroupKernels<float> dw_kernels<float>();
+template DwGroupKernels<double> dw_kernels<double>();
 
 }  // namespace NASOPS_CPU_NS
 }  // namespace nasops

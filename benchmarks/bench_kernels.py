@@ -1,0 +1,158 @@
+"""torch.ops.nasops.dw_conv2d against slice + F.conv2d on the AttentiveNAS depthwise layers.
+
+The shapes are the depthwise layers of the smallest and largest attentive_nas sub-networks (every
+stage's first and repeated block: resolution, active width, kernel, stride, read out of the
+supernet's shared weight), at batch 16. For each: forward, backward and both, nasops and PyTorch
+interleaved on the same data after warm-up; medians; the ratio; and achieved GB/s (input, output
+and gradients counted once each) against a measured plain copy. Prints a table, writes JSON.
+
+    python benchmarks/bench_kernels.py [--device cpu|cuda] [--dtype float32 ...] [--repeats 7]
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+import nasops
+from nasops.nn.layers import make_divisible
+from nasops.ops import dw_conv2d_reference
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def attentive_shapes(batch):
+    """(label, N, C, C_max, H, k, K_max, stride) of every depthwise layer kind of the min and
+    max attentive_nas sub-networks, deduplicated."""
+    space = nasops.SearchSpace.load("attentive_nas")
+    cfg = space.config
+    shapes = {}
+    for label, arch in (("min", space.min_arch()), ("max", space.max_arch())):
+        n = math.ceil(arch.resolution / cfg["stem"]["stride"])
+        c_in, max_in = arch.width[0], max(cfg["stem"]["width"])
+        for s, stage in enumerate(cfg["stages"]):
+            e, k, c_out = arch.expand_ratio[s], arch.kernel_size[s], arch.width[s + 1]
+            max_e, max_k, max_out = max(stage["expand_ratio"]), max(stage["kernel_size"]), max(stage["width"])
+            for first in (True, False):
+                if not first and arch.depth[s] < 2:
+                    continue
+                cin, mx = (c_in, max_in) if first else (c_out, max_out)
+                stride = stage["stride"] if first else 1
+                size = n if first else math.ceil(n / stage["stride"])
+                key = (batch, make_divisible(cin * e), make_divisible(mx * max_e), size, k, max_k, stride)
+                shapes.setdefault(key, f"{label} {stage['name']}{'' if first else '+'}")
+            n = math.ceil(n / stage["stride"])
+            c_in, max_in = c_out, max_out
+    return [(label, *key) for key, label in shapes.items()]
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device):
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def copy_bandwidth(device, dtype, repeats):
+    src = torch.randn(32 * 2**20 // torch.finfo(dtype).bits * 8, device=device).to(dtype)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    t = statistics.median(timed(lambda: dst.copy_(src), device) for _ in range(repeats))
+    return 2 * src.numel() * src.element_size() / t / 1e9  # read + write
+
+
+def bench_shape(shape, device, dtype, repeats):
+    label, n, c, c_max, h, k, k_max, s = shape
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(n, c, h, h, device=device, generator=g).to(dtype).requires_grad_(True)
+    w = torch.randn(c_max, 1, k_max, k_max, device=device, generator=g).to(dtype).requires_grad_(True)
+    impls = {"nasops": lambda: torch.ops.nasops.dw_conv2d(x, w, k, s),
+             "torch": lambda: dw_conv2d_reference(x, w, k, s)}
+    out = impls["torch"]()
+    grad = torch.randn_like(out)
+    times = {(impl, part): [] for impl in impls for part in ("fwd", "bwd", "both")}
+
+    def run(impl):
+        with torch.no_grad():
+            times[(impl, "fwd")].append(timed(impls[impl], device))
+        y = impls[impl]()
+        times[(impl, "bwd")].append(timed(lambda: torch.autograd.grad(y, (x, w), grad), device))
+        times[(impl, "both")].append(
+            timed(lambda: torch.autograd.grad(impls[impl](), (x, w), grad), device))
+
+    for impl in impls:  # warm-up
+        run(impl)
+    times = {key: [] for key in times}
+    for _ in range(repeats):
+        for impl in impls:
+            run(impl)
+    t = {key: statistics.median(v) for key, v in times.items()}
+    elem = x.element_size()
+    io = {"fwd": x.numel() + out.numel(), "bwd": 2 * x.numel() + out.numel(),
+          "both": 2 * x.numel() + 2 * out.numel()}
+    row = {"layer": label, "N": n, "C": c, "C_max": c_max, "H": h, "k": k, "K_max": k_max,
+           "stride": s, "dtype": str(dtype).replace("torch.", "")}
+    for part in ("fwd", "bwd", "both"):
+        row[f"{part}_nasops_ms"] = 1e3 * t[("nasops", part)]
+        row[f"{part}_torch_ms"] = 1e3 * t[("torch", part)]
+        row[f"{part}_speedup"] = t[("torch", part)] / t[("nasops", part)]
+        row[f"{part}_nasops_gbs"] = io[part] * elem / t[("nasops", part)] / 1e9
+        row[f"{part}_torch_gbs"] = io[part] * elem / t[("torch", part)] / 1e9
+    return row
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", nargs="+", default=["float32"],
+                        choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    out_path = args.out or os.path.join(ROOT, "benchmarks", "results", f"bench_kernels_{args.device}.json")
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
+    results = {"device": device_name, "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "cpu_isa": nasops._C.cpu_isa(), "batch": args.batch, "repeats": args.repeats, "rows": []}
+    shapes = attentive_shapes(args.batch)
+    for name in args.dtype:
+        dtype = getattr(torch, name)
+        copy = copy_bandwidth(args.device, dtype, args.repeats)
+        results[f"copy_gbs_{name}"] = copy
+        print(f"\n{args.device} {device_name}, {name}, torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads, plain copy {copy:.1f} GB/s")
+        print(f"{'layer':<9} {'C/Cmax':>9} {'HxW':>7} {'k/K':>5} {'s':>2} | "
+              f"{'fwd x':>6} {'bwd x':>6} {'both x':>6} | {'both ms':>8} {'torch ms':>9} {'GB/s':>6} {'%copy':>6}")
+        for shape in shapes:
+            row = bench_shape(shape, args.device, dtype, args.repeats)
+            row["both_pct_copy"] = 100 * row["both_nasops_gbs"] / copy
+            results["rows"].append(row)
+            print(f"{row['layer']:<9} {row['C']:>4}/{row['C_max']:<4} {row['H']:>3}x{row['H']:<3} "
+                  f"{row['k']:>2}/{row['K_max']:<2} {row['stride']:>2} | {row['fwd_speedup']:>6.2f} "
+                  f"{row['bwd_speedup']:>6.2f} {row['both_speedup']:>6.2f} | "
+                  f"{row['both_nasops_ms']:>8.2f} {row['both_torch_ms']:>9.2f} "
+                  f"{row['both_nasops_gbs']:>6.1f} {row['both_pct_copy']:>5.1f}%")
+        rows = [r for r in results["rows"] if r["dtype"] == name]
+        for part in ("fwd", "bwd", "both"):
+            geo = math.exp(statistics.mean(math.log(r[f"{part}_speedup"]) for r in rows))
+            results[f"geomean_{part}_speedup_{name}"] = geo
+            print(f"geometric-mean speed-up {part}: {geo:.2f}x; slowest shape "
+                  f"{min(r[f'{part}_speedup'] for r in rows):.2f}x")
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    with open(out_path, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"wrote {out_path}")
+
+
+if __name__ == "__main__":
+    main()
