@@ -21,8 +21,12 @@ inline int64_t dw_out_size(int64_t n, int64_t stride) { return (n + stride - 1) 
 // top-left tap inside the shared weight, whose channels are wc apart and rows ws apart.
 constexpr int64_t kDwGroup = 8;
 
+// Layers whose output rows are at least this wide run plane by plane, vectorised along the rows
+// (no interleaving needed); narrower ones run in channel groups.
+constexpr int64_t kDwRowsMinWidth = 16;
+
 template <typename T>
-struct DwGroupKernels {
+struct DwKernels {
   void (*forward)(const T* in, const T* w, int64_t wc, int64_t ws, T* out, int64_t channels,
                   int64_t H, int64_t W, int64_t k, int64_t s);
   void (*grad_input)(const T* grad_out, const T* w, int64_t wc, int64_t ws, T* grad_in,
@@ -31,13 +35,21 @@ struct DwGroupKernels {
   // acc[c * k * k + tap] (double accumulators).
   void (*grad_weight)(const T* grad_out, const T* in, double* acc, int64_t channels, int64_t H,
                       int64_t W, int64_t k, int64_t s);
+  // The same three on a single plane (channels = 1), vectorised along the rows; w points at the
+  // plane's window top-left tap, rows ws apart.
+  void (*forward_rows)(const T* in, const T* w, int64_t ws, T* out, int64_t H, int64_t W, int64_t k,
+                       int64_t s);
+  void (*grad_input_rows)(const T* grad_out, const T* w, int64_t ws, T* grad_in, int64_t H,
+                          int64_t W, int64_t k, int64_t s);
+  void (*grad_weight_rows)(const T* grad_out, const T* in, double* acc, int64_t H, int64_t W,
+                           int64_t k, int64_t s);
 };
 
 namespace cpu_base {
-template <typename T> DwGroupKernels<T> dw_kernels();
+template <typename T> DwKernels<T> dw_kernels();
 }
 namespace cpu_avx2 {
-template <typename T> DwGroupKernels<T> dw_kernels();
+template <typename T> DwKernels<T> dw_kernels();
 }
 
 }  // namespace nasops

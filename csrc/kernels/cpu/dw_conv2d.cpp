@@ -41,7 +41,7 @@ int chosen_isa() {
 }
 
 template <typename T>
-DwGroupKernels<T> kernels() {
+DwKernels<T> kernels() {
 #if defined(NASOPS_HAVE_AVX2)
   if (chosen_isa() == 1) return cpu_avx2::dw_kernels<T>();
 #endif
@@ -61,6 +61,11 @@ Window window_of(const at::Tensor& weight, int64_t k) {
 constexpr int64_t kGrain = 1;  // one group is already thousands of operations
 
 int64_t groups_of(int64_t channels) { return (channels + kDwGroup - 1) / kDwGroup; }
+
+// Wide maps run plane by plane along the rows; narrow ones in interleaved channel groups.
+bool use_rows(int64_t W, int64_t k, int64_t s) {
+  return dw_out_size(W, s) >= kDwRowsMinWidth && k * k <= 64;
+}
 
 }  // namespace
 
@@ -92,6 +97,14 @@ at::Tensor dw_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, int6
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* wp = w.data_ptr<scalar_t>() + win.offset;
     scalar_t* op = out.data_ptr<scalar_t>();
+    if (use_rows(W, k, s)) {
+      at::parallel_for(0, N * C, kGrain, [&](int64_t begin, int64_t end) {
+        for (int64_t plane = begin; plane < end; ++plane)
+          kern.forward_rows(xp + plane * H * W, wp + (plane % C) * win.channel_stride,
+                            win.row_stride, op + plane * Ho * Wo, H, W, k, s);
+      });
+      return;
+    }
     const int64_t groups = groups_of(C);
     at::parallel_for(0, N * groups, kGrain, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
@@ -120,6 +133,14 @@ at::Tensor dw_conv2d_grad_input_cpu(const at::Tensor& grad_output, const at::Ten
     const scalar_t* gp = go.data_ptr<scalar_t>();
     const scalar_t* wp = w.data_ptr<scalar_t>() + win.offset;
     scalar_t* ip = grad_input.data_ptr<scalar_t>();
+    if (use_rows(W, k, s)) {
+      at::parallel_for(0, N * C, kGrain, [&](int64_t begin, int64_t end) {
+        for (int64_t plane = begin; plane < end; ++plane)
+          kern.grad_input_rows(gp + plane * Ho * Wo, wp + (plane % C) * win.channel_stride,
+                               win.row_stride, ip + plane * H * W, H, W, k, s);
+      });
+      return;
+    }
     const int64_t groups = groups_of(C);
     at::parallel_for(0, N * groups, kGrain, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
@@ -150,6 +171,21 @@ at::Tensor dw_conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::Te
     const scalar_t* gp = go.data_ptr<scalar_t>();
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* wp = grad_weight.data_ptr<scalar_t>();
+    if (use_rows(W, k, s)) {
+      at::parallel_for(0, C, kGrain, [&](int64_t begin, int64_t end) {
+        std::vector<double> acc(k * k);
+        for (int64_t c = begin; c < end; ++c) {
+          std::fill(acc.begin(), acc.end(), 0.0);
+          for (int64_t n = 0; n < N; ++n)
+            kern.grad_weight_rows(gp + (n * C + c) * Ho * Wo, xp + (n * C + c) * H * W,
+                                  acc.data(), H, W, k, s);
+          for (int64_t i = 0; i < k; ++i)
+            for (int64_t j = 0; j < k; ++j)
+              wp[c * K * K + (off + i) * K + off + j] = static_cast<scalar_t>(acc[i * k + j]);
+        }
+      });
+      return;
+    }
     at::parallel_for(0, groups_of(C), kGrain, [&](int64_t begin, int64_t end) {
       std::vector<double> acc(kDwGroup * k * k);
       for (int64_t group = begin; group < end; ++group) {

@@ -188,14 +188,149 @@ void grad_weight_group(const T* go, const T* in, double* acc, int64_t channels, 
     }
 }
 
+// ---- Row kernels: one plane, vectors along the output rows. ----
+//
+// The zero-padded plane is split into s x s phase planes, P[a][b][r][u] = padded[s r + a][s u + b]
+// (one plane when s = 1), Pw values wide; tap (i, j) of output (y, x) is then
+// P[i % s][j % s][y + i / s][x + j / s]: contiguous along x for every tap and stride.
+
+inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+struct RowLayout {
+  int64_t s, reach, Ho, Wo, WoV, Hp, Pw, plane;
+  RowLayout(int64_t Ho_, int64_t Wo_, int64_t k, int64_t s_) : s(s_), Ho(Ho_), Wo(Wo_) {
+    reach = (k - 1) / s;          // extra phase rows / columns a window spans
+    WoV = round_up(Wo, V);        // outputs computed per row, in whole vectors
+    Hp = Ho + reach + 1;          // + 1: vector reads past a row's end stay in the buffer
+    Pw = WoV + reach + V;
+    plane = Hp * Pw;
+  }
+};
+
+// Phase planes of `in` (H x W) with `pad` zeros before the first row and column.
+template <typename T>
+void split_rows(const T* in, int64_t H, int64_t W, int64_t pad, const RowLayout& L, T* P) {
+  const int64_t s = L.s;
+  std::fill(P, P + s * s * L.plane, T(0));
+  for (int64_t a = 0; a < s; ++a)
+    for (int64_t b = 0; b < s; ++b) {
+      T* phase = P + (a * s + b) * L.plane;
+      const int64_t u_lo = pad > b ? (pad - b + s - 1) / s : 0;  // first u with s u + b - pad >= 0
+      for (int64_t r = 0; r < L.Hp; ++r) {
+        const int64_t h = s * r + a - pad;
+        if (h < 0 || h >= H) continue;
+        const T* src = in + h * W;
+        T* dst = phase + r * L.Pw;
+        for (int64_t u = u_lo; u < L.Pw; ++u) {
+          const int64_t c = s * u + b - pad;
+          if (c >= W) break;
+          dst[u] = src[c];
+        }
+      }
+    }
+}
+
+// out[y][x] = sum of taps[i k + j] * P[i % s][j % s][y + i / s][x + j / s] for x < Wo.
+template <typename T>
+void correlate_rows(const T* P, const RowLayout& L, const T* taps, int64_t k, T* out) {
+  const int64_t s = L.s;
+  T tail[4 * V];
+  for (int64_t y = 0; y < L.Ho; ++y) {
+    T* orow = out + y * L.Wo;
+    for (int64_t x = 0; x < L.WoV; x += 4 * V) {
+      const int64_t chunks = std::min<int64_t>(4, (L.WoV - x) / V);
+      lanes<T> a0 = {}, a1 = {}, a2 = {}, a3 = {};
+      for (int64_t i = 0; i < k; ++i)
+        for (int64_t j = 0; j < k; ++j) {
+          const T* src = P + ((i % s) * s + j % s) * L.plane + (y + i / s) * L.Pw + x + j / s;
+          lanes<T> w;
+          for (int64_t v = 0; v < V; ++v) w[v] = taps[i * k + j];
+          a0 += w * load(src);  // reads stay inside the padded buffer; extra lanes are dropped
+          a1 += w * load(src + V);
+          a2 += w * load(src + 2 * V);
+          a3 += w * load(src + 3 * V);
+        }
+      store(tail, a0);
+      store(tail + V, a1);
+      store(tail + 2 * V, a2);
+      store(tail + 3 * V, a3);
+      std::copy(tail, tail + std::min(chunks * V, L.Wo - x), orow + x);
+    }
+  }
+}
+
+template <typename T>
+void forward_rows(const T* in, const T* w, int64_t ws, T* out, int64_t H, int64_t W, int64_t k,
+                  int64_t s) {
+  static thread_local std::vector<T> phase_buf;
+  const RowLayout L(dw_out_size(H, s), dw_out_size(W, s), k, s);
+  T* P = scratch(phase_buf, s * s * L.plane + 4 * V);
+  split_rows(in, H, W, k / 2, L, P);
+  T taps[64];  // k <= 7 in practice; larger kernels use the group path (see dw_conv2d.cpp)
+  for (int64_t i = 0; i < k; ++i)
+    for (int64_t j = 0; j < k; ++j) taps[i * k + j] = w[i * ws + j];
+  correlate_rows(P, L, taps, k, out);
+}
+
+template <typename T>
+void grad_input_rows(const T* go, const T* w, int64_t ws, T* gi, int64_t H, int64_t W, int64_t k,
+                     int64_t s) {
+  // gi[h][x] = sum of flipped taps * D[h + i][x + j], D the output gradient dilated by the stride
+  // with p zeros before: D[y s + p][x s + p] = grad_out[y][x] (see grad_input_group).
+  static thread_local std::vector<T> dil_buf;
+  const int64_t p = k / 2, Ho = dw_out_size(H, s), Wo = dw_out_size(W, s);
+  const RowLayout L(H, W, k, 1);
+  T* D = scratch(dil_buf, L.plane + 4 * V);
+  std::fill(D, D + L.plane + 4 * V, T(0));
+  for (int64_t y = 0; y < Ho; ++y)
+    for (int64_t x = 0; x < Wo; ++x) D[(y * s + p) * L.Pw + x * s + p] = go[y * Wo + x];
+  T flipped[64];
+  for (int64_t i = 0; i < k; ++i)
+    for (int64_t j = 0; j < k; ++j) flipped[(k - 1 - i) * k + (k - 1 - j)] = w[i * ws + j];
+  correlate_rows(D, L, flipped, k, gi);
+}
+
+template <typename T>
+void grad_weight_rows(const T* go, const T* in, double* acc, int64_t H, int64_t W, int64_t k,
+                      int64_t s) {
+  static thread_local std::vector<T> phase_buf, grad_buf;
+  const RowLayout L(dw_out_size(H, s), dw_out_size(W, s), k, s);
+  T* P = scratch(phase_buf, s * s * L.plane + 4 * V);
+  T* G = scratch(grad_buf, L.Ho * L.WoV);
+  split_rows(in, H, W, k / 2, L, P);
+  std::fill(G, G + L.Ho * L.WoV, T(0));  // zero past Wo: those products vanish
+  for (int64_t y = 0; y < L.Ho; ++y) std::copy(go + y * L.Wo, go + (y + 1) * L.Wo, G + y * L.WoV);
+  for (int64_t i = 0; i < k; ++i)
+    for (int64_t j = 0; j < k; ++j) {
+      double total = 0;
+      for (int64_t y = 0; y < L.Ho; ++y) {  // a row in T lanes, rows summed in double
+        const T* g = G + y * L.WoV;
+        const T* src = P + ((i % s) * s + j % s) * L.plane + (y + i / s) * L.Pw + j / s;
+        lanes<T> p0 = {}, p1 = {};
+        int64_t x = 0;
+        for (; x + 2 * V <= L.WoV; x += 2 * V) {
+          p0 += load(g + x) * load(src + x);
+          p1 += load(g + x + V) * load(src + x + V);
+        }
+        if (x < L.WoV) p0 += load(g + x) * load(src + x);
+        const lanes<T> row = p0 + p1;
+        T sum = 0;
+        for (int64_t v = 0; v < V; ++v) sum += row[v];
+        total += sum;
+      }
+      acc[i * k + j] += total;
+    }
+}
+
 }  // namespace
 
 template <typename T>
-DwGroupKernels<T> dw_kernels() {
-  return {&forward_group<T>, &grad_input_group<T>, &grad_weight_group<T>};
+DwKernels<T> dw_kernels() {
+  return {&forward_group<T>, &grad_input_group<T>, &grad_weight_group<T>,
+          &forward_rows<T>,  &grad_input_rows<T>,  &grad_weight_rows<T>};
 }
-template DwGroupKernels<float> dw_kernels<float>();
-template DwGroupKernels<double> dw_kernels<double>();
+template DwKernels<float> dw_kernels<float>();
+template DwKernels<double> dw_kernels<double>();
 
 }  // namespace NASOPS_CPU_NS
 }  // namespace nasops
