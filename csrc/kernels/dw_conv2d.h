@@ -23,7 +23,7 @@ constexpr int64_t kDwGroup = 8;
 
 // Layers whose output rows are at least this wide run plane by plane, vectorised along the rows
 // (no interleaving needed); narrower ones run in channel groups.
-constexpr int64_t kDwRowsMinWidth = 16;
+constexpr int64_t kDwRowsMinWidth = 32;
 
 template <typename T>
 struct DwKernels {

@@ -211,6 +211,21 @@ struct RowLayout {
 template <typename T>
 void split_rows(const T* in, int64_t H, int64_t W, int64_t pad, const RowLayout& L, T* P) {
   const int64_t s = L.s;
+  if (s == 1) {  // one phase: a padded copy, row by row
+    for (int64_t r = 0; r < L.Hp; ++r) {
+      T* dst = P + r * L.Pw;
+      const int64_t h = r - pad;
+      if (h < 0 || h >= H) {
+        std::fill(dst, dst + L.Pw, T(0));
+        continue;
+      }
+      const int64_t n = std::min(W, L.Pw - pad);
+      std::fill(dst, dst + pad, T(0));
+      std::copy(in + h * W, in + h * W + n, dst + pad);
+      std::fill(dst + pad + n, dst + L.Pw, T(0));
+    }
+    return;
+  }
   std::fill(P, P + s * s * L.plane, T(0));
   for (int64_t a = 0; a < s; ++a)
     for (int64_t b = 0; b < s; ++b) {
@@ -234,22 +249,25 @@ void split_rows(const T* in, int64_t H, int64_t W, int64_t pad, const RowLayout&
 template <typename T>
 void correlate_rows(const T* P, const RowLayout& L, const T* taps, int64_t k, T* out) {
   const int64_t s = L.s;
+  int64_t offset[64];  // where each tap starts, computed once (no divisions in the loops)
+  for (int64_t i = 0; i < k; ++i)
+    for (int64_t j = 0; j < k; ++j)
+      offset[i * k + j] = ((i % s) * s + j % s) * L.plane + (i / s) * L.Pw + j / s;
   T tail[4 * V];
   for (int64_t y = 0; y < L.Ho; ++y) {
     T* orow = out + y * L.Wo;
+    const T* base = P + y * L.Pw;
     for (int64_t x = 0; x < L.WoV; x += 4 * V) {
       const int64_t chunks = std::min<int64_t>(4, (L.WoV - x) / V);
       lanes<T> a0 = {}, a1 = {}, a2 = {}, a3 = {};
-      for (int64_t i = 0; i < k; ++i)
-        for (int64_t j = 0; j < k; ++j) {
-          const T* src = P + ((i % s) * s + j % s) * L.plane + (y + i / s) * L.Pw + x + j / s;
-          lanes<T> w;
-          for (int64_t v = 0; v < V; ++v) w[v] = taps[i * k + j];
-          a0 += w * load(src);  // reads stay inside the padded buffer; extra lanes are dropped
-          a1 += w * load(src + V);
-          a2 += w * load(src + 2 * V);
-          a3 += w * load(src + 3 * V);
-        }
+      for (int64_t t = 0; t < k * k; ++t) {
+        const T* src = base + offset[t] + x;  // reads stay inside the padded buffer
+        const T w = taps[t];                  // (broadcast by the vector arithmetic)
+        a0 += w * load(src);
+        a1 += w * load(src + V);
+        a2 += w * load(src + 2 * V);
+        a3 += w * load(src + 3 * V);
+      }
       store(tail, a0);
       store(tail + V, a1);
       store(tail + 2 * V, a2);
