@@ -71,6 +71,17 @@ def copy_bandwidth(device, dtype, repeats):
     return 2 * src.numel() * src.element_size() / t / 1e9  # read + write
 
 
+def fresh_output_bandwidth(shape, device, dtype, repeats):
+    """GB/s of x + 1 on the largest layer's input: read x, write a newly allocated output. On CPU
+    a fresh output of tens of MB is page-faulted in on every call, which caps every operator that
+    returns a new tensor (the depthwise ones included) far below the plain copy above."""
+    _, n, c, _, h, *_ = shape
+    x = torch.randn(n, c, h, h, device=device).to(dtype)
+    x.add(1)
+    t = statistics.median(timed(lambda: x.add(1), device) for _ in range(repeats))
+    return 2 * x.numel() * x.element_size() / t / 1e9
+
+
 def bench_shape(shape, device, dtype, repeats):
     label, n, c, c_max, h, k, k_max, s = shape
     g = torch.Generator(device=device).manual_seed(0)
@@ -128,9 +139,13 @@ def main():
     for name in args.dtype:
         dtype = getattr(torch, name)
         copy = copy_bandwidth(args.device, dtype, args.repeats)
+        largest = max(shapes, key=lambda sh: sh[1] * sh[2] * sh[4] * sh[4])
+        fresh = fresh_output_bandwidth(largest, args.device, dtype, args.repeats)
         results[f"copy_gbs_{name}"] = copy
+        results[f"fresh_output_gbs_{name}"] = fresh
         print(f"\n{args.device} {device_name}, {name}, torch {torch.__version__}, "
-              f"{torch.get_num_threads()} threads, plain copy {copy:.1f} GB/s")
+              f"{torch.get_num_threads()} threads, plain copy {copy:.1f} GB/s, "
+              f"x + 1 into a new tensor (largest layer input) {fresh:.1f} GB/s")
         print(f"{'layer':<9} {'C/Cmax':>9} {'HxW':>7} {'k/K':>5} {'s':>2} | "
               f"{'fwd x':>6} {'bwd x':>6} {'both x':>6} | {'both ms':>8} {'torch ms':>9} {'GB/s':>6} {'%copy':>6}")
         for shape in shapes:

@@ -72,10 +72,11 @@ void gather_taps(const T* w, int64_t wc, int64_t ws, int64_t channels, int64_t k
 // interleaved map Xw pixels wide. XB neighbouring outputs are computed together: their XB
 // accumulator chains are independent (a single chain would wait on the multiply-add latency)
 // and each tap vector is loaded once for all of them.
-template <typename T>
-void correlate(const T* X, int64_t Xw, const T* taps, int64_t k, int64_t s, int64_t r0, int64_t c0,
-               int64_t Ho, int64_t Wo, T* O) {
+template <typename T, int64_t K>
+void correlate_fixed(const T* X, int64_t Xw, const T* taps, int64_t k_runtime, int64_t s,
+                     int64_t r0, int64_t c0, int64_t Ho, int64_t Wo, T* O) {
   constexpr int64_t XB = 4;
+  const int64_t k = K > 0 ? K : k_runtime;  // a compile-time K lets the tap loops unroll
   const int64_t step = s * V;  // from one output pixel's window to the next one's
   for (int64_t y = 0; y < Ho; ++y) {
     int64_t x = 0;
@@ -106,6 +107,17 @@ void correlate(const T* X, int64_t Xw, const T* taps, int64_t k, int64_t s, int6
       }
       store(O + (y * Wo + x) * V, acc);
     }
+  }
+}
+
+template <typename T>
+void correlate(const T* X, int64_t Xw, const T* taps, int64_t k, int64_t s, int64_t r0, int64_t c0,
+               int64_t Ho, int64_t Wo, T* O) {
+  switch (k) {
+    case 3: return correlate_fixed<T, 3>(X, Xw, taps, k, s, r0, c0, Ho, Wo, O);
+    case 5: return correlate_fixed<T, 5>(X, Xw, taps, k, s, r0, c0, Ho, Wo, O);
+    case 7: return correlate_fixed<T, 7>(X, Xw, taps, k, s, r0, c0, Ho, Wo, O);
+    default: return correlate_fixed<T, 0>(X, Xw, taps, k, s, r0, c0, Ho, Wo, O);
   }
 }
 
@@ -246,9 +258,10 @@ void split_rows(const T* in, int64_t H, int64_t W, int64_t pad, const RowLayout&
 }
 
 // out[y][x] = sum of taps[i k + j] * P[i % s][j % s][y + i / s][x + j / s] for x < Wo.
-template <typename T>
-void correlate_rows(const T* P, const RowLayout& L, const T* taps, int64_t k, T* out) {
+template <typename T, int64_t K>
+void correlate_rows_fixed(const T* P, const RowLayout& L, const T* taps, int64_t k_runtime, T* out) {
   const int64_t s = L.s;
+  const int64_t k = K > 0 ? K : k_runtime;
   int64_t offset[64];  // where each tap starts, computed once (no divisions in the loops)
   for (int64_t i = 0; i < k; ++i)
     for (int64_t j = 0; j < k; ++j)
@@ -274,6 +287,16 @@ void correlate_rows(const T* P, const RowLayout& L, const T* taps, int64_t k, T*
       store(tail + 3 * V, a3);
       std::copy(tail, tail + std::min(chunks * V, L.Wo - x), orow + x);
     }
+  }
+}
+
+template <typename T>
+void correlate_rows(const T* P, const RowLayout& L, const T* taps, int64_t k, T* out) {
+  switch (k) {
+    case 3: return correlate_rows_fixed<T, 3>(P, L, taps, k, out);
+    case 5: return correlate_rows_fixed<T, 5>(P, L, taps, k, out);
+    case 7: return correlate_rows_fixed<T, 7>(P, L, taps, k, out);
+    default: return correlate_rows_fixed<T, 0>(P, L, taps, k, out);
   }
 }
 
