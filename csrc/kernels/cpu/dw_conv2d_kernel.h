@@ -1,10 +1,15 @@
-// The depthwise CPU kernels, vectorised across channels. Included once per instruction set with
-// NASOPS_CPU_NS set (dw_conv2d_base.cpp, dw_conv2d_avx2.cpp); the compiler turns every loop over
-// the V = kDwGroup lanes into vector instructions of that set.
+// The depthwise CPU kernels. Included once per instruction set with NASOPS_CPU_NS set
+// (dw_conv2d_base.cpp, dw_conv2d_avx2.cpp); `lanes<T>` (V = kDwGroup values) becomes the vector
+// registers of that set. Two layouts, chosen by map width in dw_conv2d.cpp:
 //
-// A group of V channel planes is copied into a zero-padded, channel-interleaved buffer
-// [H + 2p][W + 2p][V]; then each output pixel is one register of V accumulators fed by k * k
-// multiply-adds of full vectors, with no bounds checks and no short rows.
+// * Channel groups (narrow maps): V channel planes are copied into a zero-padded,
+//   channel-interleaved buffer [H + 2p][W + 2p][V]; each output pixel is then one register of V
+//   accumulators fed by k * k multiply-adds of full vectors, whatever the map size.
+// * Rows (wide maps): one plane, zero-padded (and split into stride phases), vectors along the
+//   output rows; see correlate_rows.
+//
+// Both compute the input gradient as a stride-1 correlation of the dilated output gradient with
+// the flipped window, and accumulate weight gradients per row in T and across rows in double.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
