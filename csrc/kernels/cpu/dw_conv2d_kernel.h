@@ -49,17 +49,24 @@ T* scratch(std::vector<T>& buffer, int64_t size) {
   return buffer.data();
 }
 
-// Interleaves `channels` planes of rows x cols into dst[(r + pad) * stride_row + (c + pad) * V + v],
-// zero everywhere else (padding and the lanes past `channels`).
+// Interleaves `channels` planes of rows x cols into dst[(r + pad) * (cols + 2 pad) + c + pad][V],
+// zero everywhere else (padding and the lanes past `channels`). Pixel-major: each pixel's V lanes
+// are written together, one pass over dst.
 template <typename T>
 void interleave(const T* src, int64_t channels, int64_t rows, int64_t cols, int64_t pad, T* dst) {
-  const int64_t width = cols + 2 * pad;
-  std::fill(dst, dst + (rows + 2 * pad) * width * V, T(0));
-  for (int64_t v = 0; v < channels; ++v) {
-    const T* plane = src + v * rows * cols;
-    for (int64_t r = 0; r < rows; ++r) {
-      T* row = dst + ((r + pad) * width + pad) * V + v;
-      for (int64_t c = 0; c < cols; ++c) row[c * V] = plane[r * cols + c];
+  const int64_t width = cols + 2 * pad, plane = rows * cols;
+  std::fill(dst, dst + pad * width * V, T(0));
+  std::fill(dst + (rows + pad) * width * V, dst + (rows + 2 * pad) * width * V, T(0));
+  for (int64_t r = 0; r < rows; ++r) {
+    T* row = dst + (r + pad) * width * V;
+    std::fill(row, row + pad * V, T(0));
+    std::fill(row + (cols + pad) * V, row + width * V, T(0));
+    for (int64_t c = 0; c < cols; ++c) {
+      T* px = row + (c + pad) * V;
+      const T* from = src + r * cols + c;
+      int64_t v = 0;
+      for (; v < channels; ++v) px[v] = from[v * plane];
+      for (; v < V; ++v) px[v] = T(0);
     }
   }
 }
@@ -126,11 +133,15 @@ void correlate(const T* X, int64_t Xw, const T* taps, int64_t k, int64_t s, int6
   }
 }
 
-// The first `channels` lanes of an interleaved [rows * cols][V] buffer back to planes.
+// The first `channels` lanes of an interleaved [rows * cols][V] buffer back to planes, one pass
+// over the buffer (a pass per lane would read it V times).
 template <typename T>
 void deinterleave(const T* src, int64_t channels, int64_t rows, int64_t cols, T* dst) {
-  for (int64_t v = 0; v < channels; ++v)
-    for (int64_t q = 0; q < rows * cols; ++q) dst[v * rows * cols + q] = src[q * V + v];
+  const int64_t plane = rows * cols;
+  for (int64_t q = 0; q < plane; ++q) {
+    const lanes<T> px = load(src + q * V);
+    for (int64_t v = 0; v < channels; ++v) dst[v * plane + q] = px[v];
+  }
 }
 
 template <typename T>
