@@ -166,21 +166,32 @@ void grad_input_group(const T* go, const T* w, int64_t wc, int64_t ws, T* gi, in
   // from offset p. (For stride 2, three quarters of D are zeros: the price of full vectors.)
   static thread_local std::vector<T> dil_buf, tap_buf, flip_buf, out_buf;
   const int64_t p = k / 2, Ho = dw_out_size(H, s), Wo = dw_out_size(W, s);
-  const int64_t Dh = std::max((Ho - 1) * s + 1, H + p) + 2 * (k - 1);
-  const int64_t Dw = std::max((Wo - 1) * s + 1, W + p) + 2 * (k - 1);
-  T* D = scratch(dil_buf, Dh * Dw * V);
   T* taps = scratch(tap_buf, k * k * V);
   T* flipped = scratch(flip_buf, k * k * V);
   T* O = scratch(out_buf, H * W * V);
-  std::fill(D, D + Dh * Dw * V, T(0));
-  for (int64_t v = 0; v < channels; ++v)
-    for (int64_t y = 0; y < Ho; ++y)
-      for (int64_t x = 0; x < Wo; ++x)
-        D[((y * s + k - 1) * Dw + x * s + k - 1) * V + v] = go[v * Ho * Wo + y * Wo + x];
+  int64_t Dw, offset;
+  T* D;
+  if (s == 1) {  // no dilation: the output gradient zero-padded by p, like forward's input
+    Dw = W + 2 * p, offset = 0;
+    D = scratch(dil_buf, (H + 2 * p) * Dw * V);
+    interleave(go, channels, H, W, p, D);
+  } else {
+    const int64_t Dh = std::max((Ho - 1) * s + 1, H + p) + 2 * (k - 1);
+    Dw = std::max((Wo - 1) * s + 1, W + p) + 2 * (k - 1), offset = p;
+    D = scratch(dil_buf, Dh * Dw * V);
+    std::fill(D, D + Dh * Dw * V, T(0));
+    const int64_t plane = Ho * Wo;
+    for (int64_t y = 0; y < Ho; ++y)  // pixel-major, as in interleave
+      for (int64_t x = 0; x < Wo; ++x) {
+        T* px = D + ((y * s + k - 1) * Dw + x * s + k - 1) * V;
+        const T* from = go + y * Wo + x;
+        for (int64_t v = 0; v < channels; ++v) px[v] = from[v * plane];
+      }
+  }
   gather_taps(w, wc, ws, channels, k, taps);
   for (int64_t t = 0; t < k * k; ++t)
     std::copy(taps + t * V, taps + (t + 1) * V, flipped + (k * k - 1 - t) * V);
-  correlate(D, Dw, flipped, k, 1, p, p, H, W, O);
+  correlate(D, Dw, flipped, k, 1, offset, offset, H, W, O);
   deinterleave(O, channels, H, W, gi);
 }
 
