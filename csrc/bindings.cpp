@@ -1,5 +1,6 @@
 // Python bindings of the core (module nasops._C). Arrays in and out are NumPy int64; every
 // loop runs with the GIL released. std::invalid_argument surfaces as ValueError.
+#include <ATen/Parallel.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -10,6 +11,7 @@
 #include <string>
 
 #include "flops.h"
+#include "forest.h"
 #include "kernels/cpu/dw_conv2d_cpu.h"
 #include "sampler.h"
 #include "space.h"
@@ -209,4 +211,37 @@ PYBIND11_MODULE(_C, m) {
              s.sample_proportional(out.mutable_data(), n, by_flops);
              return out;
            });
+
+  py::class_<nasops::Forest>(m, "Forest")
+      .def(py::init([](std::vector<int32_t> feature, std::vector<double> threshold,
+                       std::vector<int32_t> left, std::vector<int32_t> right,
+                       std::vector<double> value, std::vector<int32_t> roots,
+                       int64_t num_features) {
+             nasops::Forest f{std::move(feature), std::move(left), std::move(right),
+                              std::move(roots), std::move(threshold), std::move(value),
+                              num_features};
+             f.validate();
+             return f;
+           }),
+           py::arg("feature"), py::arg("threshold"), py::arg("left"), py::arg("right"),
+           py::arg("value"), py::arg("roots"), py::arg("num_features"))
+      .def("predict", [](const nasops::Forest& f,
+                         const py::array_t<double, py::array::c_style | py::array::forcecast>& x) {
+        if (x.ndim() != 2) throw std::invalid_argument("forest input must be a 2-D array");
+        const int64_t rows = x.shape(0), cols = x.shape(1);
+        if (cols != f.num_features)
+          throw std::invalid_argument("forest input has " + std::to_string(cols) +
+                                      " features per row; the forest was fitted on " +
+                                      std::to_string(f.num_features));
+        py::array_t<double> out(rows);
+        const double* in = x.data();
+        double* o = out.mutable_data();
+        {
+          py::gil_scoped_release release;
+          at::parallel_for(0, rows, 1024, [&](int64_t begin, int64_t end) {
+            f.predict(in + begin * cols, end - begin, o + begin);
+          });
+        }
+        return out;
+      });
 }

@@ -13,6 +13,8 @@ converts units. Paper facts (AttentiveNAS, Sec. 4.2):
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from . import _C
@@ -118,3 +120,137 @@ class FlopsSampler:
         self._core = core
         self.step = float(state["sampler"]["step"])
         self._refresh()
+
+
+# -- training strategies ----------------------------------------------------------------------
+STRATEGY_FORMS = ("uniform", "balanced", "bestup-K-loss", "worstup-K-loss", "bestup-K-acc",
+                  "worstup-K-acc", "bestup-offline", "worstup-offline")
+
+
+def parse_strategy(name: str) -> tuple[str, str | None, int | None]:
+    """(kind, direction, k) of a strategy name: kind "uniform", "balanced", "loss", "acc" or
+    "offline"; direction "best" / "worst" for the attentive ones; k candidates for loss / acc."""
+    if not isinstance(name, str):
+        raise TypeError(f"strategy must be a string, got {type(name).__name__}")
+    if name in ("uniform", "balanced"):
+        return name, None, None
+    parts = name.split("-")
+    if len(parts) == 2 and parts[0] in ("bestup", "worstup") and parts[1] == "offline":
+        return "offline", parts[0][:-2], None
+    if len(parts) == 3 and parts[0] in ("bestup", "worstup") and parts[2] in ("loss", "acc") \
+            and parts[1].isdigit() and int(parts[1]) >= 1:
+        return parts[2], parts[0][:-2], int(parts[1])
+    raise ValueError(f"strategy {name!r} is not allowed; allowed forms: {list(STRATEGY_FORMS)} "
+                     f"(K a positive integer, e.g. bestup-3-loss)")
+
+
+def offline_table(space: SearchSpace, pool: np.ndarray, scores: np.ndarray, step: float,
+                  direction: str) -> tuple[np.ndarray, np.ndarray]:
+    """(bins, archs): per FLOPs bin (FLOPs / step, rounded) present in `pool`, the member with the
+    highest (direction "best") or lowest ("worst") score. Ties go to the first in the pool."""
+    if direction not in ("best", "worst"):
+        raise ValueError(f"direction {direction!r} is not allowed; allowed: ['best', 'worst']")
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != (len(pool),):
+        raise ValueError(f"{len(pool)} pool members but {scores.size} scores")
+    bins = np.rint(space.flops(pool) / step).astype(np.int64)
+    key = -scores if direction == "best" else scores
+    order = np.lexsort((np.arange(len(pool)), key, bins))  # by bin, then score, then position
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = bins[order][1:] != bins[order][:-1]
+    chosen = order[first]
+    return bins[chosen], pool[chosen]
+
+
+class Strategy:
+    """Draws the sampled sub-networks of each training step (the sandwich rule adds the largest
+    and smallest around them). Strategies, by name (see :func:`parse_strategy`):
+
+    * ``uniform``: every dimension uniformly at random.
+    * ``bestup-K-loss`` / ``worstup-K-loss``: a FLOPs target from the prior, K candidates at it
+      from the proposal, the one with the lowest / highest mini-batch loss (``loss_fn``).
+    * ``bestup-K-acc`` / ``worstup-K-acc``: the same, scored by the predictor's accuracy.
+    * ``bestup-offline`` / ``worstup-offline``: a target from the prior, then the sub-network
+      with the best / worst predicted accuracy in that FLOPs bin among ``pool_size`` uniform ones
+      (the table is built once, at construction).
+    * ``balanced``: drawn with probability proportional to the parameter count.
+
+    ``uniform_bins=True`` draws targets uniformly over the prior's bins instead of from it.
+    ``predictor`` is any callable from encodings [N, D] to accuracies [N] (an
+    :class:`~nasops.predictor.AccuracyPredictor`). The state (random generators, offline table)
+    is in :meth:`state_dict`."""
+
+    def __init__(self, name: str, space: SearchSpace, seed: int = 0, predictor=None,
+                 uniform_bins: bool = False, pool_size: int = 1_000_000, n_prior: int = 200_000,
+                 max_trials: int = 1000):
+        self.name = name
+        self.kind, self.direction, self.k = parse_strategy(name)
+        self.space, self.uniform_bins = space, bool(uniform_bins)
+        if self.kind in ("acc", "offline") and predictor is None:
+            raise ValueError(f"strategy {name!r} needs an accuracy predictor (the recipe's "
+                             f"'predictor' file)")
+        self.predictor = predictor
+        self.sampler = FlopsSampler(space, n_prior=n_prior, seed=seed, max_trials=max_trials)
+        self._rng = np.random.default_rng(_seed64(seed) ^ 0x5DEECE66D)
+        self._table = None
+        if self.kind == "offline":
+            pool = space.sample(_check_count("pool_size", pool_size), seed=int(self._rng.integers(2**63)))
+            self._table = offline_table(space, pool, self._scores(pool), self.sampler.step,
+                                        self.direction)
+
+    def _scores(self, archs: np.ndarray) -> np.ndarray:
+        scores = np.asarray(self.predictor(archs), dtype=np.float64).ravel()
+        if scores.shape != (len(archs),):
+            raise ValueError(f"the predictor returned {scores.size} scores for {len(archs)} "
+                             f"architectures")
+        return scores
+
+    def sample(self, n: int, loss_fn=None) -> np.ndarray:
+        """n encoded architectures [n, D]. The ``-loss`` strategies need ``loss_fn``: encodings
+        [K, D] -> mini-batch losses [K] (lower is better)."""
+        n = _check_count("n", n)
+        if self.kind == "uniform":
+            return self.space.sample(n, seed=int(self._rng.integers(2**63)))
+        if self.kind == "balanced":
+            return self.sampler.sample_proportional(n, by="params")
+        if self.kind == "loss" and loss_fn is None:
+            raise ValueError(f"strategy {self.name!r} needs loss_fn to score its candidates")
+        targets = self.sampler.sample_target(n, uniform_bins=self.uniform_bins)
+        out = []
+        for t in targets:
+            if self.kind == "offline":
+                out.append(self._offline_pick(t))
+                continue
+            candidates = self.sampler.sample(t, self.k)
+            if self.kind == "loss":
+                losses = np.asarray(loss_fn(candidates), dtype=np.float64).ravel()
+                if losses.shape != (self.k,):
+                    raise ValueError(f"loss_fn returned {losses.size} losses for {self.k} candidates")
+                pick = np.argmin(losses) if self.direction == "best" else np.argmax(losses)
+            else:
+                acc = self._scores(candidates)
+                pick = np.argmax(acc) if self.direction == "best" else np.argmin(acc)
+            out.append(candidates[pick])
+        return np.stack(out)
+
+    def _offline_pick(self, target: float) -> np.ndarray:
+        bins, archs = self._table
+        b = int(round(target / self.sampler.step))
+        return archs[np.argmin(np.abs(bins - b))]  # the pool may miss a rare bin: nearest one
+
+    def state_dict(self) -> dict:
+        state = {"name": self.name, "sampler": self.sampler.state_dict(),
+                 "rng": json.dumps(self._rng.bit_generator.state)}
+        if self._table is not None:
+            state["table"] = [self._table[0].tolist(), self._table[1].tolist()]
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict) or state.get("name") != self.name:
+            raise ValueError(f"strategy state is for {state.get('name') if isinstance(state, dict) else None!r}, "
+                             f"not {self.name!r}")
+        self.sampler.load_state_dict(state["sampler"])
+        self._rng.bit_generator.state = json.loads(state["rng"])
+        if "table" in state:
+            self._table = (np.asarray(state["table"][0], dtype=np.int64),
+                           np.asarray(state["table"][1], dtype=np.int64))

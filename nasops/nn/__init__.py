@@ -1,5 +1,7 @@
 """Dynamic layers, the weight-sharing supernet, static sub-networks and BN re-calibration."""
 from .calibrate import calibrate_bn
+from .layers import frozen_bn_stats, sync_batchnorm
 from .supernet import DynamicMBConv, Supernet, resize_batch
 
-__all__ = ["DynamicMBConv", "Supernet", "calibrate_bn", "resize_batch"]
+__all__ = ["DynamicMBConv", "Supernet", "calibrate_bn", "frozen_bn_stats", "resize_batch",
+           "sync_batchnorm"]

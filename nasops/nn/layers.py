@@ -3,6 +3,8 @@ out of a slice of it (leading channels, centred kernel window). Sizes are passed
 the layers hold no per-architecture state."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,16 +59,66 @@ class DynamicDepthwiseConv2d(nn.Module):
 
 
 class DynamicBatchNorm2d(nn.BatchNorm2d):
-    """Batch norm over the leading channels; running statistics are updated in their slice."""
+    """Batch norm over the leading channels; running statistics are updated in their slice.
+
+    Two switches, set for a whole network with :func:`sync_batchnorm` and :func:`frozen_bn_stats`:
+    ``process_group`` makes training-mode statistics those of the batch across all ranks (the
+    gradient flows through the reduction), and ``frozen`` uses batch statistics without updating
+    the running ones (for scoring candidates)."""
+
+    process_group = None
+    frozen = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
-        if self.training:
+        track = self.training and not self.frozen
+        if track:
             self.num_batches_tracked.add_(1)
         # momentum None: cumulative average over batches, as BN re-calibration wants
         momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked.clamp(min=1))
-        return F.batch_norm(x, self.running_mean[:c], self.running_var[:c], self.weight[:c],
-                            self.bias[:c], self.training, momentum, self.eps)
+        running_mean = self.running_mean[:c] if track or not self.training else None
+        running_var = self.running_var[:c] if track or not self.training else None
+        if self.training and self.process_group is not None:
+            return self._synced(x, running_mean, running_var, momentum)
+        return F.batch_norm(x, running_mean, running_var, self.weight[:c], self.bias[:c],
+                            self.training, momentum, self.eps)
+
+    def _synced(self, x, running_mean, running_var, momentum):
+        import torch.distributed.nn.functional as dist_fn
+        c = x.shape[1]
+        local = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)),
+                           x.new_full((1,), x.numel() / c)])
+        total = dist_fn.all_reduce(local, group=self.process_group)
+        count = total[-1]
+        mean = total[:c] / count
+        var = (total[c:2 * c] / count - mean * mean).clamp(min=0)
+        if running_mean is not None:
+            with torch.no_grad():
+                running_mean.mul_(1 - momentum).add_(momentum * mean)
+                running_var.mul_(1 - momentum).add_(momentum * var * count / (count - 1).clamp(min=1))
+        scale = self.weight[:c] * torch.rsqrt(var + self.eps)
+        shift = self.bias[:c] - mean * scale
+        return x * scale.view(1, c, 1, 1) + shift.view(1, c, 1, 1)
+
+
+def sync_batchnorm(net: nn.Module, process_group) -> None:
+    """Training-mode BN statistics over all ranks of `process_group` (None: local ones)."""
+    for m in net.modules():
+        if isinstance(m, DynamicBatchNorm2d):
+            m.process_group = process_group
+
+
+@contextlib.contextmanager
+def frozen_bn_stats(net: nn.Module):
+    """Within the block, training-mode forwards leave the BN running statistics unchanged."""
+    norms = [m for m in net.modules() if isinstance(m, DynamicBatchNorm2d)]
+    for m in norms:
+        m.frozen = True
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.frozen = False
 
 
 class DynamicSE(nn.Module):

@@ -1,0 +1,365 @@
+"""Datasets, splits and batches for training and evaluating supernets.
+
+Every dataset is read whole into memory as uint8 images [N, C, H, W] and int64 labels (these are
+small image sets; ImageNet-scale data is out of scope of this loader):
+
+* ``digits``: scikit-learn's bundled 8x8 digits (1,797 images, nothing to download). It has no
+  official test split, so a fixed 20% is set aside as one.
+* ``fashion-mnist``: the IDX files (``train-images-idx3-ubyte[.gz]``, ...), by default from
+  /usr/share/datasets/fashion-mnist (Debian's ``dataset-fashion-mnist``).
+* ``cifar10``: the python-pickle batches directory (``data_batch_1`` ... ``data_batch_5``,
+  ``test_batch``), read with an unpickler that only builds numpy arrays.
+* ``imagefolder``: one folder of images per class, read with Pillow and resized to
+  ``image_size``; ``train/`` and ``test/`` (or ``val/``) sub-folders when present, otherwise a fixed
+  20% of the images is the test split.
+
+:func:`load_splits` also sets aside a fixed, seeded held-out part of the training data, used to
+score sub-networks during search and never trained on. :class:`BatchStream` makes the training
+batches: a seeded permutation per epoch, random crop (zero padding) and optional flip, normalised
+floats. Batch contents depend only on (seed, epoch, step), so a resumed run sees the same batches
+and every DDP rank takes its own slice of the same global batch.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+DATASETS = ("digits", "fashion-mnist", "cifar10", "imagefolder")
+DEFAULT_DIRS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+_TEST_FRACTION = 0.2
+_SPLIT_SEED = 0x5EED  # fixed: the test split of a dataset never depends on a run's seed
+
+
+@dataclass
+class ImageSet:
+    """Images (uint8 [N, C, H, W]) with labels (int64 [N]) and the class names."""
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+
+    def __post_init__(self):
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(f"images must be uint8 [N, C, H, W], got {self.images.dtype} "
+                             f"{list(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(f"{self.images.shape[0]} images but labels of shape "
+                             f"{list(self.labels.shape)}")
+        if len(self.labels) and not 0 <= int(self.labels.min()) <= int(self.labels.max()) < len(self.classes):
+            raise ValueError(f"labels must be in [0, {len(self.classes)}), got "
+                             f"[{int(self.labels.min())}, {int(self.labels.max())}]")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[1]
+
+    def subset(self, index) -> "ImageSet":
+        index = torch.as_tensor(index, dtype=torch.long)
+        return ImageSet(self.images[index], self.labels[index], self.classes)
+
+
+def _fixed_permutation(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).permutation(n)
+
+
+def _split(data: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
+    """(rest, part): `fraction` of the items, chosen by a seeded permutation."""
+    order = _fixed_permutation(len(data), seed)
+    count = int(round(len(data) * fraction))
+    return data.subset(np.sort(order[count:])), data.subset(np.sort(order[:count]))
+
+
+# -- readers ------------------------------------------------------------------------------------
+def _digits(split: str) -> ImageSet:
+    from sklearn.datasets import load_digits  # bundled with scikit-learn, no download
+    d = load_digits()
+    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # values 0..16
+    full = ImageSet(torch.from_numpy(images), torch.from_numpy(d.target.astype(np.int64)),
+                    [str(c) for c in d.target_names])
+    train, test = _split(full, _TEST_FRACTION, _SPLIT_SEED)
+    return train if split == "train" else test
+
+
+def _open_maybe_gz(directory: str, name: str, dataset: str, expected: str):
+    for candidate in (name, name + ".gz"):
+        path = os.path.join(directory, candidate)
+        if os.path.isfile(path):
+            return path, (gzip.open(path, "rb") if candidate.endswith(".gz") else open(path, "rb"))
+    raise FileNotFoundError(f"{dataset}: {name}[.gz] not found in {directory!r}; expected {expected}")
+
+
+def read_idx(path: str, data: bytes) -> np.ndarray:
+    """An IDX array (unsigned bytes): magic 0x0000 08 ndim, big-endian int32 sizes, the data."""
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08 or not 1 <= data[3] <= 4:
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes (magic 0x000008nn expected, "
+                         f"got {data[:4].hex() or 'nothing'})")
+    ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise ValueError(f"{path}: truncated IDX header")
+    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    body = data[4 + 4 * ndim:]
+    if len(body) != int(np.prod(shape)):
+        raise ValueError(f"{path}: IDX header says shape {list(shape)} ({int(np.prod(shape))} "
+                         f"bytes) but {len(body)} bytes follow")
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
+
+
+def _fashion_mnist(root: str, split: str) -> ImageSet:
+    prefix = "train" if split == "train" else "t10k"
+    expected = ("the IDX files train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+                "t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (optionally .gz), as Debian's "
+                "dataset-fashion-mnist installs them")
+    arrays = []
+    for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+        path, f = _open_maybe_gz(root, f"{prefix}-{kind}", "fashion-mnist", expected)
+        with f:
+            try:
+                raw = f.read()
+            except (OSError, EOFError) as e:
+                raise ValueError(f"{path} cannot be read: {e}") from None
+        arrays.append((path, read_idx(path, raw)))
+    (ipath, images), (lpath, labels) = arrays
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise ValueError(f"fashion-mnist: {ipath} has shape {list(images.shape)} and {lpath} "
+                         f"{list(labels.shape)}; expected [N, H, W] images and [N] labels")
+    classes = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+               "Sneaker", "Bag", "Ankle boot"]
+    return ImageSet(torch.from_numpy(images.copy())[:, None],
+                    torch.from_numpy(labels.astype(np.int64)), classes)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles only what CIFAR batches hold: dicts, lists, strings and numpy arrays (a generic
+    unpickler would run whatever code a crafted file names)."""
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _cifar_batch(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            batch = _ArrayUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path} is not a CIFAR-10 python batch: {e}") from None
+    if not isinstance(batch, dict):
+        raise ValueError(f"{path} is not a CIFAR-10 python batch: expected a dict")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+
+
+def _cifar10(root: str, split: str) -> ImageSet:
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    images, labels = [], []
+    for name in names:
+        path = os.path.join(root, name)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"cifar10: {name} not found in {root!r}; expected the python "
+                                    f"batches directory (data_batch_1 ... data_batch_5, test_batch)")
+        batch = _cifar_batch(path)
+        data, lab = batch.get("data"), batch.get("labels")
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
+                or data.shape[1] != 3072 or lab is None or len(lab) != len(data):
+            raise ValueError(f"{path}: expected 'data' uint8 [N, 3072] and N 'labels'")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(lab, dtype=np.int64))
+    classes = [str(i) for i in range(10)]
+    meta = os.path.join(root, "batches.meta")
+    if os.path.isfile(meta):
+        names_ = _cifar_batch(meta).get("label_names")
+        if isinstance(names_, list) and len(names_) == 10:
+            classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names_]
+    return ImageSet(torch.from_numpy(np.concatenate(images)),
+                    torch.from_numpy(np.concatenate(labels)), classes)
+
+
+def _read_image(path: str, size: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"imagefolder: {path} is not a readable image: {e}") from None
+
+
+def _class_folders(root: str) -> list[str]:
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"imagefolder: {root!r} is not a directory; expected one "
+                                f"sub-folder of images per class")
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    if not classes:
+        raise ValueError(f"imagefolder: {root!r} has no class sub-folders; expected one "
+                         f"sub-folder of images per class")
+    return classes
+
+
+def _folder(root: str, size: int, classes: list[str] | None = None) -> ImageSet:
+    found = _class_folders(root)
+    classes = found if classes is None else classes
+    if found != classes:
+        raise ValueError(f"imagefolder: {root!r} has classes {found}, expected {classes}")
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        folder = os.path.join(root, name)
+        for file in sorted(os.listdir(folder)):
+            if file.lower().endswith(IMAGE_SUFFIXES):
+                images.append(_read_image(os.path.join(folder, file), size))
+                labels.append(label)
+    if not images:
+        raise ValueError(f"imagefolder: no images ({', '.join(IMAGE_SUFFIXES)}) under {root!r}")
+    return ImageSet(torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64),
+                    classes)
+
+
+def _imagefolder(root: str, split: str, size: int) -> ImageSet:
+    test_dir = next((os.path.join(root, d) for d in ("test", "val")
+                     if os.path.isdir(os.path.join(root, d))), None)
+    if os.path.isdir(os.path.join(root, "train")) and test_dir:
+        classes = _class_folders(os.path.join(root, "train"))
+        return _folder(os.path.join(root, "train") if split == "train" else test_dir, size, classes)
+    train, test = _split(_folder(root, size), _TEST_FRACTION, _SPLIT_SEED)
+    return train if split == "train" else test
+
+
+def load_dataset(name: str, split: str = "train", root: str | None = None,
+                 image_size: int = 32) -> ImageSet:
+    """One split ("train" or "test") of a dataset (module docstring). `root` is the dataset's
+    directory (fashion-mnist has a default); `image_size` applies to imagefolder only."""
+    if name not in DATASETS:
+        raise ValueError(f"dataset {name!r} is not allowed; allowed: {list(DATASETS)}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split {split!r} is not allowed; allowed: ['train', 'test']")
+    if name == "digits":
+        return _digits(split)
+    root = root or DEFAULT_DIRS.get(name)
+    if root is None:
+        raise ValueError(f"dataset {name!r} needs a directory (data_dir)")
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"{name}: data directory {root!r} does not exist")
+    if name == "fashion-mnist":
+        return _fashion_mnist(root, split)
+    if name == "cifar10":
+        return _cifar10(root, split)
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 4:
+        raise ValueError(f"image_size = {image_size!r} must be an integer >= 4")
+    return _imagefolder(root, split, image_size)
+
+
+@dataclass
+class Splits:
+    train: ImageSet    # what the supernet trains on
+    holdout: ImageSet  # a fixed part of the training data, for scoring sub-networks in search
+    test: ImageSet     # the dataset's test split, for final numbers only
+    mean: torch.Tensor  # per-channel mean and std of `train`, in [0, 1] units
+    std: torch.Tensor
+
+
+def load_splits(name: str, root: str | None = None, holdout: float = 0.1,
+                holdout_seed: int = 0, limit: int | None = None, image_size: int = 32) -> Splits:
+    """Train / held-out / test splits. `holdout` is the fraction of the training data set aside
+    (by a permutation seeded with `holdout_seed`); `limit` keeps a fixed subset of at most that
+    many training images (before the held-out split), for short studies."""
+    if not 0.0 < holdout < 1.0:
+        raise ValueError(f"holdout = {holdout!r} must be a fraction in (0, 1)")
+    train = load_dataset(name, "train", root, image_size)
+    test = load_dataset(name, "test", root, image_size)
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 2:
+            raise ValueError(f"limit = {limit!r} must be None or an integer >= 2")
+        if limit < len(train):
+            train = train.subset(np.sort(_fixed_permutation(len(train), holdout_seed + 1)[:limit]))
+    train, held = _split(train, holdout, holdout_seed)
+    if len(train) == 0 or len(held) == 0:
+        raise ValueError(f"holdout = {holdout} of {len(train) + len(held)} images leaves an "
+                         f"empty split")
+    pixels = train.images.permute(1, 0, 2, 3).reshape(train.channels, -1).double() / 255.0
+    return Splits(train, held, test, pixels.mean(1).float(), pixels.std(1).float().clamp(min=1e-3))
+
+
+def _mix(*values: int) -> int:
+    """A 63-bit seed from integers (SplitMix64 steps), for per-epoch / per-step generators."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (int(v) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h >> 1
+
+
+class BatchStream:
+    """Training batches of an ImageSet: shuffled per epoch, augmented, normalised.
+
+    `batch_size` is the global batch; with `world` > 1 each rank gets its contiguous slice
+    (batch_size / world images) of the same global batch, so a DDP run sees exactly the data of
+    one process with the whole batch. Incomplete last batches are dropped."""
+
+    def __init__(self, data: ImageSet, batch_size: int, mean: torch.Tensor, std: torch.Tensor,
+                 seed: int = 0, augment: bool = True, flip: bool = False, rank: int = 0,
+                 world: int = 1):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size = {batch_size!r} must be a positive integer")
+        if batch_size % world:
+            raise ValueError(f"batch_size = {batch_size} must be a multiple of the number of "
+                             f"processes ({world})")
+        if batch_size > len(data):
+            raise ValueError(f"batch_size = {batch_size} exceeds the {len(data)} training images")
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.augment, self.flip, self.rank, self.world = augment, flip, rank, world
+        self.mean, self.std = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
+        self.pad = max(1, data.images.shape[-1] // 8)  # 4 px at 32, 1 px at 8
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.data) // self.batch_size
+
+    def batch(self, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's part of global batch `step` of `epoch`: float [B, C, H, W], labels [B]."""
+        gen = torch.Generator().manual_seed(_mix(self.seed, epoch))
+        order = torch.randperm(len(self.data), generator=gen)
+        index = order[step * self.batch_size:(step + 1) * self.batch_size]
+        gen.manual_seed(_mix(self.seed, epoch, step))  # augmentation of the global batch
+        x = self.data.images[index]
+        if self.augment:
+            x = random_crop(x, self.pad, gen)
+            if self.flip:
+                mirror = torch.rand(len(x), generator=gen) < 0.5
+                x = torch.where(mirror.view(-1, 1, 1, 1), x.flip(-1), x)
+        part = slice(self.rank * len(x) // self.world, (self.rank + 1) * len(x) // self.world)
+        return self.normalize(x[part]), self.data.labels[index][part]
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() / 255.0 - self.mean) / self.std
+
+
+def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """Each image zero-padded by `pad` and cropped back to its size at a random offset."""
+    n, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h)).view(n, 1, h, 1)
+    cols = (dx[:, None] + torch.arange(w)).view(n, 1, 1, w)
+    return padded[torch.arange(n).view(n, 1, 1, 1), torch.arange(c).view(1, c, 1, 1), rows, cols]
+
+
+def eval_batches(data: ImageSet, batch_size: int, mean: torch.Tensor, std: torch.Tensor,
+                 rank: int = 0, world: int = 1):
+    """Un-augmented, normalised (x, y) batches in order; rank r of `world` gets batches r, r +
+    world, ... so the ranks together see every image once."""
+    m, s = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
+    for start in range(rank * batch_size, len(data), world * batch_size):
+        x = data.images[start:start + batch_size]
+        yield (x.float() / 255.0 - m) / s, data.labels[start:start + batch_size]

@@ -1,0 +1,80 @@
+"""The few collective operations nasops needs, written so that one process is the world-size-1
+case of the same code (every helper is a no-op or an identity there).
+
+Training is data parallel: each rank computes the gradients of the same sub-networks on its
+slice of the global batch and :func:`average_gradients` averages them in one flat all-reduce per
+optimizer step. (torch's DistributedDataParallel wrapper reduces once per backward and wants to
+know the unused parameters; a sandwich step runs several backwards over changing sub-sets of the
+weights before one optimizer step, which this does with a single collective.)
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if initialized() else 1
+
+
+def init_from_env() -> torch.device:
+    """Joins the process group that torchrun describes (WORLD_SIZE > 1 in the environment):
+    NCCL on GPUs, gloo on CPU. Returns the device this rank computes on."""
+    cuda = torch.cuda.is_available()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return device
+
+
+def average_gradients(params) -> None:
+    """Replaces each gradient by its mean over the ranks (a missing one counts as zero)."""
+    if world_size() == 1:
+        return
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= world_size()
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        offset += n
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """The elementwise sum over ranks (a copy; the input is left alone)."""
+    out = values.clone()
+    if world_size() > 1:
+        dist.all_reduce(out)
+    return out
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank `src`'s object, on every rank."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()

@@ -1,0 +1,82 @@
+"""Accuracy of sub-networks of a trained supernet: BN re-calibration on training images, then
+top-1 accuracy on a split. Under torchrun the architectures are divided among the ranks (each
+evaluates its share whole, with local BN statistics) and the results are gathered."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import distributed as dist
+from .data import ImageSet, Splits, eval_batches
+from .nn import Supernet, calibrate_bn, resize_batch
+from .nn.layers import DynamicBatchNorm2d
+
+
+class Evaluator:
+    """Measures sub-networks of `net` on the splits of `splits`.
+
+    Calibration uses the first `calib_images` training images of a fixed permutation, without
+    augmentation, in batches of `batch_size`: every sub-network sees the same ones. Results are
+    cached by (architecture, split), so nothing is evaluated twice."""
+
+    def __init__(self, net: Supernet, splits: Splits, batch_size: int = 256,
+                 calib_images: int = 2048, device: torch.device | str = "cpu"):
+        if isinstance(calib_images, bool) or not isinstance(calib_images, int) or calib_images < 1:
+            raise ValueError(f"calib_images = {calib_images!r} must be a positive integer")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size = {batch_size!r} must be a positive integer")
+        self.net, self.splits, self.batch_size, self.device = net, splits, batch_size, torch.device(device)
+        order = np.random.default_rng(0).permutation(len(splits.train))[:calib_images]
+        self._calib = splits.train.subset(np.sort(order))
+        self.cache: dict[tuple, float] = {}
+
+    def _split(self, name: str) -> ImageSet:
+        if name not in ("holdout", "test", "train"):
+            raise ValueError(f"split {name!r} is not allowed; allowed: ['holdout', 'test', 'train']")
+        return getattr(self.splits, name)
+
+    def _batches(self, data: ImageSet, resolution: int):
+        for x, y in eval_batches(data, self.batch_size, self.splits.mean, self.splits.std):
+            yield resize_batch(x.to(self.device), resolution), y.to(self.device)
+
+    @torch.no_grad()
+    def _measure(self, arch: np.ndarray, data: ImageSet) -> float:
+        net = self.net
+        net.set_active(arch)
+        res = net.active_arch.resolution
+        calibrate_bn(net, (x for x, _ in self._batches(self._calib, res)))
+        was_training = net.training
+        net.eval()
+        correct = 0
+        for x, y in self._batches(data, res):
+            correct += int((net(x).argmax(1) == y).sum())
+        net.train(was_training)
+        return correct / len(data)
+
+    def accuracy(self, archs, split: str = "holdout", progress: bool = False) -> np.ndarray:
+        """Top-1 accuracy (fraction) of each encoded architecture ([N, D] or [D]) on `split`
+        ("holdout", "test" or "train"), after BN re-calibration. float64 [N]."""
+        data = self._split(split)
+        rows = self.net.space._as_rows(np.asarray(archs))
+        keys = [(tuple(r.tolist()), split) for r in rows]
+        todo = sorted({k for k in keys if k not in self.cache})
+        mine = todo[dist.rank()::dist.world_size()]
+        local = torch.zeros(len(todo), dtype=torch.float64)
+        norms = [m for m in self.net.modules() if isinstance(m, DynamicBatchNorm2d)]
+        groups = [m.process_group for m in norms]
+        for m in norms:
+            m.process_group = None  # each rank evaluates its architectures whole
+        try:
+            bar = tqdm(mine, desc=f"evaluate ({split})", unit="net",
+                       disable=not progress or dist.rank() != 0)
+            position = {k: i for i, k in enumerate(todo)}
+            for key in bar:
+                local[position[key]] = self._measure(np.asarray(key[0], dtype=np.int64), data)
+        finally:
+            for m, g in zip(norms, groups):
+                m.process_group = g
+        gathered = dist.all_reduce_sum(local.to(self.device) if self.device.type == "cuda" else local)
+        for key, value in zip(todo, gathered.cpu().tolist()):
+            self.cache[key] = value
+        return np.array([self.cache[k] for k in keys], dtype=np.float64)
