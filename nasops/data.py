@@ -140,7 +140,8 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles only what CIFAR batches hold: dicts, lists, strings and numpy arrays (a generic
     unpickler would run whatever code a crafted file names)."""
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
+               ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("_codecs", "encode")}  # how Python 3 writes bytes at protocol 2
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:

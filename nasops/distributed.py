@@ -66,6 +66,15 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def all_equal(value: float, device: torch.device | str = "cpu") -> bool:
+    """Whether every rank passed the same number."""
+    if world_size() == 1:
+        return True
+    t = torch.tensor([value, -value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t[0] == -t[1])
+
+
 def broadcast_object(obj, src: int = 0):
     """Rank `src`'s object, on every rank."""
     if world_size() == 1:

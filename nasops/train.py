@@ -27,6 +27,7 @@ import random
 import signal
 import sys
 import time
+import zlib
 from importlib import resources
 
 import numpy as np
@@ -365,7 +366,10 @@ def train(cfg: dict, run_dir: str, resume: bool = False, progress: bool = True,
             while step < steps_per_epoch:
                 x, y = stream.batch(epoch, step)
                 x, y = x.to(device), y.to(device)
-                losses = train_step(net, cfg, strategy, largest, smallest, x, y)
+                losses, archs = train_step(net, cfg, strategy, largest, smallest, x, y)
+                if not dist.all_equal(zlib.crc32(archs.tobytes()), device):
+                    raise RuntimeError(f"ranks drew different sub-networks at epoch {epoch} step "
+                                       f"{step}: their strategies are out of step")
                 finite = dist.all_reduce_sum(losses.to(device)).cpu() / world
                 if not torch.isfinite(finite).all():
                     raise FloatingPointError(
@@ -423,9 +427,10 @@ def train(cfg: dict, run_dir: str, resume: bool = False, progress: bool = True,
     return final
 
 
-def train_step(net: Supernet, cfg: dict, strategy: Strategy, largest, smallest, x, y) -> torch.Tensor:
+def train_step(net: Supernet, cfg: dict, strategy: Strategy, largest, smallest, x, y):
     """Forward and backward of the sandwich on one batch (gradients accumulate in .grad; the
-    caller steps). Returns the losses [largest, smallest, mean of sampled] (detached, CPU)."""
+    caller steps). Returns the losses [largest, smallest, mean of sampled] (detached, CPU) and
+    the encoded sub-networks trained [N, D]."""
     world = dist.world_size()
 
     @torch.no_grad()
@@ -444,9 +449,10 @@ def train_step(net: Supernet, cfg: dict, strategy: Strategy, largest, smallest, 
         return (dist.all_reduce_sum(torch.stack(out)) / world).cpu().numpy()
 
     sampled = strategy.sample(cfg["num_sampled"], batch_losses) if cfg["num_sampled"] else []
+    archs = np.stack([largest, smallest, *sampled])
     net.zero_grad(set_to_none=True)
     losses, teacher = [], None
-    for i, arch in enumerate([largest, smallest, *sampled]):
+    for i, arch in enumerate(archs):
         net.set_active(arch)
         first = i == 0
         net.dropout = cfg["dropout"] if first else 0.0  # regularise only the largest
@@ -461,7 +467,7 @@ def train_step(net: Supernet, cfg: dict, strategy: Strategy, largest, smallest, 
         loss.backward()
         losses.append(loss.detach().cpu())
     sampled_mean = torch.stack(losses[2:]).mean() if len(losses) > 2 else torch.tensor(0.0)
-    return torch.stack([losses[0], losses[1], sampled_mean]).double()
+    return torch.stack([losses[0], losses[1], sampled_mean]).double(), archs
 
 
 def main(argv=None) -> int:
