@@ -41,13 +41,12 @@ def init_from_env() -> torch.device:
 
 
 def average_gradients(params) -> None:
-    """Replaces each gradient by its mean over the ranks (a missing one counts as zero)."""
+    """Replaces each gradient by its mean over the ranks. Parameters without a gradient keep
+    none (the ranks train the same sub-networks, so they lack the same ones, and an optimizer
+    must skip them as one process would)."""
     if world_size() == 1:
         return
-    params = [p for p in params if p.requires_grad]
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
+    params = [p for p in params if p.grad is not None]
     flat = torch.cat([p.grad.reshape(-1) for p in params])
     dist.all_reduce(flat)
     flat /= world_size()
@@ -64,6 +63,29 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     if world_size() > 1:
         dist.all_reduce(out)
     return out
+
+
+class _DifferentiableSum(torch.autograd.Function):
+    """Sum over ranks whose gradient is again the sum over ranks: the gradient, with respect to
+    one rank's input, of the total of every rank's loss."""
+
+    @staticmethod
+    def forward(ctx, values, group):
+        ctx.group = group
+        out = values.clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+def differentiable_sum(values: torch.Tensor, group=None) -> torch.Tensor:
+    """All-reduce (sum) that autograd can go through (synchronised batch norm uses it)."""
+    return _DifferentiableSum.apply(values, group)
 
 
 def all_equal(value: float, device: torch.device | str = "cpu") -> bool:

@@ -103,12 +103,12 @@ def test_ddp_two_processes_equal_one_on_the_combined_batch(tiny, tmp_path):
     cfg = config(tiny, strategy="bestup-2-loss", dropout=0.0, drop_connect=0.0, epochs=1)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({k: v for k, v in cfg.items() if k != "recipe"}))
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                "--master_port=0", "-m", "nasops.train"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node=2", "-m", "nasops.train"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run(torchrun + ["--recipe", str(recipe), "--run-dir", str(tmp_path / "ddp"),
                                      "--no-progress"], capture_output=True, text=True, env=env,
-                         timeout=600)
+                         timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     final = json.loads((tmp_path / "ddp" / "final.json").read_text())
     assert final["world_size"] == 2
@@ -116,8 +116,8 @@ def test_ddp_two_processes_equal_one_on_the_combined_batch(tiny, tmp_path):
     assert_same_weights(weights(tmp_path / "ddp"), weights(tmp_path / "one"), atol=2e-5)
     one = [json.loads(l) for l in open(tmp_path / "one" / "metrics.jsonl") if '"lr"' in l]
     two = [json.loads(l) for l in open(tmp_path / "ddp" / "metrics.jsonl") if '"lr"' in l]
-    np.testing.assert_allclose([l["loss_sampled"] for l in two], [l["loss_sampled"] for l in one],
-                               rtol=1e-4)
+    for key in ("loss_largest", "loss_smallest", "loss_sampled"):  # the same sub-networks
+        np.testing.assert_allclose([l[key] for l in two], [l[key] for l in one], rtol=1e-4, atol=1e-6)
 
 
 def predictor_file(tiny, path):

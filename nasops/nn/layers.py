@@ -84,11 +84,11 @@ class DynamicBatchNorm2d(nn.BatchNorm2d):
                             self.training, momentum, self.eps)
 
     def _synced(self, x, running_mean, running_var, momentum):
-        import torch.distributed.nn.functional as dist_fn
+        from ..distributed import differentiable_sum
         c = x.shape[1]
         local = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)),
                            x.new_full((1,), x.numel() / c)])
-        total = dist_fn.all_reduce(local, group=self.process_group)
+        total = differentiable_sum(local, self.process_group)
         count = total[-1]
         mean = total[:c] / count
         var = (total[c:2 * c] / count - mean * mean).clamp(min=0)
