@@ -11,9 +11,10 @@ except ImportError as e:  # pragma: no cover - only without a build
 
 from . import ops
 from .nn import Supernet, calibrate_bn, resize_batch
+from .predictor import AccuracyPredictor
 from .sampling import FlopsSampler
 from .space import Arch, SearchSpace, packaged_spaces
 
-__all__ = ["ops", "Arch", "FlopsSampler", "SearchSpace", "Supernet", "calibrate_bn", "packaged_spaces",
+__all__ = ["ops", "AccuracyPredictor", "Arch", "FlopsSampler", "SearchSpace", "Supernet", "calibrate_bn", "packaged_spaces",
            "resize_batch"]
 __version__ = "0.1.0"

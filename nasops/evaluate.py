@@ -41,11 +41,18 @@ class Evaluator:
             yield resize_batch(x.to(self.device), resolution), y.to(self.device)
 
     @torch.no_grad()
+    def calibrate(self, arch) -> int:
+        """Makes `arch` the supernet's active sub-network with re-calibrated BN statistics (as
+        before an export). Returns its resolution."""
+        self.net.set_active(arch)
+        res = self.net.active_arch.resolution
+        calibrate_bn(self.net, (x for x, _ in self._batches(self._calib, res)))
+        return res
+
+    @torch.no_grad()
     def _measure(self, arch: np.ndarray, data: ImageSet) -> float:
         net = self.net
-        net.set_active(arch)
-        res = net.active_arch.resolution
-        calibrate_bn(net, (x for x, _ in self._batches(self._calib, res)))
+        res = self.calibrate(arch)
         was_training = net.training
         net.eval()
         correct = 0
@@ -80,3 +87,81 @@ class Evaluator:
         for key, value in zip(todo, gathered.cpu().tolist()):
             self.cache[key] = value
         return np.array([self.cache[k] for k in keys], dtype=np.float64)
+
+
+def main(argv=None) -> int:
+    """python -m nasops.evaluate --checkpoint RUN/checkpoint.pt -n 256 --out evals.json"""
+    import argparse
+    import json
+    import sys
+
+    from .checkpoint import load_trained
+    parser = argparse.ArgumentParser(prog="python -m nasops.evaluate",
+                                     description="BN-calibrated accuracy of random sub-networks "
+                                                 "of a trained supernet (the predictor's data)")
+    parser.add_argument("--checkpoint", required=True, help="RUN/checkpoint.pt")
+    parser.add_argument("-n", type=int, default=256, help="number of uniform sub-networks")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sub-networks drawn")
+    parser.add_argument("--split", default="holdout", choices=["holdout", "test", "train"])
+    parser.add_argument("--out", required=True, help="evaluation file to write (JSON)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        if args.n < 1:
+            raise ValueError(f"-n = {args.n} must be a positive number of sub-networks")
+        device = dist.init_from_env()
+        cfg, splits, net = load_trained(args.checkpoint, device)
+        archs = net.space.sample(args.n, seed=args.seed)
+        acc = Evaluator(net, splits, cfg["eval_batch_size"], cfg["calib_images"], device).accuracy(
+            archs, args.split, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"nasops.evaluate: error: {e}", file=sys.stderr)
+        return 1
+    if dist.rank() == 0:
+        write_evaluations(args.out, net.space, archs, acc, args.split, args.checkpoint)
+        print(f"wrote {len(acc)} accuracies to {args.out} (mean {acc.mean():.4f}, "
+              f"min {acc.min():.4f}, max {acc.max():.4f})")
+    return 0
+
+
+def write_evaluations(path: str, space, archs, accuracy, split: str, source: str) -> None:
+    """The evaluation file `python -m nasops.predictor` reads: JSON with the space, the encodings,
+    their MFLOPs and accuracies."""
+    import json
+    import os
+    archs = np.asarray(archs)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"format": "nasops-evaluations-1", "space": space.config, "split": split,
+                   "source": source, "encodings": archs.tolist(),
+                   "mflops": space.flops(archs).tolist(),
+                   "accuracy": np.asarray(accuracy, dtype=float).tolist()}, f)
+    os.replace(tmp, path)
+
+
+def read_evaluations(path: str):
+    """(space, encodings [N, D], accuracy [N]) of an evaluation file; ValueError if malformed."""
+    import json
+    import os
+
+    from .space import SearchSpace
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"evaluation file {path!r} does not exist")
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+        if doc.get("format") != "nasops-evaluations-1":
+            raise ValueError("format is not 'nasops-evaluations-1'")
+        space = SearchSpace(doc["space"], source=path)
+        archs = space._as_rows(np.asarray(doc["encodings"], dtype=np.int64))
+        acc = np.asarray(doc["accuracy"], dtype=np.float64)
+        if acc.shape != (len(archs),):
+            raise ValueError(f"{len(archs)} encodings but {acc.size} accuracies")
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as e:
+        raise ValueError(f"{path} is not a nasops evaluation file: {e}") from None
+    return space, archs, acc
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main())

@@ -36,6 +36,7 @@ import yaml
 from tqdm import tqdm
 
 from . import distributed as dist
+from .checkpoint import FORMAT as CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from .data import DATASETS, BatchStream, load_splits
 from .evaluate import Evaluator
 from .losses import KD_LOSSES, distillation_loss, smoothed_cross_entropy
@@ -46,7 +47,6 @@ from .sampling import Strategy, parse_strategy
 from .space import SearchSpace
 
 log = logging.getLogger("nasops.train")
-CHECKPOINT_FORMAT = "nasops-checkpoint-1"
 
 # Every recipe key with its default; a recipe file or a key=value override sets any of them.
 DEFAULTS = {
@@ -209,25 +209,6 @@ def _set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(path: str, payload: dict) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint."""
-    tmp = path + ".tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"{path} is not a readable nasops checkpoint: {type(e).__name__}: {e}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a nasops checkpoint (expected format {CHECKPOINT_FORMAT!r})")
-    return ckpt
 
 
 def _lr_factor(cfg: dict, steps_per_epoch: int):

@@ -13,8 +13,8 @@ import os
 
 import numpy as np
 
-from . import _C
-from .space import SearchSpace
+from .. import _C
+from ..space import SearchSpace
 
 FORMAT = "nasops-forest-1"
 _ARRAYS = ("feature", "threshold", "left", "right", "value", "roots")

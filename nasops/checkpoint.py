@@ -1,0 +1,47 @@
+"""Run checkpoints: written atomically by training, read back by resume, evaluation and search."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+FORMAT = "nasops-checkpoint-1"
+
+
+def save_checkpoint(path: str, payload: dict) -> None:
+    """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint."""
+    tmp = path + ".tmp"
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str) -> dict:
+    """A checkpoint written by nasops.train (plain tensors and containers only: loaded with
+    weights_only=True); FileNotFoundError / ValueError naming the file otherwise."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated or foreign files
+        raise ValueError(f"{path} is not a readable nasops checkpoint: {type(e).__name__}: {e}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a nasops checkpoint (expected format {FORMAT!r})")
+    return ckpt
+
+
+def load_trained(path: str, device: torch.device | str = "cpu"):
+    """(config, splits, supernet) of a training run's checkpoint: the supernet with its trained
+    weights on `device`, and the data splits its recipe names."""
+    from .data import load_splits
+    from .nn import Supernet
+    from .space import SearchSpace
+    ckpt = load_checkpoint(path)
+    cfg = ckpt["config"]
+    splits = load_splits(cfg["dataset"], cfg["data_dir"], cfg["holdout"], cfg["holdout_seed"],
+                         cfg["limit"], cfg["image_size"])
+    net = Supernet(SearchSpace(ckpt["space"], source=path))
+    try:
+        net.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise ValueError(f"{path}: the weights do not fit the supernet of its own space: {e}") from None
+    return cfg, splits, net.to(device).eval()

@@ -1,0 +1,48 @@
+"""Export a chosen sub-network as a standalone static network.
+
+A directory per network: ``model.ts`` (TorchScript: loads with ``torch.jit.load``, no nasops
+needed), ``model.onnx`` (when the ``onnx`` package is installed), ``state_dict.pt`` (for
+``nasops.Supernet(...).extract(arch)``-built modules) and ``meta.json``: the architecture, its
+FLOPs and params, and what the input must be (channels, resolution, the per-channel mean and std
+to normalise [0, 1] pixels with, class names).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import os
+
+import torch
+
+from .nn import Supernet
+
+
+def export_subnet(net: Supernet, arch, out_dir: str, meta: dict | None = None,
+                  onnx: bool | None = None) -> dict:
+    """Writes the sub-network `arch` of `net`, with its current BN statistics (calibrate them
+    first), to `out_dir`. Returns the paths written, by kind."""
+    static = net.extract(arch).eval()
+    a = net.active_arch
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"state_dict": os.path.join(out_dir, "state_dict.pt"),
+             "torchscript": os.path.join(out_dir, "model.ts"),
+             "meta": os.path.join(out_dir, "meta.json")}
+    torch.save(static.state_dict(), paths["state_dict"])
+    torch.jit.save(torch.jit.script(static), paths["torchscript"])
+    x = torch.zeros(1, net.space.in_channels, a.resolution, a.resolution)
+    if onnx is None:
+        onnx = importlib.util.find_spec("onnx") is not None
+    if onnx:
+        paths["onnx"] = os.path.join(out_dir, "model.onnx")
+        with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates its passes
+            torch.onnx.export(static, (x,), paths["onnx"], input_names=["x"],
+                              output_names=["logits"], external_data=False,
+                              dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
+    info = {"arch": a.to_dict(), "mflops": net.space.flops(a), "mparams": net.space.params(a),
+            "input": {"channels": net.space.in_channels, "resolution": a.resolution},
+            "num_classes": net.space.num_classes, **(meta or {})}
+    with open(paths["meta"], "w") as f:
+        json.dump(info, f, indent=2)
+    return paths
