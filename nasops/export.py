@@ -31,7 +31,8 @@ def export_subnet(net: Supernet, arch, out_dir: str, meta: dict | None = None,
              "meta": os.path.join(out_dir, "meta.json")}
     torch.save(static.state_dict(), paths["state_dict"])
     torch.jit.save(torch.jit.script(static), paths["torchscript"])
-    x = torch.zeros(1, net.space.in_channels, a.resolution, a.resolution)
+    x = torch.zeros(2, net.space.in_channels, a.resolution, a.resolution)  # (batch 1 would be
+    # specialised to a constant by the exporter)
     if onnx is None:
         onnx = importlib.util.find_spec("onnx") is not None
     if onnx:
@@ -39,7 +40,7 @@ def export_subnet(net: Supernet, arch, out_dir: str, meta: dict | None = None,
         with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates its passes
             torch.onnx.export(static, (x,), paths["onnx"], input_names=["x"],
                               output_names=["logits"], external_data=False,
-                              dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
+                              dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
     info = {"arch": a.to_dict(), "mflops": net.space.flops(a), "mparams": net.space.params(a),
             "input": {"channels": net.space.in_channels, "resolution": a.resolution},
             "num_classes": net.space.num_classes, **(meta or {})}

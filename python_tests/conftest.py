@@ -19,3 +19,25 @@ def packaged_yaml():
         if isinstance(doc, dict) and "stages" in doc:
             out[name[:-len(".yaml")]] = doc
     return out
+
+
+TINY_SPACE = """
+name: tiny
+in_channels: 1
+num_classes: 10
+flops_step: 0.1
+resolution: [8, 12]
+stem: {width: [8, 16], kernel_size: 3, stride: 1, act: swish}
+stages:
+  - {name: mb1, width: [8, 16], depth: [1, 2], kernel_size: [3, 5], expand_ratio: [1], stride: 1, se: false, act: swish}
+  - {name: mb2, width: [16, 24], depth: [1, 2], kernel_size: [3, 5], expand_ratio: [2, 3], stride: 2, se: true, act: swish}
+head: {width: [32, 48], expand_ratio: 2, act: swish}
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """Path of a search space small enough to train in seconds on 8x8 digits (1,024 sub-networks)."""
+    path = tmp_path_factory.mktemp("space") / "tiny.yaml"
+    path.write_text(TINY_SPACE)
+    return str(path)

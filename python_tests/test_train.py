@@ -17,27 +17,6 @@ import nasops
 from nasops import train as train_mod
 from nasops.predictor import AccuracyPredictor
 
-TINY_SPACE = """
-name: tiny
-in_channels: 1
-num_classes: 10
-flops_step: 0.1
-resolution: [8, 12]
-stem: {width: [8, 16], kernel_size: 3, stride: 1, act: swish}
-stages:
-  - {name: mb1, width: [8, 16], depth: [1, 2], kernel_size: [3, 5], expand_ratio: [1], stride: 1, se: false, act: swish}
-  - {name: mb2, width: [16, 24], depth: [1, 2], kernel_size: [3, 5], expand_ratio: [2, 3], stride: 2, se: true, act: swish}
-head: {width: [32, 48], expand_ratio: 2, act: swish}
-"""
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    path = tmp_path_factory.mktemp("space") / "tiny.yaml"
-    path.write_text(TINY_SPACE)
-    return str(path)
-
-
 def config(tiny, **kw):
     cfg = dict(train_mod.DEFAULTS, recipe="test", space=tiny, limit=320, batch_size=32, epochs=2,
                num_sampled=1, n_prior=5000, calib_images=64, eval_batch_size=128, log_every=1,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 
 import numpy as np
 
@@ -133,7 +134,7 @@ class AccuracyPredictor:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
                 arrays = {k: z[k] for k in _ARRAYS}
-        except (ValueError, KeyError, OSError, EOFError) as e:
+        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
             raise ValueError(f"{path} is not a nasops predictor file: {e}") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise ValueError(f"{path} is not a nasops predictor file (format "

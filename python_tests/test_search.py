@@ -1,0 +1,223 @@
+"""Stage 2: evolution finds known optima within budget, the predictor round-trips, exported
+networks reproduce the supernet, and search on a trained supernet reports what its exports do."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import nasops
+from nasops import train as train_mod
+from nasops.evaluate import Evaluator, read_evaluations, write_evaluations
+from nasops.export import export_subnet
+from nasops.predictor import AccuracyPredictor, kendall_tau
+from nasops.search import evolve, pareto
+
+
+@pytest.fixture(scope="module")
+def small():
+    return nasops.SearchSpace.load("small")
+
+
+def choice_index(space, archs):
+    return np.stack([np.searchsorted(c, archs[:, i]) for i, c in enumerate(space.choices)], 1)
+
+
+class Recorder:
+    """A distance-to-target objective (optimum: the target, score 0) that records every row."""
+
+    def __init__(self, space, target):
+        self.space, self.target, self.rows = space, choice_index(space, target[None])[0], []
+
+    def __call__(self, archs):
+        self.rows.append(archs.copy())
+        return -((choice_index(self.space, archs) - self.target) ** 2).sum(1).astype(float)
+
+
+@pytest.mark.parametrize("quantile", [0.2, 0.5, 0.9])
+def test_evolution_finds_the_known_optimum_within_budget(small, quantile):
+    pool = small.sample(2000, seed=1)
+    target = pool[np.argsort(small.flops(pool))[int(quantile * 2000)]]
+    budget = small.flops(target)
+    objective = Recorder(small, target)
+    result = evolve(small, objective, budget, seed=0)
+    np.testing.assert_array_equal(result.encoding, target)
+    assert result.score == 0 and result.flops <= budget
+    evaluated = np.concatenate(objective.rows)
+    assert (small.flops(evaluated) <= budget).all()  # no member ever exceeds the budget
+    assert len(np.unique(evaluated, axis=0)) == len(evaluated) == result.evaluations  # once each
+    assert result.evaluations <= 512 + 20 * 256
+    assert [h["best"] for h in result.history] == sorted(h["best"] for h in result.history)
+
+
+def test_seeds_reproduce(small):
+    target = small.sample(1, seed=5)[0]
+    a = evolve(small, Recorder(small, target), 15.0, generations=5, seed=3)
+    b = evolve(small, Recorder(small, target), 15.0, generations=5, seed=3)
+    assert a.to_dict() == b.to_dict()
+
+
+def test_pareto_is_monotone_and_budgets_hold(small):
+    params_objective = lambda archs: small.params(archs)  # more weights score higher
+    results = pareto(small, params_objective, [20, 5, 10], generations=4, population=64,
+                     mutations=16, crossovers=16)
+    assert [r.budget for r in results] == [5, 10, 20]
+    assert all(r.flops <= r.budget for r in results)
+    scores = [r.score for r in results]
+    assert scores == sorted(scores) and scores[0] < scores[-1]
+
+
+def test_bad_arguments_raise(small):
+    obj = lambda archs: np.zeros(len(archs))
+    smallest = small.flops(small.min_arch())
+    with pytest.raises(ValueError, match=f"below the smallest sub-network.*{smallest:g}"):
+        evolve(small, obj, smallest - 0.01)
+    with pytest.raises(ValueError, match="finite number"):
+        evolve(small, obj, float("nan"))
+    with pytest.raises(ValueError, match="must exceed mutations"):
+        evolve(small, obj, 10, population=100, mutations=64, crossovers=64)
+    with pytest.raises(ValueError, match="mutate_prob"):
+        evolve(small, obj, 10, mutate_prob=0)
+    with pytest.raises(ValueError, match="one per row"):
+        evolve(small, lambda a: np.zeros(3), 10, generations=1)
+    with pytest.raises(ValueError, match="NaN"):
+        evolve(small, lambda a: np.full(len(a), np.nan), 10, generations=1)
+    with pytest.raises(TypeError, match="callable"):
+        evolve(small, "accuracy", 10)
+    with pytest.raises(ValueError, match="non-empty list"):
+        pareto(small, obj, [])
+
+
+def test_budget_at_the_smallest_network(small):
+    result = evolve(small, lambda a: small.params(a), small.flops(small.min_arch()), generations=2,
+                    population=16, mutations=4, crossovers=4)
+    assert result.arch == small.min_arch()
+
+
+def test_predictor_round_trip_and_errors(small, tmp_path):
+    X = small.sample(400, seed=2)
+    y = small.flops(X) / 30 + np.random.default_rng(0).normal(0, 0.02, 400)
+    p = AccuracyPredictor(small, n_estimators=20, max_depth=8).fit(X[:200], y[:200])
+    from sklearn.ensemble import RandomForestRegressor
+    ref = RandomForestRegressor(20, max_depth=8, random_state=0).fit(X[:200].astype(float), y[:200])
+    np.testing.assert_allclose(p.predict(X[200:]), ref.predict(X[200:].astype(float)), rtol=1e-12)
+    assert p.kendall_tau(X[200:], y[200:]) > 0.5
+    p.save(tmp_path / "p.npz")
+    q = AccuracyPredictor.load(tmp_path / "p.npz", small)
+    np.testing.assert_array_equal(q.predict(X), p.predict(X))
+    other = nasops.SearchSpace.load("attentive_nas")
+    with pytest.raises(ValueError, match="encoding differs"):
+        AccuracyPredictor.load(tmp_path / "p.npz", other)
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(ValueError, match="not a nasops predictor file"):
+        AccuracyPredictor.load(tmp_path / "bad.npz", small)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        AccuracyPredictor(small).predict(X)
+    with pytest.raises(ValueError, match="one target per architecture"):
+        AccuracyPredictor(small).fit(X, y[:5])
+
+
+def test_kendall_tau_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    g = np.random.default_rng(1)
+    a, b = g.integers(0, 5, 60), g.integers(0, 5, 60) + np.arange(60) // 20  # with ties
+    assert kendall_tau(a, b) == pytest.approx(stats.kendalltau(a, b).statistic, rel=1e-12)
+
+
+def test_export_reproduces_the_supernet(tiny, tmp_path):
+    torch.manual_seed(0)
+    space = nasops.SearchSpace.load(tiny)
+    net = nasops.Supernet(space).eval()
+    arch = space.sample(1, seed=4)[0]
+    net.set_active(arch)
+    res = net.active_arch.resolution
+    x = torch.randn(3, 1, res, res)
+    expected = net(x)
+    paths = export_subnet(net, arch, str(tmp_path / "net"), meta={"note": "test"})
+    torch.testing.assert_close(torch.jit.load(paths["torchscript"])(x), expected, rtol=1e-5, atol=1e-6)
+    meta = json.loads(open(paths["meta"]).read())
+    assert meta["input"] == {"channels": 1, "resolution": res} and meta["note"] == "test"
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(paths["onnx"])
+    (got,) = session.run(None, {"x": x.numpy()})
+    np.testing.assert_allclose(got, expected.detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    cfg = dict(train_mod.DEFAULTS, recipe="t", space=tiny, limit=480, batch_size=32, epochs=2,
+               n_prior=5000, calib_images=128, eval_batch_size=128, lr=0.05)
+    train_mod.train(cfg, str(run), progress=False)
+    return run
+
+
+def test_evaluator_caches_and_matches_a_direct_count(trained):
+    from nasops.checkpoint import load_trained
+    cfg, splits, net = load_trained(str(trained / "checkpoint.pt"))
+    ev = Evaluator(net, splits, 64, 128)
+    archs = net.space.sample(3, seed=0)
+    calls = []
+    real = ev._measure
+    ev._measure = lambda a, d: calls.append(1) or real(a, d)
+    first = ev.accuracy(archs, "holdout")
+    again = ev.accuracy(np.concatenate([archs, archs[:1]]), "holdout")
+    assert len(calls) == 3 and (again[:3] == first).all() and again[3] == first[0]
+    ev.calibrate(archs[1])  # independent count with the extracted static network
+    static = net.extract(archs[1]).eval()
+    x = (splits.holdout.images.float() / 255 - splits.mean.view(1, -1, 1, 1)) / splits.std.view(1, -1, 1, 1)
+    x = nasops.resize_batch(x, net.active_arch.resolution)
+    correct = (static(x).argmax(1) == splits.holdout.labels).float().mean().item()
+    assert first[1] == pytest.approx(correct, abs=1.5 / len(splits.holdout))
+    with pytest.raises(ValueError, match="split 'val'"):
+        ev.accuracy(archs, "val")
+
+
+def test_end_to_end_search_reports_what_the_exports_do(trained, tmp_path, capsys):
+    from nasops.search.__main__ import main as search_main
+    from nasops.evaluate import main as evaluate_main
+    from nasops.predictor.__main__ import main as predictor_main
+    ckpt = str(trained / "checkpoint.pt")
+    out = tmp_path / "search"
+    assert search_main(["--checkpoint", ckpt, "--budgets", "0.1", "0.3", "0.7", "--out", str(out),
+                        "--population", "24", "--mutations", "6", "--crossovers", "6",
+                        "--generations", "3", "--cloud", "20", "--no-progress"]) == 0
+    doc = json.loads((out / "pareto.json").read_text())
+    results = doc["results"]
+    assert [r["budget"] for r in results] == [0.1, 0.3, 0.7]
+    assert all(r["flops"] <= r["budget"] for r in results)
+    scores = [r["score"] for r in results]
+    assert scores == sorted(scores)  # monotone front
+    assert (out / "pareto.png").stat().st_size > 1000
+    for r in results:
+        meta = json.loads((out / f"net_{r['budget']:g}MF" / "meta.json").read_text())
+        model = torch.jit.load(str(out / f"net_{r['budget']:g}MF" / "model.ts"))
+        from nasops.data import load_dataset
+        test = load_dataset("digits", "test")
+        mean, std = torch.tensor(meta["mean"]).view(1, -1, 1, 1), torch.tensor(meta["std"]).view(1, -1, 1, 1)
+        x = torch.nn.functional.interpolate((test.images.float() / 255 - mean) / std,
+                                            size=meta["input"]["resolution"], mode="bicubic",
+                                            align_corners=False)
+        with torch.no_grad():
+            acc = (model(x).argmax(1) == test.labels).float().mean().item()
+        assert acc == pytest.approx(r["test_acc"], abs=1.5 / len(test))
+        assert r["holdout_acc"] == pytest.approx(r["score"])
+    # the predictor path: evaluations file -> predictor -> search by prediction
+    evals = tmp_path / "evals.json"
+    assert evaluate_main(["--checkpoint", ckpt, "-n", "30", "--out", str(evals), "--no-progress"]) == 0
+    space, archs, acc = read_evaluations(str(evals))
+    assert archs.shape == (30, space.dim) and ((0 <= acc) & (acc <= 1)).all()
+    assert predictor_main([str(evals), "--out", str(tmp_path / "p.npz")]) == 0
+    assert "kendall_tau" in capsys.readouterr().out
+    assert search_main(["--predictor", str(tmp_path / "p.npz"), "--checkpoint", ckpt, "--budgets",
+                        "0.5", "--out", str(tmp_path / "s2"), "--no-export", "--population", "16",
+                        "--mutations", "4", "--crossovers", "4", "--generations", "2",
+                        "--no-progress"]) == 0
+    assert json.loads((tmp_path / "s2" / "pareto.json").read_text())["objective"] == "predicted accuracy"
+    # errors
+    assert search_main(["--checkpoint", ckpt, "--budgets", "0.0001", "--out", str(tmp_path / "x")]) == 1
+    assert "below the smallest sub-network" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a nasops evaluation file"):
+        read_evaluations(str(tmp_path / "bad.json"))
