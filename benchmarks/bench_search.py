@@ -5,6 +5,7 @@ supernet-accuracy evaluations.
    128 crossovers, 20 generations) under a 600 MFLOPs budget, scored by a 100-tree, depth-15
    AccuracyPredictor fitted on 1,024 synthetic (architecture, accuracy) pairs. Total time, the
    time spent inside the objective, and the rest (the search's own overhead). Median of repeats.
+   Then the same with scikit-learn's predict of the same forest settings as the objective.
 2. small space on digits: BN-calibrated held-out accuracy of sub-networks of a supernet
    (calibration on 1,024 training images, then the held-out split), evaluations per second.
 
@@ -42,12 +43,19 @@ class Timed:
         return out
 
 
-def predictor_search(repeats):
+def predictor_search(repeats, library="nasops"):
+    """library "nasops": the AccuracyPredictor's C++ forest; "sklearn": the same forest settings
+    evaluated by scikit-learn's RandomForestRegressor.predict, for comparison."""
     space = nasops.SearchSpace.load("attentive_nas")
     X = space.sample(1024, seed=0)
     g = np.random.default_rng(0)
     y = 0.6 + 0.15 * np.log(space.flops(X) / 200) + g.normal(0, 0.01, len(X))  # synthetic
-    predictor = AccuracyPredictor(space).fit(X, y)
+    if library == "nasops":
+        predictor = AccuracyPredictor(space).fit(X, y)
+    else:
+        from sklearn.ensemble import RandomForestRegressor
+        forest = RandomForestRegressor(100, max_depth=15, random_state=0, n_jobs=1).fit(X.astype(float), y)
+        predictor = lambda archs: forest.predict(archs.astype(float))
     rows = []
     for r in range(repeats + 1):  # the first is a warm-up
         objective = Timed(predictor)
@@ -88,15 +96,21 @@ def main():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     search = predictor_search(args.repeats)
+    search_sklearn = predictor_search(args.repeats, "sklearn")
     torch.set_num_threads(threads)
     supernet = supernet_evaluations(args.supernet_archs)
     results = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-               "predictor_search_1_thread": search, f"supernet_eval_{threads}_threads": supernet}
+               "predictor_search_1_thread": search,
+               "sklearn_predictor_search_1_thread": search_sklearn, f"supernet_eval_{threads}_threads": supernet}
     print(f"attentive_nas, 1 thread, predictor objective, budget 600 MFLOPs "
           f"(median of {args.repeats}):")
     print(f"  {search['evaluations']:.0f} evaluations in {search['total_s']:.2f} s: objective "
           f"{search['objective_s']:.2f} s, search overhead {search['overhead_s']:.2f} s "
           f"({100 * search['overhead_fraction']:.0f}% of the total)")
+    sk = search_sklearn
+    print(f"  the same search scored by scikit-learn's predict: {sk['evaluations']:.0f} evaluations "
+          f"in {sk['total_s']:.2f} s: objective {sk['objective_s']:.2f} s, search overhead "
+          f"{sk['overhead_s']:.2f} s ({100 * sk['overhead_fraction']:.0f}%)")
     print(f"small space on digits, {threads} threads: {supernet['evaluations_per_s']:.2f} "
           f"supernet-accuracy evaluations/s ({supernet['archs']} sub-networks, mean "
           f"{supernet['mean_mflops']:.1f} MFLOPs; calibration on {supernet['calib_images']} images, "
