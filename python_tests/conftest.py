@@ -14,6 +14,8 @@ def packaged_yaml():
     """Raw YAML of every packaged search space, read without nasops."""
     out = {}
     for name in sorted(os.listdir(CONFIGS)):
+        if not name.endswith(".yaml"):
+            continue  # recipes/
         with open(os.path.join(CONFIGS, name)) as f:
             doc = yaml.safe_load(f)
         if isinstance(doc, dict) and "stages" in doc:
