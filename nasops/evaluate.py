@@ -3,14 +3,21 @@ top-1 accuracy on a split. Under torchrun the architectures are divided among th
 evaluates its share whole, with local BN statistics) and the results are gathered."""
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import sys
+
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from . import distributed as dist
+from .checkpoint import load_trained
 from .data import ImageSet, Splits, eval_batches
 from .nn import Supernet, calibrate_bn, resize_batch
 from .nn.layers import DynamicBatchNorm2d
+from .space import SearchSpace
 
 
 class Evaluator:
@@ -91,11 +98,6 @@ class Evaluator:
 
 def main(argv=None) -> int:
     """python -m nasops.evaluate --checkpoint RUN/checkpoint.pt -n 256 --out evals.json"""
-    import argparse
-    import json
-    import sys
-
-    from .checkpoint import load_trained
     parser = argparse.ArgumentParser(prog="python -m nasops.evaluate",
                                      description="BN-calibrated accuracy of random sub-networks "
                                                  "of a trained supernet (the predictor's data)")
@@ -127,8 +129,6 @@ def main(argv=None) -> int:
 def write_evaluations(path: str, space, archs, accuracy, split: str, source: str) -> None:
     """The evaluation file `python -m nasops.predictor` reads: JSON with the space, the encodings,
     their MFLOPs and accuracies."""
-    import json
-    import os
     archs = np.asarray(archs)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -141,10 +141,6 @@ def write_evaluations(path: str, space, archs, accuracy, split: str, source: str
 
 def read_evaluations(path: str):
     """(space, encodings [N, D], accuracy [N]) of an evaluation file; ValueError if malformed."""
-    import json
-    import os
-
-    from .space import SearchSpace
     if not os.path.isfile(path):
         raise FileNotFoundError(f"evaluation file {path!r} does not exist")
     try:
@@ -163,5 +159,4 @@ def read_evaluations(path: str):
 
 
 if __name__ == "__main__":
-    import sys
     sys.exit(main())

@@ -26,6 +26,7 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
 import zlib
 from importlib import resources
@@ -252,7 +253,6 @@ class _Stop:
 
 
 def _in_main_thread() -> bool:
-    import threading
     return threading.current_thread() is threading.main_thread()
 
 
@@ -267,6 +267,14 @@ def train(cfg: dict, run_dir: str, resume: bool = False, progress: bool = True,
     final metrics, or {"interrupted": step} when stopped by a signal (or, for tests, after
     `stop_after_steps` optimizer steps of this call)."""
     cfg = check_config(dict(cfg))
+    previous = set_dw_backend(cfg["dw_backend"])
+    try:
+        return _train(cfg, run_dir, resume, progress, stop_after_steps)
+    finally:
+        set_dw_backend(previous)
+
+
+def _train(cfg, run_dir, resume, progress, stop_after_steps) -> dict:
     device = dist.init_from_env()
     rank, world = dist.rank(), dist.world_size()
     ckpt_path = os.path.join(run_dir, "checkpoint.pt")
@@ -283,7 +291,6 @@ def train(cfg: dict, run_dir: str, resume: bool = False, progress: bool = True,
     random.seed(cfg["seed"])
     np.random.seed(cfg["seed"] % 2**32)
     torch.manual_seed(cfg["seed"])
-    set_dw_backend(cfg["dw_backend"])
 
     splits = load_splits(cfg["dataset"], cfg["data_dir"], cfg["holdout"], cfg["holdout_seed"],
                          cfg["limit"], cfg["image_size"])
@@ -294,8 +301,8 @@ def train(cfg: dict, run_dir: str, resume: bool = False, progress: bool = True,
     if world > 1 and cfg["sync_bn"]:
         sync_batchnorm(net, torch.distributed.group.WORLD)
 
-    decay = [p for n, p in net.named_parameters() if p.dim() > 1]
-    no_decay = [p for n, p in net.named_parameters() if p.dim() <= 1]  # BN and biases
+    decay = [p for p in net.parameters() if p.dim() > 1]
+    no_decay = [p for p in net.parameters() if p.dim() <= 1]  # BN and biases
     optimizer = torch.optim.SGD([{"params": decay, "weight_decay": cfg["weight_decay"]},
                                  {"params": no_decay, "weight_decay": 0.0}],
                                 lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["nesterov"])

@@ -67,6 +67,8 @@ def main(argv=None) -> int:
     parser.add_argument("--mutate-prob", type=float, default=0.1)
     parser.add_argument("--cloud", type=int, default=256, help="random sub-networks in the plot")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--calib-images", type=int,
+                        help="training images for BN re-calibration (default: the run's recipe)")
     parser.add_argument("--no-export", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -77,7 +79,8 @@ def main(argv=None) -> int:
         if args.checkpoint:
             cfg, splits, net = load_trained(args.checkpoint, device)
             space = net.space
-            evaluator = Evaluator(net, splits, cfg["eval_batch_size"], cfg["calib_images"], device)
+            evaluator = Evaluator(net, splits, cfg["eval_batch_size"],
+                                  args.calib_images or cfg["calib_images"], device)
         elif args.predictor and args.space:
             space = SearchSpace.load(args.space)
         else:
