@@ -1,4 +1,5 @@
-"""Sampling sub-networks: the AttentiveNAS FLOPs-constrained sampler and size-proportional draws.
+"""Sampling sub-networks: the AttentiveNAS FLOPs-constrained sampler, size-proportional draws,
+and the training strategies built on them (:class:`Strategy`).
 
 The work happens in the C++ core (``nasops._C.Sampler``); this module checks arguments and
 converts units. Paper facts (AttentiveNAS, Sec. 4.2):

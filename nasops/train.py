@@ -389,9 +389,11 @@ def _train(cfg, run_dir, resume, progress, stop_after_steps) -> dict:
                         log.warning("interrupted at epoch %d step %d; checkpoint saved, resume "
                                     "with --resume %s", epoch, step, run_dir)
                     return {"interrupted": global_step}
-            mean = sums / max(count, 1)
-            record({"event": "epoch", "epoch": epoch, "seconds": time.perf_counter() - start,
-                    "loss_largest": mean[0], "loss_smallest": mean[1], "loss_sampled": mean[2]})
+            if count:  # (none when resumed at the end of an epoch)
+                mean = sums / count
+                record({"event": "epoch", "epoch": epoch, "seconds": time.perf_counter() - start,
+                        "steps": count, "loss_largest": mean[0], "loss_smallest": mean[1],
+                        "loss_sampled": mean[2]})
             epoch, step = epoch + 1, 0
             checkpoint(epoch, step)
     finally:
@@ -472,7 +474,8 @@ def main(argv=None) -> int:
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("nasops").setLevel(logging.INFO)  # (not the INFO of every library)
     try:
         if args.resume:
             if args.overrides or args.run_dir:

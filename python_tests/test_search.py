@@ -221,3 +221,22 @@ def test_end_to_end_search_reports_what_the_exports_do(trained, tmp_path, capsys
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="not a nasops evaluation file"):
         read_evaluations(str(tmp_path / "bad.json"))
+
+
+def test_evaluation_spread_over_two_ranks_matches_one_process(trained, tmp_path):
+    import subprocess
+    import sys
+    ckpt = str(trained / "checkpoint.pt")
+    common = ["-m", "nasops.evaluate", "--checkpoint", ckpt, "-n", "6", "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node=2", *common, "--out", str(tmp_path / "two.json")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one.json")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    _, archs_two, acc_two = read_evaluations(str(tmp_path / "two.json"))
+    _, archs_one, acc_one = read_evaluations(str(tmp_path / "one.json"))
+    np.testing.assert_array_equal(archs_two, archs_one)
+    np.testing.assert_array_equal(acc_two, acc_one)  # each rank evaluated its share whole

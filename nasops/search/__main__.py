@@ -65,14 +65,17 @@ def main(argv=None) -> int:
     parser.add_argument("--crossovers", type=int, default=128)
     parser.add_argument("--generations", type=int, default=20)
     parser.add_argument("--mutate-prob", type=float, default=0.1)
-    parser.add_argument("--cloud", type=int, default=256, help="random sub-networks in the plot")
+    parser.add_argument("--cloud", type=int,
+                        help="random sub-networks in the plot (default: 256 with --predictor, "
+                             "64 when each costs a supernet evaluation)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--calib-images", type=int,
                         help="training images for BN re-calibration (default: the run's recipe)")
     parser.add_argument("--no-export", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("nasops").setLevel(logging.INFO)  # (not the INFO of every library)
     try:
         device = dist.init_from_env()
         evaluator = None
@@ -89,8 +92,10 @@ def main(argv=None) -> int:
         if args.predictor:
             objective, ylabel = AccuracyPredictor.load(args.predictor, space), "predicted accuracy"
         else:
-            objective = SupernetAccuracy(evaluator, "holdout", progress=not args.no_progress)
+            objective = SupernetAccuracy(evaluator, "holdout")  # (evolve shows the progress)
             ylabel = "held-out accuracy (BN-calibrated)"
+        if args.cloud is None:
+            args.cloud = 256 if args.predictor else 64
         out = args.out or (os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "search")
                            if args.checkpoint else "search")
         results = pareto(space, objective, args.budgets, seed=args.seed,
@@ -98,6 +103,8 @@ def main(argv=None) -> int:
                          crossovers=args.crossovers, generations=args.generations,
                          mutate_prob=args.mutate_prob, progress=not args.no_progress)
         cloud = space.sample(args.cloud, seed=args.seed + 1) if args.cloud > 0 else np.zeros((0, space.dim), np.int64)
+        if isinstance(objective, SupernetAccuracy):
+            objective.progress = not args.no_progress
         cloud_scores = np.asarray(objective(cloud), dtype=float) if len(cloud) else np.zeros(0)
         entries = []
         for r in results:

@@ -1,0 +1,315 @@
+"""Study: do the sampling strategies do what the papers claim? One resumable command.
+
+    python benchmarks/study.py                  # Fashion-MNIST, small space, ~90 min on 2 cores
+    python benchmarks/study.py --ci --space PATH --out DIR --runs-dir DIR   # minutes, for tests
+
+Trains one supernet per strategy with the same recipe, budget and seed (uniform, bestup-3-loss,
+worstup-3-loss, bestup-50-acc, worstup-50-acc, balanced, all with kd: kl; bestup-3-loss with
+kd: alpha; uniform and bestup-3-loss again with a second seed, for the seed-to-seed spread).
+For each supernet: the BN-calibrated held-out accuracy of the same random sub-networks, and an
+evolutionary search at 4 FLOPs budgets (scored by a predictor fitted on that supernet's own
+measurements), whose picks are then measured on the test split. The predictor study of
+AttentiveNAS (Sec. 3.3): a forest fitted on half of the sub-networks as measured at an early
+checkpoint of the uniform run, its Kendall tau on the other half at that checkpoint, at the end
+of the run, and on the second seed's supernet.
+
+Every stage writes its result atomically into the run directories and is skipped when its file
+exists, so an interrupted study continues where it stopped. Results and plots go to --out:
+summary.json, fig5_accuracy_by_flops.png (Figure 5 style), fig6_best_vs_uniform.png (Figure 6
+style), kendall_tau.png.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+
+from nasops import train as train_mod
+from nasops.checkpoint import load_checkpoint, load_trained
+from nasops.data import load_splits
+from nasops.evaluate import Evaluator
+from nasops.predictor import AccuracyPredictor, kendall_tau
+from nasops.search import pareto
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# name: (strategy, kd, seed)
+RUNS = {
+    "uniform": ("uniform", "kl", 0),
+    "bestup-3-loss": ("bestup-3-loss", "kl", 0),
+    "worstup-3-loss": ("worstup-3-loss", "kl", 0),
+    "bestup-50-acc": ("bestup-50-acc", "kl", 0),
+    "worstup-50-acc": ("worstup-50-acc", "kl", 0),
+    "balanced": ("balanced", "kl", 0),
+    "bestup-3-loss-alpha": ("bestup-3-loss", "alpha", 0),
+    "uniform-seed1": ("uniform", "kl", 1),
+    "bestup-3-loss-seed1": ("bestup-3-loss", "kl", 1),
+}
+
+# Sized for ~90 minutes on 2 CPU cores: 5,000 training and 500 held-out images (a fixed subset of
+# Fashion-MNIST's training set), 3 epochs; BN re-calibration on 256 images per sub-network.
+FULL = {"recipe": "study", "dataset": "fashion-mnist", "space": "small", "limit": 5500,
+        "holdout": 1 / 11, "epochs": 3, "batch_size": 64, "lr": 0.1, "warmup_epochs": 0.5,
+        "flip": True, "calib_images": 256, "eval_batch_size": 256, "n_prior": 100_000,
+        "log_every": 20}
+FULL_STUDY = {"archs": 256, "budgets": [4, 8, 13, 20], "early_epochs": 1,
+              "search": {"population": 128, "mutations": 32, "crossovers": 32, "generations": 10}}
+CI = {"recipe": "study-ci", "dataset": "digits", "limit": 320, "holdout": 0.2, "epochs": 1,
+      "batch_size": 32, "lr": 0.05, "warmup_epochs": 0.2, "calib_images": 64,
+      "eval_batch_size": 128, "n_prior": 5000, "log_every": 5}
+CI_STUDY = {"archs": 24, "budgets": [0.2, 0.3, 0.45, 0.7], "early_epochs": 1,
+            "search": {"population": 16, "mutations": 4, "crossovers": 4, "generations": 2}}
+
+
+def atomic_json(path, doc):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=2)
+    os.replace(tmp, path)
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def log(msg):
+    print(f"[study {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Study:
+    def __init__(self, base: dict, study: dict, runs_dir: str, out: str):
+        self.base, self.study, self.runs_dir, self.out = base, study, runs_dir, out
+        os.makedirs(runs_dir, exist_ok=True)
+        os.makedirs(out, exist_ok=True)
+        self._archs = None
+
+    def config(self, name: str) -> dict:
+        strategy, kd, seed = RUNS[name]
+        cfg = dict(train_mod.DEFAULTS, **self.base, strategy=strategy, kd=kd, seed=seed)
+        if strategy.endswith("-acc"):
+            cfg["predictor"] = os.path.join(self.runs_dir, "early_predictor.npz")
+        return train_mod.check_config(cfg)
+
+    def run_dir(self, name):
+        return os.path.join(self.runs_dir, name)
+
+    # -- stages -------------------------------------------------------------------------------
+    def train(self, name: str, stop_after_epochs: int | None = None) -> None:
+        """Trains run `name` to the end (or for its first `stop_after_epochs` epochs), resuming
+        whatever is on disk."""
+        cfg, run = self.config(name), self.run_dir(name)
+        if os.path.exists(os.path.join(run, "final.json")):
+            return
+        ckpt = os.path.join(run, "checkpoint.pt")
+        resume = os.path.exists(ckpt)
+        if resume:
+            state = load_checkpoint(ckpt)
+            if stop_after_epochs is not None and (state["epoch"] >= stop_after_epochs):
+                return
+        stop = None
+        if stop_after_epochs is not None:
+            per_epoch = len(self.splits().train) // cfg["batch_size"]
+            stop = stop_after_epochs * per_epoch
+            if resume:
+                stop -= state["epoch"] * per_epoch + state["step"]
+        log(f"training {name}" + (f" (first {stop_after_epochs} epochs)" if stop else ""))
+        start = time.time()
+        train_mod.train(cfg, run, resume=resume, progress=False, stop_after_steps=stop)
+        self._note_time(name, time.time() - start)
+
+    def _note_time(self, name, seconds):
+        path = os.path.join(self.run_dir(name), "study_times.json")
+        times = read_json(path) if os.path.exists(path) else {}
+        times["train_s"] = times.get("train_s", 0.0) + seconds
+        atomic_json(path, times)
+
+    def archs(self) -> np.ndarray:
+        """The random sub-networks every supernet is measured on (same for all)."""
+        if self._archs is None:
+            space = train_mod.build_space(self.config("uniform"), self.splits())
+            self._archs = space.sample(self.study["archs"], seed=2026)
+        return self._archs
+
+    def splits(self):
+        cfg = self.config("uniform")  # every run has the same data
+        return load_splits(cfg["dataset"], cfg["data_dir"], cfg["holdout"], cfg["holdout_seed"],
+                           cfg["limit"], cfg["image_size"])
+
+    def measure(self, checkpoint: str, out_path: str) -> np.ndarray:
+        """Held-out accuracy of the study's sub-networks on a checkpoint (cached in out_path)."""
+        if os.path.exists(out_path):
+            return np.asarray(read_json(out_path)["accuracy"])
+        cfg, splits, net = load_trained(checkpoint)
+        log(f"measuring {len(self.archs())} sub-networks of {checkpoint}")
+        acc = Evaluator(net, splits, cfg["eval_batch_size"], cfg["calib_images"]).accuracy(self.archs())
+        atomic_json(out_path, {"encodings": self.archs().tolist(),
+                               "mflops": net.space.flops(self.archs()).tolist(),
+                               "accuracy": acc.tolist()})
+        return acc
+
+    def early_predictor(self) -> None:
+        """Uniform run's first epochs -> early checkpoint -> measured sub-networks -> forest
+        fitted on the first half (used by the -acc strategies and the Kendall tau study)."""
+        path = os.path.join(self.runs_dir, "early_predictor.npz")
+        if os.path.exists(path):
+            return
+        run = self.run_dir("uniform")
+        early = os.path.join(self.runs_dir, "uniform_early.pt")
+        if not os.path.exists(early):
+            self.train("uniform", stop_after_epochs=self.study["early_epochs"])
+            shutil.copyfile(os.path.join(run, "checkpoint.pt"), early + ".tmp")
+            os.replace(early + ".tmp", early)
+        acc = self.measure(early, os.path.join(self.runs_dir, "uniform_early_evals.json"))
+        half = len(acc) // 2
+        space = train_mod.build_space(self.config("uniform"), self.splits())
+        AccuracyPredictor(space).fit(self.archs()[:half], acc[:half]).save(path)
+
+    def search(self, name: str) -> dict:
+        """Pareto front at the study's budgets by a predictor fitted on this supernet's own
+        measurements; its picks measured on the supernet (held-out and test)."""
+        path = os.path.join(self.run_dir(name), "study_search.json")
+        if os.path.exists(path):
+            return read_json(path)
+        ckpt = os.path.join(self.run_dir(name), "checkpoint.pt")
+        acc = self.measure(ckpt, os.path.join(self.run_dir(name), "study_evals.json"))
+        cfg, splits, net = load_trained(ckpt)
+        predictor = AccuracyPredictor(net.space).fit(self.archs(), acc)
+        log(f"searching {name} at {self.study['budgets']} MFLOPs")
+        results = pareto(net.space, predictor, self.study["budgets"], seed=0, **self.study["search"])
+        ev = Evaluator(net, splits, cfg["eval_batch_size"], cfg["calib_images"])
+        doc = {"front": [dict(r.to_dict(), history=None,
+                              holdout_acc=float(ev.accuracy(r.encoding, "holdout")[0]),
+                              test_acc=float(ev.accuracy(r.encoding, "test")[0]))
+                         for r in results]}
+        atomic_json(path, doc)
+        return doc
+
+    # -- the whole study ------------------------------------------------------------------------
+    def run(self) -> dict:
+        start = time.time()
+        self.early_predictor()
+        for name in RUNS:
+            self.train(name)
+            self.search(name)
+        summary = self.summarize()
+        summary["wall_s_this_invocation"] = time.time() - start
+        atomic_json(os.path.join(self.out, "summary.json"), summary)
+        self.plot(summary)
+        log(f"done: {self.out}")
+        return summary
+
+    def summarize(self) -> dict:
+        evals = {n: read_json(os.path.join(self.run_dir(n), "study_evals.json")) for n in RUNS}
+        mflops = np.asarray(evals["uniform"]["mflops"])
+        edges = np.quantile(mflops, np.linspace(0, 1, 5))
+        bins = np.clip(np.searchsorted(edges, mflops, side="right") - 1, 0, 3)
+        runs = {}
+        for name in RUNS:
+            acc = np.asarray(evals[name]["accuracy"])
+            final = read_json(os.path.join(self.run_dir(name), "final.json"))
+            times = read_json(os.path.join(self.run_dir(name), "study_times.json"))
+            per_bin = []
+            for b in range(4):
+                a = acc[bins == b]
+                per_bin.append({"min": float(a.min()), "q1": float(np.quantile(a, 0.25)),
+                                "median": float(np.median(a)), "q3": float(np.quantile(a, 0.75)),
+                                "max": float(a.max()), "n": int(a.size)})
+            runs[name] = {"strategy": RUNS[name][0], "kd": RUNS[name][1], "seed": RUNS[name][2],
+                          "final": final, "train_s": times["train_s"],
+                          "mean_acc": float(acc.mean()), "per_bin": per_bin,
+                          "front": read_json(os.path.join(self.run_dir(name), "study_search.json"))["front"]}
+        early = np.asarray(read_json(os.path.join(self.runs_dir, "uniform_early_evals.json"))["accuracy"])
+        space = train_mod.build_space(self.config("uniform"), self.splits())
+        predictor = AccuracyPredictor.load(os.path.join(self.runs_dir, "early_predictor.npz"), space)
+        half = len(early) // 2
+        held = self.archs()[half:]
+        predicted = predictor.predict(held)
+        tau = {"early_checkpoint": kendall_tau(predicted, early[half:]),
+               "final_checkpoint": kendall_tau(predicted, np.asarray(evals["uniform"]["accuracy"])[half:]),
+               "second_seed": kendall_tau(predicted, np.asarray(evals["uniform-seed1"]["accuracy"])[half:]),
+               "predicted": predicted.tolist(),
+               "measured": {"early_checkpoint": early[half:].tolist(),
+                            "final_checkpoint": evals["uniform"]["accuracy"][half:],
+                            "second_seed": evals["uniform-seed1"]["accuracy"][half:]}}
+        return {"config": self.base, "study": self.study, "flops_bin_edges": edges.tolist(),
+                "runs": runs, "kendall_tau": tau}
+
+    def plot(self, summary: dict) -> None:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        names = [n for n in RUNS if RUNS[n][2] == 0]
+        edges = summary["flops_bin_edges"]
+        fig, ax = plt.subplots(figsize=(10, 4.5), dpi=120)
+        width = 0.8 / len(names)
+        for i, name in enumerate(names):
+            for b, s in enumerate(summary["runs"][name]["per_bin"]):
+                x = b + (i - len(names) / 2 + 0.5) * width
+                ax.plot([x, x], [s["min"], s["max"]], c=f"C{i}", lw=1)
+                ax.add_patch(plt.Rectangle((x - width * 0.4, s["q1"]), width * 0.8, s["q3"] - s["q1"],
+                                           fc=f"C{i}", alpha=0.6, label=name if b == 0 else None))
+                ax.plot([x - width * 0.4, x + width * 0.4], [s["median"]] * 2, c="k", lw=1)
+        ax.set_xticks(range(4))
+        ax.set_xticklabels([f"{edges[b]:.1f}-{edges[b + 1]:.1f}" for b in range(4)])
+        ax.set_xlabel("MFLOPs bin (quartiles of the measured sub-networks)")
+        ax.set_ylabel("held-out accuracy (min, quartiles, max)")
+        ax.legend(fontsize=7, ncol=4, loc="lower right")
+        fig.tight_layout()
+        fig.savefig(os.path.join(self.out, "fig5_accuracy_by_flops.png"))
+        plt.close(fig)
+
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+        base = [s["max"] for s in summary["runs"]["uniform"]["per_bin"]]
+        for i, name in enumerate(n for n in RUNS if n != "uniform"):
+            best = [s["max"] for s in summary["runs"][name]["per_bin"]]
+            style = "--" if RUNS[name][2] == 1 else "-"
+            ax.plot(range(4), 100 * (np.array(best) - base), style, marker="o", c=f"C{i}", label=name)
+        ax.axhline(0, c="k", lw=0.8)
+        ax.set_xticks(range(4))
+        ax.set_xticklabels([f"{edges[b]:.1f}-{edges[b + 1]:.1f}" for b in range(4)])
+        ax.set_xlabel("MFLOPs bin")
+        ax.set_ylabel("best accuracy - uniform's (points)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(self.out, "fig6_best_vs_uniform.png"))
+        plt.close(fig)
+
+        tau = summary["kendall_tau"]
+        fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), dpi=120)
+        for ax, key in zip(axes, ("early_checkpoint", "final_checkpoint", "second_seed")):
+            ax.scatter(tau["predicted"], tau["measured"][key], s=8)
+            ax.set_title(f"{key.replace('_', ' ')}: tau = {tau[key]:.2f}", fontsize=9)
+            ax.set_xlabel("predicted (early uniform)")
+            ax.set_ylabel("measured")
+        fig.tight_layout()
+        fig.savefig(os.path.join(self.out, "kendall_tau.png"))
+        plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ci", action="store_true", help="the minutes-long version (digits)")
+    parser.add_argument("--space", help="search space (default: small)")
+    parser.add_argument("--data-dir", help="Fashion-MNIST directory (default: the Debian one)")
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "study"))
+    parser.add_argument("--runs-dir", default=os.path.join(ROOT, "benchmarks", "study_runs"))
+    args = parser.parse_args(argv)
+    base, study = (dict(CI), dict(CI_STUDY)) if args.ci else (dict(FULL), dict(FULL_STUDY))
+    if args.space:
+        base["space"] = args.space
+    if args.data_dir:
+        base["data_dir"] = args.data_dir
+    try:
+        Study(base, study, args.runs_dir, args.out).run()
+    except (ValueError, FileNotFoundError) as e:
+        print(f"study: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
