@@ -12,11 +12,29 @@ import contextlib
 import importlib.util
 import io
 import json
+import logging
 import os
+import warnings
 
 import torch
 
 from .nn import Supernet
+
+
+@contextlib.contextmanager
+def _quiet_onnx_exporter():
+    """The exporter narrates its passes on stdout, logs warnings about optional packages
+    (torchvision) and raises deprecation warnings of its own internals: none concern the user."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def export_subnet(net: Supernet, arch, out_dir: str, meta: dict | None = None,
@@ -37,7 +55,7 @@ def export_subnet(net: Supernet, arch, out_dir: str, meta: dict | None = None,
         onnx = importlib.util.find_spec("onnx") is not None
     if onnx:
         paths["onnx"] = os.path.join(out_dir, "model.onnx")
-        with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates its passes
+        with _quiet_onnx_exporter():
             torch.onnx.export(static, (x,), paths["onnx"], input_names=["x"],
                               output_names=["logits"], external_data=False,
                               dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
