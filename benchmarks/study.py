@@ -57,8 +57,8 @@ FULL = {"recipe": "study", "dataset": "fashion-mnist", "space": "small", "limit"
         "log_every": 20}
 FULL_STUDY = {"archs": 256, "budgets": [4, 8, 13, 20], "early_epochs": 1,
               "search": {"population": 128, "mutations": 32, "crossovers": 32, "generations": 10}}
-CI = {"recipe": "study-ci", "dataset": "digits", "limit": 320, "holdout": 0.2, "epochs": 1,
-      "batch_size": 32, "lr": 0.05, "warmup_epochs": 0.2, "calib_images": 64,
+CI = {"recipe": "study-ci", "dataset": "digits", "limit": 800, "holdout": 0.2, "epochs": 2,
+      "batch_size": 32, "lr": 0.1, "warmup_epochs": 0.2, "calib_images": 64,
       "eval_batch_size": 128, "n_prior": 5000, "log_every": 5}
 CI_STUDY = {"archs": 24, "budgets": [0.2, 0.3, 0.45, 0.7], "early_epochs": 1,
             "search": {"population": 16, "mutations": 4, "crossovers": 4, "generations": 2}}
