@@ -80,6 +80,10 @@ def log(msg):
     print(f"[study {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+class Interrupted(Exception):
+    pass
+
+
 class Study:
     def __init__(self, base: dict, study: dict, runs_dir: str, out: str):
         self.base, self.study, self.runs_dir, self.out = base, study, runs_dir, out
@@ -106,20 +110,24 @@ class Study:
             return
         ckpt = os.path.join(run, "checkpoint.pt")
         resume = os.path.exists(ckpt)
+        per_epoch = len(self.splits().train) // cfg["batch_size"]
+        done = 0
         if resume:
             state = load_checkpoint(ckpt)
-            if stop_after_epochs is not None and (state["epoch"] >= stop_after_epochs):
-                return
+            done = state["epoch"] * per_epoch + state["step"]  # global steps trained
         stop = None
         if stop_after_epochs is not None:
-            per_epoch = len(self.splits().train) // cfg["batch_size"]
-            stop = stop_after_epochs * per_epoch
-            if resume:
-                stop -= state["epoch"] * per_epoch + state["step"]
+            stop = stop_after_epochs * per_epoch - done
+            if stop <= 0:
+                return
         log(f"training {name}" + (f" (first {stop_after_epochs} epochs)" if stop else ""))
         start = time.time()
-        train_mod.train(cfg, run, resume=resume, progress=False, stop_after_steps=stop)
+        result = train_mod.train(cfg, run, resume=resume, progress=False, stop_after_steps=stop)
         self._note_time(name, time.time() - start)
+        planned = stop_after_epochs is not None and \
+            result.get("interrupted") == stop_after_epochs * per_epoch  # (a global step)
+        if "interrupted" in result and not planned:
+            raise Interrupted(f"training {name} was interrupted; run the same command to resume")
 
     def _note_time(self, name, seconds):
         path = os.path.join(self.run_dir(name), "study_times.json")
@@ -305,6 +313,9 @@ def main(argv=None) -> int:
         base["data_dir"] = args.data_dir
     try:
         Study(base, study, args.runs_dir, args.out).run()
+    except Interrupted as e:
+        print(f"study: {e}", file=sys.stderr)
+        return 130
     except (ValueError, FileNotFoundError) as e:
         print(f"study: error: {e}", file=sys.stderr)
         return 1

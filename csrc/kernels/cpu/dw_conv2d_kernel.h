@@ -158,40 +158,84 @@ void forward_group(const T* in, const T* w, int64_t wc, int64_t ws, T* out, int6
   deinterleave(O, channels, Ho, Wo, out);
 }
 
+// O[(u * Or + v * Oc) * V] = sum over t < n of taps[t][V] * X[((u * Xw + v) + off[t]) * V] for
+// u < rows, v < cols: an interleaved correlation with an explicit tap list, XB outputs at a time.
+template <typename T>
+void correlate_tap_list(const T* X, int64_t Xw, const int64_t* off, const T* taps, int64_t n,
+                        int64_t rows, int64_t cols, T* O, int64_t Or, int64_t Oc) {
+  for (int64_t u = 0; u < rows; ++u) {
+    int64_t v = 0;
+    for (; v + 4 <= cols; v += 4) {
+      lanes<T> a0 = {}, a1 = {}, a2 = {}, a3 = {};
+      const T* base = X + (u * Xw + v) * V;
+      for (int64_t t = 0; t < n; ++t) {
+        const lanes<T> w = load(taps + t * V);
+        const T* src = base + off[t] * V;
+        a0 += w * load(src);
+        a1 += w * load(src + V);
+        a2 += w * load(src + 2 * V);
+        a3 += w * load(src + 3 * V);
+      }
+      T* dst = O + (u * Or + v * Oc) * V;
+      store(dst, a0);
+      store(dst + Oc * V, a1);
+      store(dst + 2 * Oc * V, a2);
+      store(dst + 3 * Oc * V, a3);
+    }
+    for (; v < cols; ++v) {
+      lanes<T> acc = {};
+      const T* base = X + (u * Xw + v) * V;
+      for (int64_t t = 0; t < n; ++t) acc += load(taps + t * V) * load(base + off[t] * V);
+      store(O + (u * Or + v * Oc) * V, acc);
+    }
+  }
+}
+
 template <typename T>
 void grad_input_group(const T* go, const T* w, int64_t wc, int64_t ws, T* gi, int64_t channels,
                       int64_t H, int64_t W, int64_t k, int64_t s) {
-  // The input gradient is a stride-1 correlation with the flipped window of the output gradient
-  // dilated by the stride: D[y * s + k - 1][x * s + k - 1] = grad_out[y][x], zero elsewhere, read
-  // from offset p. (For stride 2, three quarters of D are zeros: the price of full vectors.)
-  static thread_local std::vector<T> dil_buf, tap_buf, flip_buf, out_buf;
+  static thread_local std::vector<T> pad_buf, tap_buf, list_buf, out_buf;
   const int64_t p = k / 2, Ho = dw_out_size(H, s), Wo = dw_out_size(W, s);
   T* taps = scratch(tap_buf, k * k * V);
-  T* flipped = scratch(flip_buf, k * k * V);
   T* O = scratch(out_buf, H * W * V);
-  int64_t Dw, offset;
-  T* D;
-  if (s == 1) {  // no dilation: the output gradient zero-padded by p, like forward's input
-    Dw = W + 2 * p, offset = 0;
-    D = scratch(dil_buf, (H + 2 * p) * Dw * V);
+  gather_taps(w, wc, ws, channels, k, taps);
+  if (s == 1) {
+    // A stride-1 correlation of the output gradient, zero-padded by p, with the flipped window.
+    static thread_local std::vector<T> flip_buf;
+    T* D = scratch(pad_buf, (H + 2 * p) * (W + 2 * p) * V);
+    T* flipped = scratch(flip_buf, k * k * V);
     interleave(go, channels, H, W, p, D);
+    for (int64_t t = 0; t < k * k; ++t)
+      std::copy(taps + t * V, taps + (t + 1) * V, flipped + (k * k - 1 - t) * V);
+    correlate(D, W + 2 * p, flipped, k, 1, 0, 0, H, W, O);
   } else {
-    const int64_t Dh = std::max((Ho - 1) * s + 1, H + p) + 2 * (k - 1);
-    Dw = std::max((Wo - 1) * s + 1, W + p) + 2 * (k - 1), offset = p;
-    D = scratch(dil_buf, Dh * Dw * V);
-    std::fill(D, D + Dh * Dw * V, T(0));
-    const int64_t plane = Ho * Wo;
-    for (int64_t y = 0; y < Ho; ++y)  // pixel-major, as in interleave
-      for (int64_t x = 0; x < Wo; ++x) {
-        T* px = D + ((y * s + k - 1) * Dw + x * s + k - 1) * V;
-        const T* from = go + y * Wo + x;
-        for (int64_t v = 0; v < channels; ++v) px[v] = from[v * plane];
+    // Stride s: the s x s phases gi[s u + a][s v + b], each correlating the output gradient with
+    // only the taps that reach it (as in grad_input_rows), written to their pixels of O.
+    const int64_t P = (k - 1) / s + 1, Gw = Wo + 2 * P;
+    T* G = scratch(pad_buf, (Ho + 2 * P) * Gw * V);
+    T* list = scratch(list_buf, k * k * V);
+    interleave(go, channels, Ho, Wo, P, G);
+    for (int64_t a = 0; a < s; ++a)
+      for (int64_t b = 0; b < s; ++b) {
+        int64_t off[64], n = 0;
+        for (int64_t i = 0; i < k; ++i)
+          for (int64_t j = 0; j < k; ++j) {
+            if ((a + p - i) % s != 0 || (b + p - j) % s != 0) continue;
+            off[n] = ((a + p - i) / s + P) * Gw + (b + p - j) / s + P;
+            std::copy(taps + (i * k + j) * V, taps + (i * k + j + 1) * V, list + n * V);
+            ++n;
+          }
+        const int64_t rows = (H - a + s - 1) / s, cols = (W - b + s - 1) / s;
+        T* first = O + (a * W + b) * V;
+        if (n == 0) {  // no tap reaches this phase
+          for (int64_t u = 0; u < rows; ++u)
+            for (int64_t v = 0; v < cols; ++v)
+              std::fill(first + (u * s * W + v * s) * V, first + (u * s * W + v * s + 1) * V, T(0));
+          continue;
+        }
+        correlate_tap_list(G, Gw, off, list, n, rows, cols, first, s * W, s);
       }
   }
-  gather_taps(w, wc, ws, channels, k, taps);
-  for (int64_t t = 0; t < k * k; ++t)
-    std::copy(taps + t * V, taps + (t + 1) * V, flipped + (k * k - 1 - t) * V);
-  correlate(D, Dw, flipped, k, 1, offset, offset, H, W, O);
   deinterleave(O, channels, H, W, gi);
 }
 
@@ -340,22 +384,80 @@ void forward_rows(const T* in, const T* w, int64_t ws, T* out, int64_t H, int64_
   correlate_rows(P, L, taps, k, out);
 }
 
+// O[u][x] = sum over t < n of taps[t] * G[u * Gw + off[t] + x] for x < colsV (a multiple of V;
+// G readable up to 4 V past each row's last read).
+template <typename T>
+void correlate_offsets(const T* G, int64_t Gw, const int64_t* off, const T* taps, int64_t n,
+                       int64_t rows, int64_t colsV, T* O) {
+  for (int64_t u = 0; u < rows; ++u) {
+    const T* base = G + u * Gw;
+    T* orow = O + u * colsV;
+    for (int64_t x = 0; x < colsV; x += 4 * V) {
+      lanes<T> a0 = {}, a1 = {}, a2 = {}, a3 = {};
+      for (int64_t t = 0; t < n; ++t) {
+        const T* src = base + off[t] + x;
+        const T w = taps[t];
+        a0 += w * load(src);
+        a1 += w * load(src + V);
+        a2 += w * load(src + 2 * V);
+        a3 += w * load(src + 3 * V);
+      }
+      const int64_t chunks = std::min<int64_t>(4, (colsV - x) / V);
+      store(orow + x, a0);
+      if (chunks > 1) store(orow + x + V, a1);
+      if (chunks > 2) store(orow + x + 2 * V, a2);
+      if (chunks > 3) store(orow + x + 3 * V, a3);
+    }
+  }
+}
+
 template <typename T>
 void grad_input_rows(const T* go, const T* w, int64_t ws, T* gi, int64_t H, int64_t W, int64_t k,
                      int64_t s) {
-  // gi[h][x] = sum of flipped taps * D[h + i][x + j], D the output gradient dilated by the stride
-  // with p zeros before: D[y s + p][x s + p] = grad_out[y][x] (see grad_input_group).
-  static thread_local std::vector<T> dil_buf;
   const int64_t p = k / 2, Ho = dw_out_size(H, s), Wo = dw_out_size(W, s);
-  const RowLayout L(H, W, k, 1);
-  T* D = scratch(dil_buf, L.plane + 4 * V);
-  std::fill(D, D + L.plane + 4 * V, T(0));
-  for (int64_t y = 0; y < Ho; ++y)
-    for (int64_t x = 0; x < Wo; ++x) D[(y * s + p) * L.Pw + x * s + p] = go[y * Wo + x];
-  T flipped[64];
-  for (int64_t i = 0; i < k; ++i)
-    for (int64_t j = 0; j < k; ++j) flipped[(k - 1 - i) * k + (k - 1 - j)] = w[i * ws + j];
-  correlate_rows(D, L, flipped, k, gi);
+  if (s == 1) {
+    // gi[h][x] = sum of flipped taps * D[h + i][x + j], D the output gradient zero-padded by p.
+    static thread_local std::vector<T> pad_buf;
+    const RowLayout L(H, W, k, 1);
+    T* D = scratch(pad_buf, L.plane + 4 * V);
+    split_rows(go, Ho, Wo, p, L, D);
+    T flipped[64];
+    for (int64_t i = 0; i < k; ++i)
+      for (int64_t j = 0; j < k; ++j) flipped[(k - 1 - i) * k + (k - 1 - j)] = w[i * ws + j];
+    correlate_rows(D, L, flipped, k, gi);
+    return;
+  }
+  // Stride s > 1: gi splits into s x s phases gi[s u + a][s v + b], each a stride-1 correlation of
+  // the output gradient with only the taps that reach it, (a + p - i) and (b + p - j) multiples of
+  // s: k * k multiply-adds per output-gradient value, where correlating the dilated gradient
+  // spends s * s times as many on its zeros.
+  static thread_local std::vector<T> pad_buf, out_buf;
+  const int64_t P = (k - 1) / s + 1;  // zero margin around the gradient, beyond any tap's reach
+  const int64_t U = (H + s - 1) / s, colsV = round_up((W + s - 1) / s, V);
+  const int64_t Gw = colsV + 2 * P + 4 * V, Gh = U + 2 * P + 1;
+  T* G = scratch(pad_buf, Gh * Gw + 4 * V);
+  T* O = scratch(out_buf, U * colsV);
+  std::fill(G, G + Gh * Gw + 4 * V, T(0));
+  for (int64_t y = 0; y < Ho; ++y) std::copy(go + y * Wo, go + (y + 1) * Wo, G + (y + P) * Gw + P);
+  for (int64_t a = 0; a < s; ++a)
+    for (int64_t b = 0; b < s; ++b) {
+      int64_t off[64], n = 0;
+      T taps[64];
+      for (int64_t i = 0; i < k; ++i)
+        for (int64_t j = 0; j < k; ++j) {
+          if ((a + p - i) % s != 0 || (b + p - j) % s != 0) continue;  // (C++: exact for <0)
+          off[n] = ((a + p - i) / s + P) * Gw + (b + p - j) / s + P;
+          taps[n++] = w[i * ws + j];
+        }
+      const int64_t rows = (H - a + s - 1) / s, cols = (W - b + s - 1) / s;
+      if (n == 0) std::fill(O, O + rows * colsV, T(0));  // no tap reaches this phase
+      else correlate_offsets(G, Gw, off, taps, n, rows, colsV, O);
+      for (int64_t u = 0; u < rows; ++u) {
+        T* dst = gi + (s * u + a) * W + b;
+        const T* src = O + u * colsV;
+        for (int64_t v = 0; v < cols; ++v) dst[s * v] = src[v];
+      }
+    }
 }
 
 template <typename T>
