@@ -8,8 +8,9 @@
 // * Rows (wide maps): one plane, zero-padded (and split into stride phases), vectors along the
 //   output rows; see correlate_rows.
 //
-// Both compute the input gradient as a stride-1 correlation of the dilated output gradient with
-// the flipped window, and accumulate weight gradients per row in T and across rows in double.
+// Both compute the input gradient as a stride-1 correlation of the output gradient (dilated by
+// the stride; the group layout splits stride 2 into phases instead) with the flipped window, and
+// accumulate weight gradients per row in T and across rows in double.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -210,7 +211,9 @@ void grad_input_group(const T* go, const T* w, int64_t wc, int64_t ws, T* gi, in
     correlate(D, W + 2 * p, flipped, k, 1, 0, 0, H, W, O);
   } else {
     // Stride s: the s x s phases gi[s u + a][s v + b], each correlating the output gradient with
-    // only the taps that reach it (as in grad_input_rows), written to their pixels of O.
+    // only the taps that reach it, (a + p - i) and (b + p - j) multiples of s: k * k multiply-adds
+    // per gradient value, where correlating the dilated gradient spends s * s times as many on
+    // zeros. Each phase writes its own pixels of O.
     const int64_t P = (k - 1) / s + 1, Gw = Wo + 2 * P;
     T* G = scratch(pad_buf, (Ho + 2 * P) * Gw * V);
     T* list = scratch(list_buf, k * k * V);
@@ -384,80 +387,28 @@ void forward_rows(const T* in, const T* w, int64_t ws, T* out, int64_t H, int64_
   correlate_rows(P, L, taps, k, out);
 }
 
-// O[u][x] = sum over t < n of taps[t] * G[u * Gw + off[t] + x] for x < colsV (a multiple of V;
-// G readable up to 4 V past each row's last read).
-template <typename T>
-void correlate_offsets(const T* G, int64_t Gw, const int64_t* off, const T* taps, int64_t n,
-                       int64_t rows, int64_t colsV, T* O) {
-  for (int64_t u = 0; u < rows; ++u) {
-    const T* base = G + u * Gw;
-    T* orow = O + u * colsV;
-    for (int64_t x = 0; x < colsV; x += 4 * V) {
-      lanes<T> a0 = {}, a1 = {}, a2 = {}, a3 = {};
-      for (int64_t t = 0; t < n; ++t) {
-        const T* src = base + off[t] + x;
-        const T w = taps[t];
-        a0 += w * load(src);
-        a1 += w * load(src + V);
-        a2 += w * load(src + 2 * V);
-        a3 += w * load(src + 3 * V);
-      }
-      const int64_t chunks = std::min<int64_t>(4, (colsV - x) / V);
-      store(orow + x, a0);
-      if (chunks > 1) store(orow + x + V, a1);
-      if (chunks > 2) store(orow + x + 2 * V, a2);
-      if (chunks > 3) store(orow + x + 3 * V, a3);
-    }
-  }
-}
-
 template <typename T>
 void grad_input_rows(const T* go, const T* w, int64_t ws, T* gi, int64_t H, int64_t W, int64_t k,
                      int64_t s) {
+  // gi[h][x] = sum of flipped taps * D[h + i][x + j], D the output gradient dilated by the stride
+  // with p zeros before: D[y s + p][x s + p] = grad_out[y][x]. (Splitting stride 2 into phases, as
+  // the group layout does, measured no faster here: on wide maps the time goes to memory, and the
+  // phases' results need a strided scatter into the rows.)
+  static thread_local std::vector<T> pad_buf;
   const int64_t p = k / 2, Ho = dw_out_size(H, s), Wo = dw_out_size(W, s);
+  const RowLayout L(H, W, k, 1);
+  T* D = scratch(pad_buf, L.plane + 4 * V);
   if (s == 1) {
-    // gi[h][x] = sum of flipped taps * D[h + i][x + j], D the output gradient zero-padded by p.
-    static thread_local std::vector<T> pad_buf;
-    const RowLayout L(H, W, k, 1);
-    T* D = scratch(pad_buf, L.plane + 4 * V);
-    split_rows(go, Ho, Wo, p, L, D);
-    T flipped[64];
-    for (int64_t i = 0; i < k; ++i)
-      for (int64_t j = 0; j < k; ++j) flipped[(k - 1 - i) * k + (k - 1 - j)] = w[i * ws + j];
-    correlate_rows(D, L, flipped, k, gi);
-    return;
+    split_rows(go, Ho, Wo, p, L, D);  // the gradient zero-padded by p
+  } else {
+    std::fill(D, D + L.plane + 4 * V, T(0));
+    for (int64_t y = 0; y < Ho; ++y)
+      for (int64_t x = 0; x < Wo; ++x) D[(y * s + p) * L.Pw + x * s + p] = go[y * Wo + x];
   }
-  // Stride s > 1: gi splits into s x s phases gi[s u + a][s v + b], each a stride-1 correlation of
-  // the output gradient with only the taps that reach it, (a + p - i) and (b + p - j) multiples of
-  // s: k * k multiply-adds per output-gradient value, where correlating the dilated gradient
-  // spends s * s times as many on its zeros.
-  static thread_local std::vector<T> pad_buf, out_buf;
-  const int64_t P = (k - 1) / s + 1;  // zero margin around the gradient, beyond any tap's reach
-  const int64_t U = (H + s - 1) / s, colsV = round_up((W + s - 1) / s, V);
-  const int64_t Gw = colsV + 2 * P + 4 * V, Gh = U + 2 * P + 1;
-  T* G = scratch(pad_buf, Gh * Gw + 4 * V);
-  T* O = scratch(out_buf, U * colsV);
-  std::fill(G, G + Gh * Gw + 4 * V, T(0));
-  for (int64_t y = 0; y < Ho; ++y) std::copy(go + y * Wo, go + (y + 1) * Wo, G + (y + P) * Gw + P);
-  for (int64_t a = 0; a < s; ++a)
-    for (int64_t b = 0; b < s; ++b) {
-      int64_t off[64], n = 0;
-      T taps[64];
-      for (int64_t i = 0; i < k; ++i)
-        for (int64_t j = 0; j < k; ++j) {
-          if ((a + p - i) % s != 0 || (b + p - j) % s != 0) continue;  // (C++: exact for <0)
-          off[n] = ((a + p - i) / s + P) * Gw + (b + p - j) / s + P;
-          taps[n++] = w[i * ws + j];
-        }
-      const int64_t rows = (H - a + s - 1) / s, cols = (W - b + s - 1) / s;
-      if (n == 0) std::fill(O, O + rows * colsV, T(0));  // no tap reaches this phase
-      else correlate_offsets(G, Gw, off, taps, n, rows, colsV, O);
-      for (int64_t u = 0; u < rows; ++u) {
-        T* dst = gi + (s * u + a) * W + b;
-        const T* src = O + u * colsV;
-        for (int64_t v = 0; v < cols; ++v) dst[s * v] = src[v];
-      }
-    }
+  T flipped[64];
+  for (int64_t i = 0; i < k; ++i)
+    for (int64_t j = 0; j < k; ++j) flipped[(k - 1 - i) * k + (k - 1 - j)] = w[i * ws + j];
+  correlate_rows(D, L, flipped, k, gi);
 }
 
 template <typename T>
