@@ -312,7 +312,6 @@ def _train(cfg, run_dir, resume, progress, stop_after_steps) -> dict:
     strategy = Strategy(cfg["strategy"], space, seed=cfg["seed"], predictor=predictor,
                         uniform_bins=cfg["target_bins"] == "uniform", pool_size=cfg["pool_size"],
                         n_prior=cfg["n_prior"])
-    largest, smallest = space.encode(space.max_arch()), space.encode(space.min_arch())
 
     epoch = step = 0
     if ckpt is not None:
@@ -342,6 +341,24 @@ def _train(cfg, run_dir, resume, progress, stop_after_steps) -> dict:
             metrics_file.write(json.dumps(entry) + "\n")
             metrics_file.flush()
 
+    try:
+        return _loop(cfg, run_dir, resume_at=(epoch, step), net=net, optimizer=optimizer,
+                     scheduler=scheduler, strategy=strategy, stream=stream, splits=splits,
+                     space=space, device=device, record=record, checkpoint=checkpoint,
+                     progress=progress, stop_after_steps=stop_after_steps)
+    finally:
+        if metrics_file is not None:
+            metrics_file.close()
+
+
+def _loop(cfg, run_dir, resume_at, net, optimizer, scheduler, strategy, stream, splits, space,
+          device, record, checkpoint, progress, stop_after_steps) -> dict:
+    """The epochs from `resume_at` (epoch, step) on, then the final evaluation."""
+    rank, world = dist.rank(), dist.world_size()
+    epoch, step = resume_at
+    steps_per_epoch = stream.steps_per_epoch
+    ckpt_path = os.path.join(run_dir, "checkpoint.pt")
+    largest, smallest = space.encode(space.max_arch()), space.encode(space.min_arch())
     stop = _Stop()
     stop.install()
     total_steps = cfg["epochs"] * steps_per_epoch
@@ -385,7 +402,7 @@ def _train(cfg, run_dir, resume, progress, stop_after_steps) -> dict:
                 if dist.all_reduce_sum(torch.tensor([float(requested)], device=device)).item() > 0:
                     checkpoint(epoch, step)
                     record({"event": "interrupted", "epoch": epoch, "step": global_step})
-                    if rank == 0:
+                    if rank == 0 and stop.requested is not None:
                         log.warning("interrupted at epoch %d step %d; checkpoint saved, resume "
                                     "with --resume %s", epoch, step, run_dir)
                     return {"interrupted": global_step}
@@ -409,11 +426,11 @@ def _train(cfg, run_dir, resume, progress, stop_after_steps) -> dict:
              "largest_mflops": space.flops(largest), "steps": total_steps, "world_size": world}
     record(final)
     if rank == 0:
-        with open(os.path.join(run_dir, "final.json"), "w") as f:
+        path = os.path.join(run_dir, "final.json")
+        with open(path + ".tmp", "w") as f:
             json.dump(final, f, indent=2)
+        os.replace(path + ".tmp", path)
     checkpoint(epoch, step, finished=True)
-    if metrics_file is not None:
-        metrics_file.close()
     return final
 
 

@@ -4,7 +4,6 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import nasops
 from nasops import ops

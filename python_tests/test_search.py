@@ -9,7 +9,7 @@ import torch
 
 import nasops
 from nasops import train as train_mod
-from nasops.evaluate import Evaluator, read_evaluations, write_evaluations
+from nasops.evaluate import Evaluator, read_evaluations
 from nasops.export import export_subnet
 from nasops.predictor import AccuracyPredictor, kendall_tau
 from nasops.search import evolve, pareto

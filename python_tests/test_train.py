@@ -2,7 +2,6 @@
 weights on the combined batch, every strategy trains, and bad configs and files raise."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
