@@ -29,7 +29,7 @@ import numpy as np
 
 from nasops import train as train_mod
 from nasops.checkpoint import load_checkpoint, load_trained
-from nasops.data import load_splits
+from nasops.data import splits_of
 from nasops.evaluate import Evaluator
 from nasops.predictor import AccuracyPredictor, kendall_tau
 from nasops.search import pareto
@@ -90,6 +90,7 @@ class Study:
         os.makedirs(runs_dir, exist_ok=True)
         os.makedirs(out, exist_ok=True)
         self._archs = None
+        self._splits = None
 
     def config(self, name: str) -> dict:
         strategy, kd, seed = RUNS[name]
@@ -143,9 +144,9 @@ class Study:
         return self._archs
 
     def splits(self):
-        cfg = self.config("uniform")  # every run has the same data
-        return load_splits(cfg["dataset"], cfg["data_dir"], cfg["holdout"], cfg["holdout_seed"],
-                           cfg["limit"], cfg["image_size"])
+        if self._splits is None:  # every run has the same data: read it once
+            self._splits = splits_of(self.config("uniform"))
+        return self._splits
 
     def measure(self, checkpoint: str, out_path: str) -> np.ndarray:
         """Held-out accuracy of the study's sub-networks on a checkpoint (cached in out_path)."""

@@ -32,13 +32,12 @@ def load_checkpoint(path: str) -> dict:
 def load_trained(path: str, device: torch.device | str = "cpu"):
     """(config, splits, supernet) of a training run's checkpoint: the supernet with its trained
     weights on `device`, and the data splits its recipe names."""
-    from .data import load_splits
+    from .data import splits_of
     from .nn import Supernet
     from .space import SearchSpace
     ckpt = load_checkpoint(path)
     cfg = ckpt["config"]
-    splits = load_splits(cfg["dataset"], cfg["data_dir"], cfg["holdout"], cfg["holdout_seed"],
-                         cfg["limit"], cfg["image_size"])
+    splits = splits_of(cfg)
     net = Supernet(SearchSpace(ckpt["space"], source=path))
     try:
         net.load_state_dict(ckpt["model"])

@@ -291,6 +291,13 @@ def load_splits(name: str, root: str | None = None, holdout: float = 0.1,
     return Splits(train, held, test, pixels.mean(1).float(), pixels.std(1).float().clamp(min=1e-3))
 
 
+def splits_of(cfg: dict) -> Splits:
+    """The splits a training recipe names (its dataset, data_dir, holdout, holdout_seed, limit and
+    image_size keys)."""
+    return load_splits(cfg["dataset"], cfg["data_dir"], cfg["holdout"], cfg["holdout_seed"],
+                       cfg["limit"], cfg["image_size"])
+
+
 def _mix(*values: int) -> int:
     """A 63-bit seed from integers (SplitMix64 steps), for per-epoch / per-step generators."""
     h = 0x9E3779B97F4A7C15
@@ -321,6 +328,7 @@ class BatchStream:
         self.augment, self.flip, self.rank, self.world = augment, flip, rank, world
         self.mean, self.std = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
         self.pad = max(1, data.images.shape[-1] // 8)  # 4 px at 32, 1 px at 8
+        self._order = (None, None)  # (epoch, permutation): drawn once per epoch, not per step
 
     @property
     def steps_per_epoch(self) -> int:
@@ -328,10 +336,11 @@ class BatchStream:
 
     def batch(self, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's part of global batch `step` of `epoch`: float [B, C, H, W], labels [B]."""
-        gen = torch.Generator().manual_seed(_mix(self.seed, epoch))
-        order = torch.randperm(len(self.data), generator=gen)
-        index = order[step * self.batch_size:(step + 1) * self.batch_size]
-        gen.manual_seed(_mix(self.seed, epoch, step))  # augmentation of the global batch
+        if self._order[0] != epoch:
+            gen = torch.Generator().manual_seed(_mix(self.seed, epoch))
+            self._order = (epoch, torch.randperm(len(self.data), generator=gen))
+        index = self._order[1][step * self.batch_size:(step + 1) * self.batch_size]
+        gen = torch.Generator().manual_seed(_mix(self.seed, epoch, step))  # augmentation
         x = self.data.images[index]
         if self.augment:
             x = random_crop(x, self.pad, gen)

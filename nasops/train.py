@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from . import distributed as dist
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
-from .data import DATASETS, BatchStream, load_splits
+from .data import DATASETS, BatchStream, splits_of
 from .evaluate import Evaluator
 from .losses import KD_LOSSES, distillation_loss, smoothed_cross_entropy
 from .nn import Supernet, frozen_bn_stats, resize_batch, sync_batchnorm
@@ -292,8 +292,7 @@ def _train(cfg, run_dir, resume, progress, stop_after_steps) -> dict:
     np.random.seed(cfg["seed"] % 2**32)
     torch.manual_seed(cfg["seed"])
 
-    splits = load_splits(cfg["dataset"], cfg["data_dir"], cfg["holdout"], cfg["holdout_seed"],
-                         cfg["limit"], cfg["image_size"])
+    splits = splits_of(cfg)
     stream = BatchStream(splits.train, cfg["batch_size"], splits.mean, splits.std, cfg["seed"],
                          cfg["augment"], cfg["flip"], rank, world)
     space = build_space(cfg, splits)
