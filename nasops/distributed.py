@@ -109,3 +109,12 @@ def broadcast_object(obj, src: int = 0):
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()
+
+
+def shutdown() -> None:
+    """Every rank leaves the process group together at the end of a command. (A rank that exits
+    while still in a gloo group can abort in gloo's threads, "terminate called without an active
+    exception", which failed a CI run.)"""
+    if initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -123,6 +123,7 @@ def main(argv=None) -> int:
         write_evaluations(args.out, net.space, archs, acc, args.split, args.checkpoint)
         print(f"wrote {len(acc)} accuracies to {args.out} (mean {acc.mean():.4f}, "
               f"min {acc.min():.4f}, max {acc.max():.4f})")
+    dist.shutdown()
     return 0
 
 

@@ -514,9 +514,11 @@ def main(argv=None) -> int:
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
         print(f"nasops.train: error: {e}", file=sys.stderr)
         return 1
+    rank = dist.rank()
+    dist.shutdown()
     if "interrupted" in result:
         return 130
-    if dist.rank() == 0:
+    if rank == 0:
         print(json.dumps(result, indent=2))
     return 0
 

@@ -139,6 +139,7 @@ def main(argv=None) -> int:
                   f"objective {e['score']:.4f}{extra}")
         print(f"wrote {out}/pareto.json, pareto.png" + ("" if args.no_export or evaluator is None
                                                         else " and the exported networks"))
+    dist.shutdown()
     return 0
 
 
