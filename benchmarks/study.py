@@ -16,7 +16,7 @@ of the run, and on the second seed's supernet.
 Every stage writes its result atomically into the run directories and is skipped when its file
 exists, so an interrupted study continues where it stopped. Results and plots go to --out:
 summary.json, fig5_accuracy_by_flops.png (Figure 5 style), fig6_best_vs_uniform.png (Figure 6
-style), kendall_tau.png.
+style), kendall_tau.png, and summary.md (the tables the README quotes).
 """
 import argparse
 import json
@@ -207,6 +207,8 @@ class Study:
         summary = self.summarize()
         summary["wall_s_this_invocation"] = time.time() - start
         atomic_json(os.path.join(self.out, "summary.json"), summary)
+        with open(os.path.join(self.out, "summary.md"), "w") as f:
+            f.write(report(summary))
         self.plot(summary)
         log(f"done: {self.out}")
         return summary
@@ -297,6 +299,47 @@ class Study:
         fig.tight_layout()
         fig.savefig(os.path.join(self.out, "kendall_tau.png"))
         plt.close(fig)
+
+
+def report(summary: dict) -> str:
+    """Markdown tables of a summary, in percent, with the seed-to-seed spread of the two strategies
+    run twice next to the differences from uniform."""
+    runs, edges = summary["runs"], summary["flops_bin_edges"]
+    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    bins = [f"{edges[b]:.3g}-{edges[b + 1]:.3g}" for b in range(4)]
+    lines = ["Held-out accuracy (%) of the same sub-networks on each supernet; per MFLOPs bin: "
+             "median / best.", "",
+             "| run | train min | largest | smallest | mean | vs uniform | "
+             + " | ".join(f"{b} MF" for b in bins) + " |",
+             "|---|---|---|---|---|---|" + "---|" * 4]
+    for name, r in runs.items():
+        cells = [name, f"{r['train_s'] / 60:.1f}", pct(r["final"]["largest_holdout_acc"]),
+                 pct(r["final"]["smallest_holdout_acc"]), pct(r["mean_acc"]),
+                 f"{100 * (r['mean_acc'] - runs['uniform']['mean_acc']):+.1f}"]
+        cells += [f"{pct(b['median'])} / {pct(b['max'])}" for b in r["per_bin"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Seed-to-seed spread (|seed 0 - seed 1|, points): "
+              + "; ".join(f"{n}: mean {100 * abs(runs[n]['mean_acc'] - runs[n + '-seed1']['mean_acc']):.1f}, "
+                          "best per bin "
+                          + ", ".join(f"{100 * abs(a['max'] - b['max']):.1f}"
+                                      for a, b in zip(runs[n]["per_bin"], runs[n + "-seed1"]["per_bin"]))
+                          for n in ("uniform", "bestup-3-loss") if n + "-seed1" in runs), "",
+              "Search (predictor fitted on the supernet's own measurements): test accuracy (%) of "
+              "the pick at each budget.", "",
+              "| run | " + " | ".join(f"<= {f['budget']:g} MF" for f in runs["uniform"]["front"]) + " |",
+              "|---|" + "---|" * len(runs["uniform"]["front"])]
+    for name, r in runs.items():
+        lines.append(f"| {name} | " + " | ".join(f"{pct(f['test_acc'])} ({f['flops']:.2f} MF)"
+                                                 for f in r["front"]) + " |")
+    lines += ["", "Seed-to-seed spread of the picks' test accuracy (points): "
+              + "; ".join(f"{n}: " + ", ".join(f"{100 * abs(a['test_acc'] - b['test_acc']):.1f}"
+                                              for a, b in zip(runs[n]["front"], runs[n + "-seed1"]["front"]))
+                          for n in ("uniform", "bestup-3-loss") if n + "-seed1" in runs)]
+    tau = summary["kendall_tau"]
+    lines += ["", "Kendall tau of the early uniform predictor on the held-out half: "
+              + ", ".join(f"{k.replace('_', ' ')} {tau[k]:.3f}"
+                          for k in ("early_checkpoint", "final_checkpoint", "second_seed")), ""]
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:

@@ -32,6 +32,8 @@ def test_ci_sized_study(tiny, tmp_path):
     for key in ("early_checkpoint", "final_checkpoint", "second_seed"):
         assert isinstance(tau[key], float) and (math.isnan(tau[key]) or -1 <= tau[key] <= 1)
         assert len(tau["measured"][key]) == len(tau["predicted"]) == study.CI_STUDY["archs"] // 2
+    table = (out / "summary.md").read_text()
+    assert all(f"| {name} |" in table for name in study.RUNS) and "spread" in table
     for png in ("fig5_accuracy_by_flops.png", "fig6_best_vs_uniform.png", "kendall_tau.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # same runs, different seeds: the strategies' supernets differ from uniform's
