@@ -199,13 +199,11 @@ class Study:
 
     # -- the whole study ------------------------------------------------------------------------
     def run(self) -> dict:
-        start = time.time()
         self.early_predictor()
         for name in RUNS:
             self.train(name)
             self.search(name)
         summary = self.summarize()
-        summary["wall_s_this_invocation"] = time.time() - start
         atomic_json(os.path.join(self.out, "summary.json"), summary)
         with open(os.path.join(self.out, "summary.md"), "w") as f:
             f.write(report(summary))
