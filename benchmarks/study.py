@@ -1,6 +1,6 @@
 """Study: do the sampling strategies do what the papers claim? One resumable command.
 
-    python benchmarks/study.py                  # Fashion-MNIST, small space, ~90 min on 2 cores
+    python benchmarks/study.py                  # Fashion-MNIST, small space, about 100 min on 2 cores
     python benchmarks/study.py --ci --space PATH --out DIR --runs-dir DIR   # minutes, for tests
 
 Trains one supernet per strategy with the same recipe, budget and seed (uniform, bestup-3-loss,
@@ -49,7 +49,7 @@ RUNS = {
     "bestup-3-loss-seed1": ("bestup-3-loss", "kl", 1),
 }
 
-# Sized for ~90 minutes on 2 CPU cores: 5,000 training and 500 held-out images (a fixed subset of
+# Sized for about 100 minutes on 2 CPU cores (measured: 102): 5,000 training and 500 held-out images (a fixed subset of
 # Fashion-MNIST's training set), 3 epochs; BN re-calibration on 256 images per sub-network.
 FULL = {"recipe": "study", "dataset": "fashion-mnist", "space": "small", "limit": 5500,
         "holdout": 1 / 11, "epochs": 3, "batch_size": 64, "lr": 0.1, "warmup_epochs": 0.5,
