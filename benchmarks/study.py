@@ -49,8 +49,10 @@ RUNS = {
     "bestup-3-loss-seed1": ("bestup-3-loss", "kl", 1),
 }
 
-# Sized for about 100 minutes on 2 CPU cores (measured: 102): 5,000 training and 500 held-out images (a fixed subset of
-# Fashion-MNIST's training set), 3 epochs; BN re-calibration on 256 images per sub-network.
+# Sized for about 100 minutes on 2 CPU cores (measured: 102): 5,000 training and 500 held-out
+# images (a fixed subset of Fashion-MNIST's training set), 3 epochs; BN re-calibration on 256
+# images per sub-network. (500 held-out images leave about 2 points of noise per measurement:
+# see the README's study section before sizing a study that must separate strategies.)
 FULL = {"recipe": "study", "dataset": "fashion-mnist", "space": "small", "limit": 5500,
         "holdout": 1 / 11, "epochs": 3, "batch_size": 64, "lr": 0.1, "warmup_epochs": 0.5,
         "flip": True, "calib_images": 256, "eval_batch_size": 256, "n_prior": 100_000,
