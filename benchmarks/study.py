@@ -207,8 +207,10 @@ class Study:
             self.search(name)
         summary = self.summarize()
         atomic_json(os.path.join(self.out, "summary.json"), summary)
-        with open(os.path.join(self.out, "summary.md"), "w") as f:
+        md = os.path.join(self.out, "summary.md")
+        with open(md + ".tmp", "w") as f:
             f.write(report(summary))
+        os.replace(md + ".tmp", md)
         self.plot(summary)
         log(f"done: {self.out}")
         return summary
