@@ -66,11 +66,14 @@ CI_STUDY = {"archs": 24, "budgets": [0.2, 0.3, 0.45, 0.7], "early_epochs": 1,
             "search": {"population": 16, "mutations": 4, "crossovers": 4, "generations": 2}}
 
 
+def atomic_write(path, text):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
 def atomic_json(path, doc):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=2)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(doc, indent=2))
 
 
 def read_json(path):
@@ -207,10 +210,7 @@ class Study:
             self.search(name)
         summary = self.summarize()
         atomic_json(os.path.join(self.out, "summary.json"), summary)
-        md = os.path.join(self.out, "summary.md")
-        with open(md + ".tmp", "w") as f:
-            f.write(report(summary))
-        os.replace(md + ".tmp", md)
+        atomic_write(os.path.join(self.out, "summary.md"), report(summary))
         self.plot(summary)
         log(f"done: {self.out}")
         return summary
