@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import setuptools
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
@@ -16,6 +17,14 @@ def fail(message):
     # One line that says what is missing and what to do, instead of a CMake or compiler dump.
     sys.stderr.write(f"\nnasops build error: {message}\n\n")
     raise SystemExit(1)
+
+
+# Without build isolation pip uses the environment's setuptools, which pyproject.toml's
+# build-system.requires cannot raise: bdist_wheel is built in from 70.1 (older ones need the
+# wheel package), and Python 3.9's venvs come with 58.
+if tuple(int(p) for p in setuptools.__version__.split(".")[:2] if p.isdigit()) < (70, 1):
+    fail(f"setuptools {setuptools.__version__} is too old to build nasops without build "
+         f"isolation; run `pip install -U \"setuptools>=70.1\"` first")
 
 
 class CMakeBuild(build_ext):
@@ -31,7 +40,7 @@ class CMakeBuild(build_ext):
                  "pip install cmake)")
         compiler = os.environ.get("CXX", "c++")
         if shutil.which(compiler) is None:
-            fail(f"no C++17 compiler: `{compiler}` was not found on PATH (set CXX, or install g++)")
+            fail(f"no C++20 compiler: `{compiler}` was not found on PATH (set CXX, or install g++ >= 10)")
 
         output = os.path.abspath(os.path.dirname(self.get_ext_fullpath(ext.name)))
         build_dir = os.path.abspath(os.path.join(self.build_temp, "cmake"))

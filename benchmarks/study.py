@@ -18,6 +18,8 @@ exists, so an interrupted study continues where it stopped. Results and plots go
 summary.json, fig5_accuracy_by_flops.png (Figure 5 style), fig6_best_vs_uniform.png (Figure 6
 style), kendall_tau.png, and summary.md (the tables the README quotes).
 """
+from __future__ import annotations
+
 import argparse
 import json
 import os

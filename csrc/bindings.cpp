@@ -25,7 +25,7 @@ using IntArray = py::array_t<int64_t, py::array::c_style>;
 
 namespace {
 
-// The validated YAML structure (see nasops/space.py) as the C++ spec.
+// The validated YAML structure (see src/nasops/space.py) as the C++ spec.
 SpaceSpec spec_from_dict(const py::dict& d) {
   SpaceSpec spec;
   spec.resolution = d["resolution"].cast<std::vector<int64_t>>();

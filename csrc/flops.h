@@ -1,5 +1,5 @@
 // FLOPs (multiply-accumulates of conv and linear layers, one image) and parameter counts (conv
-// and linear weights, no biases, no BN) of architectures. See DESIGN.md for the network.
+// and linear weights, no biases, no BN) of architectures. See docs/DESIGN.md for the network.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -19,7 +19,7 @@ struct Cost {
   }
 };
 
-// make_divisible(v, 8) of DESIGN.md for an integer v: the nearest multiple of 8 (at least 8),
+// make_divisible(v, 8) of docs/DESIGN.md for an integer v: the nearest multiple of 8 (at least 8),
 // plus 8 if that fell below 0.9 v. Hidden widths of MBConv blocks and SE reductions.
 inline int64_t make_divisible8(int64_t v) {
   int64_t rounded = (v + 4) / 8 * 8;

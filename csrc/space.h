@@ -1,5 +1,5 @@
 // A search space as plain data, the flat architecture encoding, and checks of encoded
-// architectures. Python (nasops/space.py) validates the YAML and hands the numbers over.
+// architectures. Python (src/nasops/space.py) validates the YAML and hands the numbers over.
 #pragma once
 #include <cstdint>
 #include <memory>

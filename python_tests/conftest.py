@@ -6,7 +6,7 @@ import yaml
 
 sys.path.insert(0, os.path.dirname(__file__))  # reference.py
 
-CONFIGS = os.path.join(os.path.dirname(__file__), os.pardir, "nasops", "configs")
+CONFIGS = os.path.join(os.path.dirname(__file__), os.pardir, "src", "nasops", "configs")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""An independent pure-Python FLOPs and parameter count, written from DESIGN.md's facts.
+"""An independent pure-Python FLOPs and parameter count, written from docs/DESIGN.md's facts.
 
 It walks the network block by block, layer by layer, from the raw YAML of a search space and an
 architecture dict; nothing here comes from nasops. The tests compare the C++ core against it and

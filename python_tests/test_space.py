@@ -7,7 +7,7 @@ import yaml
 import nasops
 from nasops import Arch, SearchSpace
 
-# DESIGN.md's table of the AttentiveNAS space (paper, Table 2), typed in again here.
+# docs/DESIGN.md's table of the AttentiveNAS space (paper, Table 2), typed in again here.
 ATTENTIVE_TABLE = [  # width, depth, kernel, expand, se, stride
     ([16, 24], [1, 2], [3, 5], [1], False, 1),
     ([24, 32], [3, 4, 5], [3, 5], [4, 5, 6], False, 2),

@@ -1,7 +1,9 @@
 """Stage-1 training: resume gives the uninterrupted run's weights, 2-process DDP gives one process's
 weights on the combined batch, every strategy trains, and bad configs and files raise."""
+import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -66,12 +68,20 @@ def test_sigterm_saves_and_resume_finishes(tiny, tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert "resume with --resume" in err
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
     assert not ckpt["finished"] and 0 < ckpt["epoch"] * 9 + ckpt["step"] < 54
+    # one numbering: the global step the progress bar shows, epochs from 1
+    step = ckpt["epoch"] * 9 + ckpt["step"]
+    assert (f"interrupted after step {step}/54 (epoch {(step - 1) // 9 + 1}/6); checkpoint saved, "
+            f"resume with --resume {run}") in err, err
     done = subprocess.run(cmd[:3] + ["--resume", str(run), "--no-progress"], capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+    assert f"resumed {run} at step {step}/54" in done.stderr
+    final = json.loads((run / "final.json").read_text())
+    assert done.stdout.startswith(f"smallest ({final['smallest_mflops']:.1f} MFLOPs): held-out "
+                                  f"{final['smallest_holdout_acc']:.2%}, test "
+                                  f"{final['smallest_test_acc']:.2%}\nlargest ("), done.stdout
     reference = dict(cfg, recipe="recipe")
     train_mod.train(reference, str(tmp_path / "ref"), progress=False)
     assert_same_weights(weights(run), weights(tmp_path / "ref"))
@@ -125,7 +135,7 @@ def test_nan_loss_stops_with_the_last_checkpoint_intact(tiny, tmp_path, monkeypa
         return (losses * float("nan") if len(calls) == 12 else losses), archs
 
     monkeypatch.setattr(train_mod, "train_step", poisoned)
-    with pytest.raises(FloatingPointError, match="epoch 1 step 2.*last good state"):
+    with pytest.raises(FloatingPointError, match=r"step 12/18 \(epoch 2/2\).*last good state"):
         train_mod.train(config(tiny), str(tmp_path / "run"), progress=False)
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert (ckpt["epoch"], ckpt["step"]) == (1, 0)
@@ -143,6 +153,54 @@ def test_bad_checkpoints_raise(tiny, tmp_path):
         train_mod.train(config(tiny), str(run), resume=True, progress=False)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         train_mod.train(config(tiny), str(tmp_path / "none"), resume=True, progress=False)
+
+
+def test_per_epoch_evaluation_is_recorded_and_changes_no_weight(tiny, tmp_path):
+    quiet = train_mod.train(config(tiny, eval_every=0), str(tmp_path / "quiet"), progress=False)
+    loud = train_mod.train(config(tiny, eval_every=1), str(tmp_path / "loud"), progress=False)
+    assert_same_weights(weights(tmp_path / "quiet"), weights(tmp_path / "loud"))
+    assert loud == quiet
+    epochs = {}
+    for run in ("quiet", "loud"):
+        lines = [json.loads(l) for l in open(tmp_path / run / "metrics.jsonl")]
+        epochs[run] = [l for l in lines if l.get("event") == "epoch"]
+        assert [(l["epoch"], l["step"]) for l in epochs[run]] == [(1, 9), (2, 18)]
+    assert not any("holdout_acc_largest" in l for l in epochs["quiet"])
+    for l in epochs["loud"]:
+        assert 0 <= l["holdout_acc_smallest"] <= 1 and 0 <= l["holdout_acc_largest"] <= 1
+    last = epochs["loud"][-1]  # the final evaluation of the held-out split is the last epoch's
+    assert (last["holdout_acc_smallest"], last["holdout_acc_largest"]) == (
+        loud["smallest_holdout_acc"], loud["largest_holdout_acc"])
+    if importlib.util.find_spec("matplotlib"):
+        assert (tmp_path / "loud" / "curves.png").stat().st_size > 1000
+    if importlib.util.find_spec("tensorboard"):
+        assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "loud" / "tensorboard"))
+
+
+def test_a_run_that_cannot_start_leaves_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    code = train_mod.main(["--recipe", "fashion-mnist", f"data_dir={tmp_path / 'none'}",
+                           "--run-dir", str(run), "--no-progress"])
+    assert code == 1 and not run.exists()
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "data_dir=DIR" in err and "dataset-fashion-mnist" in err
+
+
+def test_help_shows_the_values_that_will_be_used(capsys):
+    def help_text(*args):
+        with pytest.raises(SystemExit) as stop:
+            train_mod.main([*args, "--help"])
+        assert stop.value.code == 0
+        return capsys.readouterr().out
+    text = help_text()  # the digits recipe, the default
+    assert "the recipe 'digits'" in text
+    for key, value in (("holdout", "0.2"), ("epochs", "10"), ("batch_size", "32"), ("kd", "kl"),
+                       ("data_dir", "null")):
+        assert re.search(rf"^  {key}={re.escape(value)} +\S", text, re.M), key
+    for key, (_, description) in train_mod.KEYS.items():
+        assert re.search(rf"^  {key}=\S* +{re.escape(description)}$", text, re.M), key
+    assert re.search(r"^  epochs=30 ", help_text("--recipe", "fashion-mnist"), re.M)
+    assert re.search(r"^  epochs=3 ", help_text("epochs=3"), re.M)
 
 
 def test_config_errors(tiny, capsys):

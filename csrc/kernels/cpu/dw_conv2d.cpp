@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -78,9 +79,11 @@ std::vector<std::string> cpu_isas() {
 }
 
 void set_cpu_isa(const std::string& name) {
-  TORCH_CHECK_VALUE(name == "base" || (name == "avx2" && cpu_has_avx2()),
-                    "CPU kernel ISA '", name, "' is not available here; available: base",
-                    cpu_has_avx2() ? ", avx2" : "");
+  // std::invalid_argument: pybind11 makes it a ValueError with any torch (a c10::ValueError
+  // becomes one only where torch's translator reaches this module: not in torch 2.5).
+  if (!(name == "base" || (name == "avx2" && cpu_has_avx2())))
+    throw std::invalid_argument("CPU kernel ISA '" + name + "' is not available here; available: base" +
+                                (cpu_has_avx2() ? ", avx2" : ""));
   isa_choice.store(name == "avx2" ? 1 : 0);
 }
 

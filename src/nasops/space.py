@@ -9,7 +9,7 @@ C++ core and the accuracy predictor, is the architecture's values in this order:
     expand_ratio[0..S-1]
 
 FLOPs are multiply-accumulates of conv and linear layers for one image, in millions (MFLOPs);
-params are conv and linear weights (no biases, no BN), in millions. DESIGN.md has the network.
+params are conv and linear weights (no biases, no BN), in millions. docs/DESIGN.md has the network.
 """
 from __future__ import annotations
 

@@ -14,10 +14,25 @@ from tqdm import tqdm
 
 from . import distributed as dist
 from .checkpoint import load_trained
+from .cli import STAGES, prog as prog_name
 from .data import ImageSet, Splits, eval_batches
 from .nn import Supernet, calibrate_bn, resize_batch
 from .nn.layers import DynamicBatchNorm2d
 from .space import SearchSpace
+
+
+def binomial_interval(accuracy, n: int, z: float = 1.959963984540054):
+    """Wilson score interval (95% by default) of accuracies each measured on `n` images: arrays
+    (low, high). An accuracy measured on n images is a binomial proportion; this interval keeps
+    within [0, 1] and stays honest near 0 and 1, where most accuracies of interest lie."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n = {n!r} must be a positive number of images")
+    p = np.asarray(accuracy, dtype=np.float64)
+    if ((p < 0) | (p > 1)).any():
+        raise ValueError("accuracies must lie in [0, 1]")
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
 
 
 class Evaluator:
@@ -96,11 +111,14 @@ class Evaluator:
         return np.array([self.cache[k] for k in keys], dtype=np.float64)
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog=None) -> int:
     """python -m nasops.evaluate --checkpoint RUN/checkpoint.pt -n 256 --out evals.json"""
-    parser = argparse.ArgumentParser(prog="python -m nasops.evaluate",
+    parser = argparse.ArgumentParser(prog=prog or prog_name("evaluate"),
                                      description="BN-calibrated accuracy of random sub-networks "
-                                                 "of a trained supernet (the predictor's data)")
+                                                 "of a trained supernet, written as the evaluation "
+                                                 "file that nasops-predictor fits on.",
+                                     epilog=STAGES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="RUN/checkpoint.pt")
     parser.add_argument("-n", type=int, default=256, help="number of uniform sub-networks")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sub-networks drawn")
@@ -117,7 +135,7 @@ def main(argv=None) -> int:
         acc = Evaluator(net, splits, cfg["eval_batch_size"], cfg["calib_images"], device).accuracy(
             archs, args.split, progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as e:
-        print(f"nasops.evaluate: error: {e}", file=sys.stderr)
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
     if dist.rank() == 0:
         write_evaluations(args.out, net.space, archs, acc, args.split, args.checkpoint)

@@ -1,4 +1,4 @@
-"""The weight-sharing supernet of a SearchSpace and its static sub-networks (DESIGN.md)."""
+"""The weight-sharing supernet of a SearchSpace and its static sub-networks (docs/DESIGN.md)."""
 from __future__ import annotations
 
 from collections.abc import Mapping

@@ -12,9 +12,11 @@ gradients and takes one SGD step (Nesterov momentum, warm-up then cosine learnin
 clipping). Weight decay applies once per step, which is weight decay on the largest sub-network
 only (it uses every weight) as the papers do; BN and bias parameters have none.
 
-A run directory holds ``config.yaml`` (the resolved recipe), ``metrics.jsonl``, ``checkpoint.pt``
-(written atomically every epoch and on SIGINT/SIGTERM) and at the end ``final.json`` with the
-BN-calibrated accuracy of the smallest and largest sub-networks on the held-out split.
+A run directory holds ``config.yaml`` (the resolved recipe), ``metrics.jsonl`` (losses and
+learning rate every ``log_every`` steps; per epoch, the BN-calibrated held-out accuracy of the
+smallest and largest sub-networks), ``curves.png`` (with matplotlib), ``tensorboard/`` (with
+tensorboard), ``checkpoint.pt`` (written atomically every epoch and on SIGINT/SIGTERM) and at the
+end ``final.json``: the held-out and test accuracy of the smallest and largest sub-networks.
 """
 from __future__ import annotations
 
@@ -38,37 +40,69 @@ from tqdm import tqdm
 
 from . import distributed as dist
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from .cli import STAGES, prog as prog_name
 from .data import DATASETS, BatchStream, splits_of
 from .evaluate import Evaluator
 from .losses import KD_LOSSES, distillation_loss, smoothed_cross_entropy
-from .nn import Supernet, frozen_bn_stats, resize_batch, sync_batchnorm
+from .nn import Supernet, frozen_bn_stats, preserved_bn_stats, resize_batch, sync_batchnorm
 from .ops import BACKENDS, set_dw_backend
+from .plots import MISSING as PLOTS_MISSING, plot_training_curves
 from .predictor import AccuracyPredictor
 from .sampling import Strategy, parse_strategy
 from .space import SearchSpace
 
 log = logging.getLogger("nasops.train")
 
-# Every recipe key with its default; a recipe file or a key=value override sets any of them.
-DEFAULTS = {
-    "recipe": "digits",
+# Every recipe key: its default and what it does. A recipe file or a key=value override sets any.
+KEYS = {
+    "recipe": ("digits", "name of the recipe these values start from (set by --recipe)"),
     # data
-    "dataset": "digits", "data_dir": None, "image_size": 32, "holdout": 0.1, "holdout_seed": 0,
-    "limit": None, "augment": True, "flip": False,
+    "dataset": ("digits", "digits, fashion-mnist, cifar10 or imagefolder"),
+    "data_dir": (None, "the dataset's directory (null: the dataset's default; digits needs none)"),
+    "image_size": (32, "imagefolder: images are resized to this square size when read"),
+    "holdout": (0.1, "fraction of the training images held out to score sub-networks"),
+    "holdout_seed": (0, "seed of the held-out split"),
+    "limit": (None, "train on a fixed subset of at most this many images (null: all)"),
+    "augment": (True, "random crop with zero padding"),
+    "flip": (False, "random horizontal flip (with augment)"),
     # supernet
-    "space": "small", "dropout": 0.1, "drop_connect": 0.1, "dw_backend": "nasops", "sync_bn": True,
+    "space": ("small", "search space: a packaged name (small, attentive_nas) or a YAML path"),
+    "dropout": (0.1, "dropout before the classifier, largest sub-network only"),
+    "drop_connect": (0.1, "drop-connect: block i of n gets drop_connect * i / n; largest only"),
+    "dw_backend": ("nasops", "depthwise convolution: nasops (the kernels) or torch (reference)"),
+    "sync_bn": (True, "under torchrun: BN statistics over all ranks"),
     # optimisation
-    "epochs": 12, "batch_size": 64, "lr": 0.1, "lr_min": 0.0, "warmup_epochs": 1.0,
-    "momentum": 0.9, "nesterov": True, "weight_decay": 5e-5, "label_smoothing": 0.1,
-    "grad_clip": 5.0,
+    "epochs": (12, "training epochs"),
+    "batch_size": (64, "global batch (divided among torchrun ranks)"),
+    "lr": (0.1, "peak learning rate (SGD)"),
+    "lr_min": (0.0, "learning rate at the end of the cosine schedule"),
+    "warmup_epochs": (1.0, "linear warm-up from 0 over this many epochs"),
+    "momentum": (0.9, "SGD momentum"),
+    "nesterov": (True, "Nesterov momentum"),
+    "weight_decay": (5e-5, "on conv and linear weights (not BN, not biases), once per step"),
+    "label_smoothing": (0.1, "of the largest sub-network's cross-entropy"),
+    "grad_clip": (5.0, "maximum gradient norm per step (null: no clipping)"),
     # sampling
-    "strategy": "uniform", "num_sampled": 2, "target_bins": "prior", "predictor": None,
-    "pool_size": 1_000_000, "n_prior": 200_000,
+    "strategy": ("uniform", "how the sampled sub-networks are drawn (README: Strategies)"),
+    "num_sampled": (2, "sub-networks per step besides the largest and the smallest"),
+    "target_bins": ("prior", "FLOPs targets from the prior, or uniform over its bins"),
+    "predictor": (None, "predictor file, for the -acc and -offline strategies"),
+    "pool_size": (1_000_000, "offline strategies: uniform sub-networks predicted at start"),
+    "n_prior": (200_000, "uniform samples the FLOPs prior and proposal are built from"),
     # distillation
-    "kd": "kl", "alpha_min": -1.0, "alpha_max": 1.0, "alpha_clip": 5.0,
+    "kd": ("kl", "distillation of the smaller sub-networks: kl, or alpha (AlphaNet)"),
+    "alpha_min": (-1.0, "kd alpha: the negative alpha of the adaptive divergence"),
+    "alpha_max": (1.0, "kd alpha: the positive alpha of the adaptive divergence"),
+    "alpha_clip": (5.0, "kd alpha: clip of the importance weights"),
     # bookkeeping
-    "seed": 0, "log_every": 10, "eval_batch_size": 256, "calib_images": 1024,
+    "seed": (0, "seed of everything: initialisation, data order, augmentation, sampling"),
+    "log_every": (10, "steps between loss lines in metrics.jsonl"),
+    "eval_every": (1, "epochs between held-out accuracies of the smallest and largest "
+                      "(0: only at the end)"),
+    "eval_batch_size": (256, "batch size of evaluation"),
+    "calib_images": (1024, "training images for BN re-calibration before each evaluation"),
 }
+DEFAULTS = {key: default for key, (default, _) in KEYS.items()}
 
 
 def _recipe_dir():
@@ -152,8 +186,8 @@ def check_config(cfg: dict, source: str = "config") -> dict:
     if not isinstance(cfg["space"], str):
         bad("space", "a packaged space name or a YAML path")
     for key in ("epochs", "batch_size", "num_sampled", "image_size", "pool_size", "n_prior",
-                "log_every", "eval_batch_size", "calib_images"):
-        integer(key, 0 if key == "num_sampled" else 1)
+                "log_every", "eval_every", "eval_batch_size", "calib_images"):
+        integer(key, 0 if key in ("num_sampled", "eval_every") else 1)
     integer("limit", 2, none=True)
     for key in ("seed", "holdout_seed"):
         integer(key, 0)
@@ -274,6 +308,57 @@ def train(cfg: dict, run_dir: str, resume: bool = False, progress: bool = True,
         set_dw_backend(previous)
 
 
+class _RunLog:
+    """What a run records besides its checkpoint (rank 0 only): every entry as a line of
+    metrics.jsonl, the scalars as TensorBoard events in tensorboard/ (when the tensorboard
+    package is installed) and the curves as curves.png (when matplotlib is)."""
+
+    STEP_TAGS = {"loss_largest": "loss/largest", "loss_smallest": "loss/smallest",
+                 "loss_sampled": "loss/sampled", "lr": "lr"}
+    EPOCH_TAGS = {"holdout_acc_smallest": "holdout_acc/smallest",
+                  "holdout_acc_largest": "holdout_acc/largest"}
+
+    def __init__(self, run_dir: str, active: bool):
+        self.run_dir, self.active = run_dir, active
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.file = open(self.path, "a") if active else None
+        self.events = None
+        if active:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional
+                pass
+            else:
+                self.events = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+
+    def record(self, entry: dict) -> None:
+        if not self.active:
+            return
+        self.file.write(json.dumps(entry) + "\n")
+        self.file.flush()
+        if self.events is not None and "step" in entry:
+            tags = self.EPOCH_TAGS if entry.get("event") == "epoch" else self.STEP_TAGS
+            for key, tag in tags.items():
+                if key in entry:
+                    self.events.add_scalar(tag, entry[key], entry["step"])
+            self.events.flush()
+
+    def plot(self) -> bool:
+        """curves.png from the whole metrics.jsonl (earlier invocations of a resumed run
+        included); False when matplotlib is missing."""
+        if not self.active:
+            return False
+        with open(self.path) as f:
+            return plot_training_curves(os.path.join(self.run_dir, "curves.png"),
+                                        [json.loads(line) for line in f if line.strip()])
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.events is not None:
+            self.events.close()
+
+
 def _train(cfg, run_dir, resume, progress, stop_after_steps) -> dict:
     device = dist.init_from_env()
     rank, world = dist.rank(), dist.world_size()
@@ -282,16 +367,13 @@ def _train(cfg, run_dir, resume, progress, stop_after_steps) -> dict:
     if ckpt is not None and ckpt["config"] != cfg:
         raise ValueError(f"{ckpt_path} was written with another config; resume continues the "
                          f"same run (see {os.path.join(run_dir, 'config.yaml')})")
-    if rank == 0:
-        os.makedirs(run_dir, exist_ok=True)
-        with open(os.path.join(run_dir, "config.yaml"), "w") as f:
-            yaml.safe_dump(cfg, f, sort_keys=False)
-    dist.barrier()
 
     random.seed(cfg["seed"])
     np.random.seed(cfg["seed"] % 2**32)
     torch.manual_seed(cfg["seed"])
 
+    # Everything that can fail on a bad recipe, file or dataset runs before the run directory
+    # is made, so a run that cannot start leaves nothing behind.
     splits = splits_of(cfg)
     stream = BatchStream(splits.train, cfg["batch_size"], splits.mean, splits.std, cfg["seed"],
                          cfg["augment"], cfg["flip"], rank, world)
@@ -312,6 +394,11 @@ def _train(cfg, run_dir, resume, progress, stop_after_steps) -> dict:
                         uniform_bins=cfg["target_bins"] == "uniform", pool_size=cfg["pool_size"],
                         n_prior=cfg["n_prior"])
 
+    if rank == 0:
+        os.makedirs(run_dir, exist_ok=True)
+        _write_text(os.path.join(run_dir, "config.yaml"), yaml.safe_dump(cfg, sort_keys=False))
+    dist.barrier()
+
     epoch = step = 0
     if ckpt is not None:
         net.load_state_dict(ckpt["model"])
@@ -321,7 +408,9 @@ def _train(cfg, run_dir, resume, progress, stop_after_steps) -> dict:
         _set_rng_state(ckpt["rng"])
         epoch, step = ckpt["epoch"], ckpt["step"]
         if rank == 0:
-            log.info("resumed %s at epoch %d step %d", run_dir, epoch, step)
+            log.info("resumed %s at step %d/%d (epoch %d/%d)", run_dir,
+                     epoch * steps_per_epoch + step, cfg["epochs"] * steps_per_epoch,
+                     min(epoch + 1, cfg["epochs"]), cfg["epochs"])
 
     def checkpoint(epoch_: int, step_: int, finished: bool = False):
         if rank == 0:
@@ -333,53 +422,61 @@ def _train(cfg, run_dir, resume, progress, stop_after_steps) -> dict:
                 "rng": _rng_state()})
         dist.barrier()
 
-    metrics_file = open(os.path.join(run_dir, "metrics.jsonl"), "a") if rank == 0 else None
-
-    def record(entry: dict):
-        if metrics_file is not None:
-            metrics_file.write(json.dumps(entry) + "\n")
-            metrics_file.flush()
-
+    run_log = _RunLog(run_dir, rank == 0)
     try:
         return _loop(cfg, run_dir, resume_at=(epoch, step), net=net, optimizer=optimizer,
                      scheduler=scheduler, strategy=strategy, stream=stream, splits=splits,
-                     space=space, device=device, record=record, checkpoint=checkpoint,
+                     space=space, device=device, run_log=run_log, checkpoint=checkpoint,
                      progress=progress, stop_after_steps=stop_after_steps)
     finally:
-        if metrics_file is not None:
-            metrics_file.close()
+        run_log.close()
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
 
 
 def _loop(cfg, run_dir, resume_at, net, optimizer, scheduler, strategy, stream, splits, space,
-          device, record, checkpoint, progress, stop_after_steps) -> dict:
-    """The epochs from `resume_at` (epoch, step) on, then the final evaluation."""
+          device, run_log, checkpoint, progress, stop_after_steps) -> dict:
+    """The epochs from `resume_at` (epoch, step) on, then the final evaluation. Messages,
+    the progress bar and metrics.jsonl count steps (global) and epochs from 1."""
     rank, world = dist.rank(), dist.world_size()
     epoch, step = resume_at
-    steps_per_epoch = stream.steps_per_epoch
+    steps_per_epoch, epochs = stream.steps_per_epoch, cfg["epochs"]
+    total_steps = epochs * steps_per_epoch
     ckpt_path = os.path.join(run_dir, "checkpoint.pt")
     largest, smallest = space.encode(space.max_arch()), space.encode(space.min_arch())
+    ends = np.stack([smallest, largest])
     stop = _Stop()
     stop.install()
-    total_steps = cfg["epochs"] * steps_per_epoch
     bar = tqdm(total=total_steps, initial=epoch * steps_per_epoch + step, unit="step",
                desc="train", disable=not progress or rank != 0, dynamic_ncols=True)
+
+    def new_evaluator():
+        return Evaluator(net, splits, cfg["eval_batch_size"], cfg["calib_images"], device)
+
+    evaluator = evaluated_at = None  # the last per-epoch evaluation, reused by the final one
     steps_this_call = 0
     try:
-        while epoch < cfg["epochs"]:
+        while epoch < epochs:
             sums, count, start = np.zeros(3), 0, time.perf_counter()
             while step < steps_per_epoch:
+                global_step = epoch * steps_per_epoch + step + 1  # the step being taken
+                where = f"step {global_step}/{total_steps} (epoch {epoch + 1}/{epochs})"
                 x, y = stream.batch(epoch, step)
                 x, y = x.to(device), y.to(device)
                 losses, archs = train_step(net, cfg, strategy, largest, smallest, x, y)
                 if not dist.all_equal(zlib.crc32(archs.tobytes()), device):
-                    raise RuntimeError(f"ranks drew different sub-networks at epoch {epoch} step "
-                                       f"{step}: their strategies are out of step")
+                    raise RuntimeError(f"ranks drew different sub-networks at {where}: their "
+                                       f"strategies are out of step")
                 finite = dist.all_reduce_sum(losses.to(device)).cpu() / world
                 if not torch.isfinite(finite).all():
                     raise FloatingPointError(
-                        f"loss is not finite at epoch {epoch} step {step} (largest, smallest, "
-                        f"sampled: {finite.tolist()}); the run stopped before the optimizer step, "
-                        f"and {ckpt_path} holds the last good state (lower lr or check the data)")
+                        f"loss is not finite at {where} (largest, smallest, sampled: "
+                        f"{finite.tolist()}); the run stopped before the optimizer step, and "
+                        f"{ckpt_path} holds the last good state (lower lr or check the data)")
                 dist.average_gradients(net.parameters())
                 if cfg["grad_clip"] is not None:
                     torch.nn.utils.clip_grad_norm_(net.parameters(), cfg["grad_clip"])
@@ -390,45 +487,55 @@ def _loop(cfg, run_dir, resume_at, net, optimizer, scheduler, strategy, stream, 
                 sums += finite.numpy()
                 count += 1
                 bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{finite[0]:.3f}")
-                global_step = epoch * steps_per_epoch + step
+                bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{finite[0]:.3f}")
                 if global_step % cfg["log_every"] == 0:
-                    record({"epoch": epoch, "step": global_step, "lr": scheduler.get_last_lr()[0],
-                            "loss_largest": float(finite[0]), "loss_smallest": float(finite[1]),
-                            "loss_sampled": float(finite[2])})
+                    run_log.record({"epoch": epoch + 1, "step": global_step,
+                                    "lr": scheduler.get_last_lr()[0],
+                                    "loss_largest": float(finite[0]),
+                                    "loss_smallest": float(finite[1]),
+                                    "loss_sampled": float(finite[2])})
                 requested = stop.requested is not None or (
                     stop_after_steps is not None and steps_this_call >= stop_after_steps)
                 if dist.all_reduce_sum(torch.tensor([float(requested)], device=device)).item() > 0:
                     checkpoint(epoch, step)
-                    record({"event": "interrupted", "epoch": epoch, "step": global_step})
+                    run_log.record({"event": "interrupted", "epoch": epoch + 1,
+                                    "step": global_step})
                     if rank == 0 and stop.requested is not None:
-                        log.warning("interrupted at epoch %d step %d; checkpoint saved, resume "
-                                    "with --resume %s", epoch, step, run_dir)
+                        log.warning("interrupted after %s; checkpoint saved, resume with "
+                                    "--resume %s", where, run_dir)
                     return {"interrupted": global_step}
+            entry = {"event": "epoch", "epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
+                     "steps": count, "seconds": time.perf_counter() - start}
             if count:  # (none when resumed at the end of an epoch)
-                mean = sums / count
-                record({"event": "epoch", "epoch": epoch, "seconds": time.perf_counter() - start,
-                        "steps": count, "loss_largest": mean[0], "loss_smallest": mean[1],
-                        "loss_sampled": mean[2]})
+                entry.update(zip(("loss_largest", "loss_smallest", "loss_sampled"),
+                                 (sums / count).tolist()))
+            if cfg["eval_every"] and (epoch + 1) % cfg["eval_every"] == 0:
+                evaluator, evaluated_at = new_evaluator(), epoch + 1
+                with preserved_bn_stats(net):  # training goes on with its own statistics
+                    acc = evaluator.accuracy(ends, "holdout")
+                entry.update(holdout_acc_smallest=acc[0], holdout_acc_largest=acc[1])
+                if rank == 0 and progress:
+                    bar.write(f"epoch {epoch + 1}/{epochs}: held-out accuracy {acc[0]:.2%} "
+                              f"(smallest), {acc[1]:.2%} (largest)", file=sys.stderr)
+            run_log.record(entry)
             epoch, step = epoch + 1, 0
             checkpoint(epoch, step)
+            run_log.plot()
     finally:
         bar.close()
         stop.restore()
 
-    evaluator = Evaluator(net, splits, cfg["eval_batch_size"], cfg["calib_images"], device)
+    if evaluated_at != epoch:
+        evaluator = new_evaluator()
     acc = {}
     for label, arch in (("smallest", smallest), ("largest", largest)):
         for split in ("holdout", "test"):
             acc[f"{label}_{split}_acc"] = float(evaluator.accuracy(arch, split)[0])
     final = {"event": "final", **acc, "smallest_mflops": space.flops(smallest),
              "largest_mflops": space.flops(largest), "steps": total_steps, "world_size": world}
-    record(final)
+    run_log.record(final)
     if rank == 0:
-        path = os.path.join(run_dir, "final.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump(final, f, indent=2)
-        os.replace(path + ".tmp", path)
+        _write_text(os.path.join(run_dir, "final.json"), json.dumps(final, indent=2))
     checkpoint(epoch, step, finished=True)
     return final
 
@@ -476,33 +583,85 @@ def train_step(net: Supernet, cfg: dict, strategy: Strategy, largest, smallest, 
     return torch.stack([losses[0], losses[1], sampled_mean]).double(), archs
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nasops.train",
-                                     description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="recipe keys and defaults: " + ", ".join(
-                                         f"{k}={v}" for k, v in DEFAULTS.items()))
+def _show(value) -> str:
+    return json.dumps(value) if value is None or isinstance(value, bool) else str(value)
+
+
+def _resumed_config(run_dir: str) -> dict:
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{run_dir!r} is not a run directory (no config.yaml)")
+    with open(path) as f:
+        return check_config(yaml.safe_load(f), path)
+
+
+def keys_help(argv: list[str]) -> str:
+    """The recipe keys with the values a run with these arguments would use, and what each
+    does (the help's epilog)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--recipe", default="digits")
+    pre.add_argument("--resume")
+    known, rest = pre.parse_known_args(argv)
+    overrides = [a for a in rest if "=" in a and not a.startswith("-")]
+    try:
+        if known.resume:
+            cfg, source = _resumed_config(known.resume), f"of the run {known.resume}"
+        else:
+            cfg = apply_overrides(load_recipe(known.recipe), overrides)
+            source = f"of the recipe {known.recipe!r}" + (" with the overrides" if overrides else "")
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        cfg, source = DEFAULTS, f"of no recipe ({e})"
+    width = max(len(f"{k}={_show(cfg[k])}") for k in KEYS)
+    lines = [f"recipe keys, set with key=value; the values shown are those {source}:"]
+    lines += [f"  {f'{k}={_show(cfg[k])}':<{width}}  {text}" for k, (_, text) in KEYS.items()]
+    return "\n".join(lines)
+
+
+def summary(final: dict, run_dir: str, seconds: float) -> str:
+    """The end of a run, for people (final.json keeps the numbers)."""
+    lines = [f"{label} ({final[f'{label}_mflops']:.1f} MFLOPs): held-out "
+             f"{final[f'{label}_holdout_acc']:.2%}, test {final[f'{label}_test_acc']:.2%}"
+             for label in ("smallest", "largest")]
+    files = [name for name in ("checkpoint.pt", "final.json", "metrics.jsonl", "curves.png",
+                               "tensorboard") if os.path.exists(os.path.join(run_dir, name))]
+    lines.append(f"{final['steps']} steps; this invocation took {seconds:.0f} s; "
+                 f"wrote {run_dir}/: {', '.join(files)}")
+    skipped = [f"curves.png ({PLOTS_MISSING})"] if "curves.png" not in files else []
+    if "tensorboard" not in files:
+        skipped.append("tensorboard/ (the tensorboard package is not installed)")
+    if skipped:
+        lines.append("skipped: " + "; ".join(skipped))
+    lines.append(f"search it: python -m nasops.search --checkpoint "
+                 f"{os.path.join(run_dir, 'checkpoint.pt')} --budgets MFLOPS [MFLOPS ...] "
+                 f"(budgets from {final['smallest_mflops']:.1f} to {final['largest_mflops']:.1f})")
+    return "\n".join(lines)
+
+
+def main(argv=None, prog=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    doc = __doc__.split("\n\n")
+    parser = argparse.ArgumentParser(
+        prog=prog or prog_name("train"), description="\n\n".join(doc[:3]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(keys_help(argv) if {"-h", "--help"} & set(argv) else "") + "\n\n" + STAGES)
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="recipe overrides, e.g. strategy=bestup-3-loss kd=alpha epochs=5")
     parser.add_argument("--recipe", default="digits",
-                        help="packaged recipe name or YAML path (default: digits)")
+                        help=f"packaged recipe ({', '.join(packaged_recipes())}) or a YAML path "
+                             f"(default: digits)")
     parser.add_argument("--run-dir", help="run directory (default: runs/RECIPE-STRATEGY-seedS-TIME)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("nasops").setLevel(logging.INFO)  # (not the INFO of every library)
+    start = time.perf_counter()
     try:
         if args.resume:
             if args.overrides or args.run_dir:
                 raise ValueError("--resume continues a run as it was configured; it takes no "
                                  "overrides and no --run-dir")
-            path = os.path.join(args.resume, "config.yaml")
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"{args.resume!r} is not a run directory (no config.yaml)")
-            with open(path) as f:
-                cfg = check_config(yaml.safe_load(f), path)
-            run_dir = args.resume
+            cfg, run_dir = _resumed_config(args.resume), args.resume
         else:
             cfg = apply_overrides(load_recipe(args.recipe), args.overrides)
             dist.init_from_env()
@@ -511,15 +670,16 @@ def main(argv=None) -> int:
                 raise FileExistsError(f"{run_dir} already holds a run; continue it with "
                                       f"--resume {run_dir} or choose another --run-dir")
         result = train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
-        print(f"nasops.train: error: {e}", file=sys.stderr)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError,
+            ImportError) as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
     rank = dist.rank()
     dist.shutdown()
     if "interrupted" in result:
         return 130
     if rank == 0:
-        print(json.dumps(result, indent=2))
+        print(summary(result, run_dir, time.perf_counter() - start))
     return 0
 
 

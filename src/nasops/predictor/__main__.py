@@ -10,12 +10,14 @@ import sys
 import numpy as np
 
 from . import AccuracyPredictor
+from ..cli import STAGES, prog as prog_name
 from ..evaluate import read_evaluations
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nasops.predictor",
-                                     description=__doc__.splitlines()[2])
+def main(argv=None, prog=None) -> int:
+    parser = argparse.ArgumentParser(prog=prog or prog_name("predictor"),
+                                     description=__doc__.split("\n\n", 1)[1], epilog=STAGES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("evaluations", help="evaluation file (python -m nasops.evaluate)")
     parser.add_argument("--out", required=True, help="predictor file to write (.npz)")
     parser.add_argument("--train-fraction", type=float, default=0.5)
@@ -37,7 +39,7 @@ def main(argv=None) -> int:
         tau = predictor.kendall_tau(archs[test], acc[test])
         predictor.save(args.out)
     except (ValueError, FileNotFoundError) as e:
-        print(f"nasops.predictor: error: {e}", file=sys.stderr)
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
     print(json.dumps({"kendall_tau": tau, "fitted_on": len(fit), "tested_on": len(test),
                       "out": args.out}, indent=2))

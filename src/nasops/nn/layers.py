@@ -13,7 +13,7 @@ from ..ops import dw_conv2d
 
 
 def make_divisible(v: int, divisor: int = 8) -> int:
-    """DESIGN.md's rounding of hidden widths (the C++ cost model uses the same rule)."""
+    """docs/DESIGN.md's rounding of hidden widths (the C++ cost model uses the same rule)."""
     rounded = max(divisor, int(v + divisor / 2) // divisor * divisor)
     return rounded + divisor if rounded < 0.9 * v else rounded
 

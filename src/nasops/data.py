@@ -31,6 +31,17 @@ import torch
 
 DATASETS = ("digits", "fashion-mnist", "cifar10", "imagefolder")
 DEFAULT_DIRS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}
+# How to get each dataset that has files, for the errors that find them missing.
+HOW_TO_GET = {
+    "fashion-mnist": "install Debian's package dataset-fashion-mnist (apt-get install "
+                     "dataset-fashion-mnist puts the files in /usr/share/datasets/fashion-mnist), "
+                     "or download the four IDX files from "
+                     "https://github.com/zalandoresearch/fashion-mnist and set data_dir=DIR",
+    "cifar10": "download and unpack the CIFAR-10 python version from "
+               "https://www.cs.toronto.edu/~kriz/cifar.html and set data_dir=DIR/cifar-10-batches-py",
+    "imagefolder": "set data_dir=DIR, a folder with one sub-folder of images per class (or train/ "
+                   "and test/ folders of those)",
+}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _TEST_FRACTION = 0.2
 _SPLIT_SEED = 0x5EED  # fixed: the test split of a dataset never depends on a run's seed
@@ -93,7 +104,8 @@ def _open_maybe_gz(directory: str, name: str, dataset: str, expected: str):
         path = os.path.join(directory, candidate)
         if os.path.isfile(path):
             return path, (gzip.open(path, "rb") if candidate.endswith(".gz") else open(path, "rb"))
-    raise FileNotFoundError(f"{dataset}: {name}[.gz] not found in {directory!r}; expected {expected}")
+    raise FileNotFoundError(f"{dataset}: {name}[.gz] not found in {directory!r}; expected {expected}. "
+                            f"To get the data: {HOW_TO_GET[dataset]}")
 
 
 def read_idx(path: str, data: bytes) -> np.ndarray:
@@ -167,7 +179,8 @@ def _cifar10(root: str, split: str) -> ImageSet:
         path = os.path.join(root, name)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"cifar10: {name} not found in {root!r}; expected the python "
-                                    f"batches directory (data_batch_1 ... data_batch_5, test_batch)")
+                                    f"batches directory (data_batch_1 ... data_batch_5, test_batch). "
+                                    f"To get the data: {HOW_TO_GET['cifar10']}")
         batch = _cifar_batch(path)
         data, lab = batch.get("data"), batch.get("labels")
         if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
@@ -186,7 +199,11 @@ def _cifar10(root: str, split: str) -> ImageSet:
 
 
 def _read_image(path: str, size: int) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise ImportError("the imagefolder dataset reads images with Pillow, which is not "
+                          "installed: pip install pillow (or nasops[images])") from None
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
@@ -248,9 +265,10 @@ def load_dataset(name: str, split: str = "train", root: str | None = None,
         return _digits(split)
     root = root or DEFAULT_DIRS.get(name)
     if root is None:
-        raise ValueError(f"dataset {name!r} needs a directory (data_dir)")
+        raise ValueError(f"dataset {name!r} needs a directory (data_dir); {HOW_TO_GET[name]}")
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"{name}: data directory {root!r} does not exist")
+        raise FileNotFoundError(f"{name}: data directory {root!r} does not exist. To get the data: "
+                                f"{HOW_TO_GET[name]}")
     if name == "fashion-mnist":
         return _fashion_mnist(root, split)
     if name == "cifar10":

@@ -2,6 +2,7 @@
 as a cumulative average over the given batches (AttentiveNAS does this before every evaluation)."""
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 import torch
@@ -50,3 +51,19 @@ def calibrate_bn(net: nn.Module, batches: Iterable[torch.Tensor]) -> int:
         for name, value in rates.items():
             setattr(net, name, value)
     return count
+
+
+@contextlib.contextmanager
+def preserved_bn_stats(net: nn.Module):
+    """On leaving the block, every BN running statistic is as on entering it, whatever ran
+    inside (an evaluation's re-calibration during training, say)."""
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+             for m in norms]
+    try:
+        yield
+    finally:
+        for m, (mean, var, tracked) in zip(norms, saved):
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(tracked)

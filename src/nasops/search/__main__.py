@@ -3,9 +3,10 @@
 Evolutionary search of a trained supernet under each FLOPs budget (MFLOPs). The objective is the
 BN-calibrated held-out accuracy of the supernet, or with --predictor FILE the predictor's
 accuracy. Writes to --out (default RUN/search): pareto.json (per budget: the architecture, FLOPs,
-params, objective, and with a checkpoint the measured held-out and test accuracy), pareto.png (the
-front over a cloud of random sub-networks) and, with a checkpoint, each chosen sub-network
-exported as a static network (net_<budget>MF/: TorchScript, ONNX, state_dict, meta.json).
+params, objective, and with a checkpoint the measured held-out and test accuracy with their 95%
+intervals), pareto.png (the front over a cloud of random sub-networks) and, with a checkpoint,
+each chosen sub-network exported as a static network (net_<budget>MF/: TorchScript, ONNX when
+onnx and onnxscript are installed, state_dict, meta.json).
 """
 import argparse
 import json
@@ -18,43 +19,19 @@ import numpy as np
 from . import SupernetAccuracy, pareto
 from .. import distributed as dist
 from ..checkpoint import load_trained
-from ..evaluate import Evaluator
+from ..cli import STAGES, prog as prog_name
+from ..evaluate import Evaluator, binomial_interval
 from ..export import export_subnet
+from ..plots import MISSING as PLOTS_MISSING, plot_front
 from ..predictor import AccuracyPredictor
 from ..space import SearchSpace
 
-log = logging.getLogger("nasops.search")
-
-
-def plot_front(path: str, cloud_flops, cloud_scores, results, ylabel: str) -> bool:
-    """pareto.png; False (and a warning) when matplotlib is missing."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed: no %s", path)
-        return False
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    ax.scatter(cloud_flops, cloud_scores, s=6, c="0.6", label=f"{len(cloud_flops)} random sub-networks")
-    ax.plot([r.flops for r in results], [r.score for r in results], "o-", c="C3",
-            label="searched front")
-    for r in results:
-        ax.axvline(r.budget, c="C3", lw=0.5, ls=":")
-    ax.set_xlabel("MFLOPs")
-    ax.set_ylabel(ylabel)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return True
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nasops.search",
-                                     description=__doc__.splitlines()[2],
+def main(argv=None, prog=None) -> int:
+    doc = __doc__.split("\n\n", 1)[1]
+    parser = argparse.ArgumentParser(prog=prog or prog_name("search"), description=doc,
+                                     epilog=STAGES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", help="RUN/checkpoint.pt of python -m nasops.train")
+    parser.add_argument("--checkpoint", help="RUN/checkpoint.pt of nasops-train")
     parser.add_argument("--predictor", help="predictor file: search by predicted accuracy")
     parser.add_argument("--space", help="search space, when searching with --predictor and no "
                                         "--checkpoint")
@@ -76,9 +53,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("nasops").setLevel(logging.INFO)  # (not the INFO of every library)
+    prog = parser.prog
     try:
         device = dist.init_from_env()
-        evaluator = None
+        evaluator = splits = None
         if args.checkpoint:
             cfg, splits, net = load_trained(args.checkpoint, device)
             space = net.space
@@ -106,39 +84,71 @@ def main(argv=None) -> int:
         if isinstance(objective, SupernetAccuracy):
             objective.progress = not args.no_progress
         cloud_scores = np.asarray(objective(cloud), dtype=float) if len(cloud) else np.zeros(0)
-        entries = []
+        entries, skipped = [], set()
         for r in results:
             entry = r.to_dict()
             if evaluator is not None:
-                entry["holdout_acc"] = float(evaluator.accuracy(r.encoding, "holdout")[0])
-                entry["test_acc"] = float(evaluator.accuracy(r.encoding, "test")[0])
+                for split in ("holdout", "test"):
+                    acc = float(evaluator.accuracy(r.encoding, split)[0])
+                    n = len(getattr(splits, split))
+                    low, high = binomial_interval(acc, n)
+                    entry[f"{split}_acc"], entry[f"{split}_images"] = acc, n
+                    entry[f"{split}_ci95"] = [float(low), float(high)]
                 if not args.no_export and dist.rank() == 0:
                     evaluator.calibrate(r.encoding)
-                    meta = {"mean": splits.mean.tolist(), "std": splits.std.tolist(),
-                            "classes": splits.train.classes, "holdout_acc": entry["holdout_acc"],
-                            "test_acc": entry["test_acc"], "checkpoint": args.checkpoint}
+                    extra = {"holdout_acc": entry["holdout_acc"], "test_acc": entry["test_acc"],
+                             "checkpoint": args.checkpoint}
                     entry["export"] = export_subnet(net, r.encoding,
-                                                    os.path.join(out, f"net_{r.budget:g}MF"), meta)
+                                                    os.path.join(out, f"net_{r.budget:g}MF"),
+                                                    splits, extra)
+                    if "onnx_skipped" in entry["export"]:
+                        skipped.add(f"model.onnx ({entry['export']['onnx_skipped']})")
             entries.append(entry)
     except (ValueError, FileNotFoundError, TypeError) as e:
-        print(f"nasops.search: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     if dist.rank() == 0:
         os.makedirs(out, exist_ok=True)
+        measured = evaluator is not None and not args.predictor
         doc = {"space": space.name, "objective": ylabel,
                "source": args.checkpoint or args.predictor, "results": entries,
                "cloud": {"encodings": cloud.tolist(), "mflops": space.flops(cloud).tolist() if len(cloud) else [],
                          "scores": cloud_scores.tolist()}}
-        with open(os.path.join(out, "pareto.json"), "w") as f:
+        if measured:
+            cloud_ci = binomial_interval(cloud_scores, len(splits.holdout))
+            doc["cloud"]["ci95"] = np.stack(cloud_ci, 1).tolist()
+        path = os.path.join(out, "pareto.json")
+        with open(path + ".tmp", "w") as f:
             json.dump(doc, f, indent=2)
-        plot_front(os.path.join(out, "pareto.png"),
-                   space.flops(cloud) if len(cloud) else [], cloud_scores, results, ylabel)
+        os.replace(path + ".tmp", path)
+        title = f"{space.name}: best sub-network per FLOPs budget ({ylabel})"
+        intervals = {}
+        if measured:
+            title += f"\non {len(splits.holdout)} held-out images; bars: binomial 95% intervals"
+            intervals = {"cloud_intervals": cloud_ci,
+                         "front_intervals": ([e["holdout_ci95"][0] for e in entries],
+                                             [e["holdout_ci95"][1] for e in entries])}
+        plotted = plot_front(os.path.join(out, "pareto.png"),
+                             space.flops(cloud) if len(cloud) else [], cloud_scores, results,
+                             ylabel, title, **intervals)
+        if not plotted:
+            skipped.add(f"pareto.png ({PLOTS_MISSING})")
         for e in entries:
-            extra = f", held-out {e['holdout_acc']:.4f}, test {e['test_acc']:.4f}" if "test_acc" in e else ""
+            extra = ""
+            if "test_acc" in e:
+                extra = (f", held-out {e['holdout_acc']:.4f} [{e['holdout_ci95'][0]:.3f}, "
+                         f"{e['holdout_ci95'][1]:.3f}], test {e['test_acc']:.4f}")
             print(f"<= {e['budget']:g} MFLOPs: {e['flops']:.3f} MFLOPs, {e['params']:.3f} M params, "
                   f"objective {e['score']:.4f}{extra}")
-        print(f"wrote {out}/pareto.json, pareto.png" + ("" if args.no_export or evaluator is None
-                                                        else " and the exported networks"))
+        written = ["pareto.json"] + (["pareto.png"] if plotted else [])
+        if evaluator is not None and not args.no_export:
+            nets = ", ".join(f"net_{e['budget']:g}MF" for e in entries)
+            onnx = all("onnx" in e["export"] for e in entries)
+            formats = "TorchScript, " + ("ONNX, " if onnx else "") + "state dict, meta.json"
+            written.append(f"the exported networks {nets} ({formats})")
+        print(f"wrote {out}/: {', '.join(written)}")
+        if skipped:
+            print("skipped: " + "; ".join(sorted(skipped)))
     dist.shutdown()
     return 0
 

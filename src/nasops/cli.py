@@ -1,0 +1,38 @@
+"""What the command-line entry points share: their names and the pipeline they belong to.
+
+Each stage is one module with a ``main(argv=None, prog=None)``, reachable three ways: the
+console script (``nasops-train``), the ``nasops`` command (``nasops train``) and
+``python -m nasops.train``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+# command: (module with main(), console script, one-line purpose)
+COMMANDS = {
+    "train": ("nasops.train", "nasops-train", "stage 1: train one supernet"),
+    "search": ("nasops.search.__main__", "nasops-search",
+               "stage 2: evolutionary search under FLOPs budgets, export of the picks"),
+    "evaluate": ("nasops.evaluate", "nasops-evaluate",
+                 "measure random sub-networks of a trained supernet (the predictor's data)"),
+    "predictor": ("nasops.predictor.__main__", "nasops-predictor",
+                  "fit the accuracy predictor on those measurements (search --predictor)"),
+}
+
+STAGES = """\
+the stages of two-stage NAS (each command takes --help):
+  1. nasops-train        train one supernet: python -m nasops.train
+  2. nasops-search       search it under FLOPs budgets, export the picks: python -m nasops.search
+     optional, between the two, for searching by a predictor:
+     nasops-evaluate     measure random sub-networks: python -m nasops.evaluate
+     nasops-predictor    fit the accuracy predictor on them: python -m nasops.predictor"""
+
+
+def prog(command: str) -> str:
+    """The program name for `command`'s usage: the console script's name when it runs as one,
+    otherwise the `python -m` form."""
+    module, script, _ = COMMANDS[command]
+    if os.path.basename(sys.argv[0]) == script:
+        return script
+    return "python -m " + module.removesuffix(".__main__")

@@ -1,0 +1,90 @@
+"""The figures nasops writes: a search's front (``pareto.png``) and a training run's curves
+(``curves.png``). matplotlib is optional (``pip install matplotlib``): without it these return
+False and the caller says what was skipped. Figures are drawn without pyplot, so the caller's
+matplotlib backend is left alone, and written atomically."""
+from __future__ import annotations
+
+import os
+
+MISSING = "matplotlib is not installed (pip install matplotlib)"
+
+
+def _figure(**kw):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    return Figure(**kw)
+
+
+def _save(fig, path: str) -> None:
+    tmp = path + ".tmp"
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)
+
+
+def plot_front(path: str, cloud_flops, cloud_scores, results, ylabel: str, title: str,
+               cloud_intervals=None, front_intervals=None) -> bool:
+    """The searched front over a cloud of random sub-networks, a dotted line per budget.
+    `*_intervals` are (low, high) arrays of each point's 95% interval, drawn as error bars when
+    given (held-out accuracy is a binomial measurement). False when matplotlib is missing."""
+    fig = _figure(figsize=(7, 4.5), dpi=120)
+    if fig is None:
+        return False
+    ax = fig.subplots()
+    if len(cloud_flops):
+        if cloud_intervals is not None:
+            lo, hi = cloud_intervals
+            ax.vlines(cloud_flops, lo, hi, colors="0.85", lw=0.6, zorder=1)
+        ax.scatter(cloud_flops, cloud_scores, s=6, c="0.55", zorder=2,
+                   label=f"{len(cloud_flops)} random sub-networks")
+    flops, scores = [r.flops for r in results], [r.score for r in results]
+    if front_intervals is not None:
+        lo, hi = front_intervals
+        ax.errorbar(flops, scores, yerr=[[s - l for s, l in zip(scores, lo)],
+                                         [h - s for s, h in zip(scores, hi)]],
+                    fmt="o-", c="C3", capsize=3, zorder=3, label="searched front (95% interval)")
+    else:
+        ax.plot(flops, scores, "o-", c="C3", zorder=3, label="searched front")
+    for r in results:
+        ax.axvline(r.budget, c="C0", lw=0.8, ls=":", zorder=0)
+        ax.annotate(f"<= {r.budget:g} MF", (r.budget, 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(-2, -4), textcoords="offset points", rotation=90, ha="right",
+                    va="top", fontsize=7, color="C0")
+    ax.set_xlabel("MFLOPs")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def plot_training_curves(path: str, metrics: list[dict]) -> bool:
+    """Losses and learning rate by step, held-out accuracy of the smallest and largest
+    sub-networks by epoch, from a run's metrics.jsonl entries. False when matplotlib is
+    missing."""
+    fig = _figure(figsize=(10, 3.2), dpi=110)
+    if fig is None:
+        return False
+    steps = [m for m in metrics if "lr" in m]
+    epochs = [m for m in metrics if m.get("event") == "epoch" and "holdout_acc_largest" in m]
+    loss_ax, lr_ax, acc_ax = fig.subplots(1, 3)
+    x = [m["step"] for m in steps]
+    for key, label in (("loss_largest", "largest (CE)"), ("loss_smallest", "smallest (KD)"),
+                       ("loss_sampled", "sampled (KD)")):
+        loss_ax.plot(x, [m[key] for m in steps], lw=0.8, label=label)
+    loss_ax.set(xlabel="step", ylabel="loss", title="training losses")
+    loss_ax.legend(fontsize=7)
+    lr_ax.plot(x, [m["lr"] for m in steps], c="C4", lw=0.8)
+    lr_ax.set(xlabel="step", ylabel="learning rate", title="learning rate")
+    for key, label in (("holdout_acc_smallest", "smallest"), ("holdout_acc_largest", "largest")):
+        acc_ax.plot([m["epoch"] for m in epochs], [100 * m[key] for m in epochs], "o-", ms=3,
+                    label=label)
+    acc_ax.set(xlabel="epoch", ylabel="held-out accuracy (%)",
+               title="held-out accuracy (BN re-calibrated)")
+    acc_ax.xaxis.get_major_locator().set_params(integer=True)
+    acc_ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+    return True
