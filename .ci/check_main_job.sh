@@ -27,6 +27,7 @@ printed = [b for b in budgets if re.search(rf"^<= {b:g} MFLOPs: ", log, re.M)]
 assert printed == budgets, f"the front printed {printed}, expected every budget of {budgets}"
 doc = json.load(open(f"{out_dir}/pareto.json"))
 assert [r["budget"] for r in doc["results"]] == budgets, doc["results"]
-print("\n".join(l for l in log.splitlines() if l.startswith(("<= ", "wrote", "skipped", "smallest", "largest"))))
+keep = ("<= ", "wrote", "skipped", "smallest", "largest", "searched")
+print("\n".join(l for l in log.replace("\r", "\n").splitlines() if l.startswith(keep) or "steps; this" in l))
 PY
 echo "check_main_job: ok ($((SECONDS - start)) s)"

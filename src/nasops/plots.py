@@ -51,6 +51,12 @@ def plot_front(path: str, cloud_flops, cloud_scores, results, ylabel: str, title
         ax.annotate(f"<= {r.budget:g} MF", (r.budget, 1.0), xycoords=("data", "axes fraction"),
                     xytext=(-2, -4), textcoords="offset points", rotation=90, ha="right",
                     va="top", fontsize=7, color="C0")
+    picks = {}  # one label per picked sub-network, naming every budget that picked it
+    for r in results:
+        picks.setdefault((r.flops, r.score), []).append(f"{r.budget:g}")
+    for (flops_, score), budgets in picks.items():
+        ax.annotate(f"pick for <= {', '.join(budgets)} MF", (flops_, score), xytext=(6, -10),
+                    textcoords="offset points", fontsize=7, color="C3")
     ax.set_xlabel("MFLOPs")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -74,12 +75,13 @@ def main(argv=None, prog=None) -> int:
             ylabel = "held-out accuracy (BN-calibrated)"
         if args.cloud is None:
             args.cloud = 256 if args.predictor else 64
-        out = args.out or (os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "search")
-                           if args.checkpoint else "search")
+        out = args.out or os.path.join(os.path.dirname(args.checkpoint or ""), "search")
+        start = time.perf_counter()
         results = pareto(space, objective, args.budgets, seed=args.seed,
                          population=args.population, mutations=args.mutations,
                          crossovers=args.crossovers, generations=args.generations,
                          mutate_prob=args.mutate_prob, progress=not args.no_progress)
+        searched = time.perf_counter() - start
         cloud = space.sample(args.cloud, seed=args.seed + 1) if args.cloud > 0 else np.zeros((0, space.dim), np.int64)
         if isinstance(objective, SupernetAccuracy):
             objective.progress = not args.no_progress
@@ -121,10 +123,11 @@ def main(argv=None, prog=None) -> int:
         with open(path + ".tmp", "w") as f:
             json.dump(doc, f, indent=2)
         os.replace(path + ".tmp", path)
-        title = f"{space.name}: best sub-network per FLOPs budget ({ylabel})"
+        title = f"{space.name}: the best sub-network found under each FLOPs budget"
         intervals = {}
         if measured:
-            title += f"\non {len(splits.holdout)} held-out images; bars: binomial 95% intervals"
+            ylabel = f"held-out accuracy, {len(splits.holdout)} images (BN re-calibrated)"
+            title += "\nbars: binomial 95% intervals of each measurement"
             intervals = {"cloud_intervals": cloud_ci,
                          "front_intervals": ([e["holdout_ci95"][0] for e in entries],
                                              [e["holdout_ci95"][1] for e in entries])}
@@ -133,6 +136,8 @@ def main(argv=None, prog=None) -> int:
                              ylabel, title, **intervals)
         if not plotted:
             skipped.add(f"pareto.png ({PLOTS_MISSING})")
+        print(f"searched {len(entries)} budget{'s' * (len(entries) > 1)}: "
+              f"{sum(r.evaluations for r in results)} sub-networks evaluated in {searched:.0f} s")
         for e in entries:
             extra = ""
             if "test_acc" in e:
