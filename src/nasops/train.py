@@ -511,11 +511,11 @@ def _loop(cfg, run_dir, resume_at, net, optimizer, scheduler, strategy, stream, 
                                  (sums / count).tolist()))
             if cfg["eval_every"] and (epoch + 1) % cfg["eval_every"] == 0:
                 evaluator, evaluated_at = new_evaluator(), epoch + 1
-                start = time.perf_counter()
+                eval_start = time.perf_counter()
                 with preserved_bn_stats(net):  # training goes on with its own statistics
                     acc = evaluator.accuracy(ends, "holdout")
                 entry.update(holdout_acc_smallest=acc[0], holdout_acc_largest=acc[1],
-                             eval_seconds=time.perf_counter() - start)
+                             eval_seconds=time.perf_counter() - eval_start)
                 if rank == 0 and progress:
                     bar.write(f"epoch {epoch + 1}/{epochs}: held-out accuracy {acc[0]:.2%} "
                               f"(smallest), {acc[1]:.2%} (largest)", file=sys.stderr)
