@@ -25,16 +25,11 @@ using IntArray = py::array_t<int64_t, py::array::c_style>;
 
 namespace {
 
-// The validated YAML structure (see src/nasops/space.py) as the C++ spec.
+// The choices of the validated YAML structure (see src/nasops/space.py) as the C++ spec.
 SpaceSpec spec_from_dict(const py::dict& d) {
   SpaceSpec spec;
   spec.resolution = d["resolution"].cast<std::vector<int64_t>>();
-  spec.in_channels = d["in_channels"].cast<int64_t>();
-  spec.num_classes = d["num_classes"].cast<int64_t>();
-  const py::dict stem = d["stem"];
-  spec.stem_width = stem["width"].cast<std::vector<int64_t>>();
-  spec.stem_kernel = stem["kernel_size"].cast<int64_t>();
-  spec.stem_stride = stem["stride"].cast<int64_t>();
+  spec.stem_width = d["stem"]["width"].cast<std::vector<int64_t>>();
   for (const auto& item : d["stages"]) {
     const py::dict s = item.cast<py::dict>();
     nasops::StageSpec stage;
@@ -42,14 +37,29 @@ SpaceSpec spec_from_dict(const py::dict& d) {
     stage.depth = s["depth"].cast<std::vector<int64_t>>();
     stage.kernel_size = s["kernel_size"].cast<std::vector<int64_t>>();
     stage.expand_ratio = s["expand_ratio"].cast<std::vector<int64_t>>();
-    stage.stride = s["stride"].cast<int64_t>();
-    stage.se = s["se"].cast<bool>();
     spec.stages.push_back(stage);
   }
-  const py::dict head = d["head"];
-  spec.head_width = head["width"].cast<std::vector<int64_t>>();
-  spec.head_expand = head["expand_ratio"].cast<int64_t>();
+  spec.head_width = d["head"]["width"].cast<std::vector<int64_t>>();
   return spec;
+}
+
+// One cost table: an int64 array [N, 2] of (MACs, weights).
+std::vector<nasops::Cost> costs_from_array(const IntArray& a, const std::string& name) {
+  if (a.ndim() != 2 || a.shape(1) != 2)
+    throw std::invalid_argument("cost table " + name + " must be an int64 array of shape [N, 2]");
+  std::vector<nasops::Cost> out(a.shape(0));
+  for (py::ssize_t i = 0; i < a.shape(0); ++i) out[i] = {a.at(i, 0), a.at(i, 1)};
+  return out;
+}
+
+// The tables of cost_tables() in src/nasops/nn/supernet.py.
+nasops::CostTables tables_from_dict(const py::dict& d) {
+  nasops::CostTables t;
+  t.stem = costs_from_array(d["stem"].cast<IntArray>(), "stem");
+  t.head = costs_from_array(d["head"].cast<IntArray>(), "head");
+  for (const auto& a : d["first"]) t.first.push_back(costs_from_array(a.cast<IntArray>(), "first"));
+  for (const auto& a : d["rest"]) t.rest.push_back(costs_from_array(a.cast<IntArray>(), "rest"));
+  return t;
 }
 
 // N of an [N, D] array of architectures (its shape checked; values are checked by the callers).
@@ -123,7 +133,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_cpu_isa", &nasops::set_cpu_isa, "use the 'base' or 'avx2' CPU depthwise kernels");
 
   py::class_<Space, std::shared_ptr<Space>>(m, "Space")
-      .def(py::init([](const py::dict& d) { return std::make_shared<Space>(spec_from_dict(d)); }))
+      .def(py::init([](const py::dict& d, const py::dict& tables) {
+        return std::make_shared<Space>(spec_from_dict(d), tables_from_dict(tables));
+      }))
       .def_property_readonly("num_dims", &Space::num_dims)
       .def("dims",
            [](const Space& s) {

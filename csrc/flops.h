@@ -1,5 +1,7 @@
 // FLOPs (multiply-accumulates of conv and linear layers, one image) and parameter counts (conv
-// and linear weights, no biases, no BN) of architectures. See docs/DESIGN.md for the network.
+// and linear weights, no biases, no BN) of architectures, as sums of table entries. The tables
+// are computed in Python from the network's one definition (cost_tables in
+// src/nasops/nn/supernet.py); see docs/DESIGN.md.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -19,38 +21,34 @@ struct Cost {
   }
 };
 
-// make_divisible(v, 8) of docs/DESIGN.md for an integer v: the nearest multiple of 8 (at least 8),
-// plus 8 if that fell below 0.9 v. Hidden widths of MBConv blocks and SE reductions.
-inline int64_t make_divisible8(int64_t v) {
-  int64_t rounded = (v + 4) / 8 * 8;
-  if (rounded < 8) rounded = 8;
-  if (10 * rounded < 9 * v) rounded += 8;
-  return rounded;
-}
+// The cost of every part at every combination of its choices, row-major in choice indices:
+// stem [res][stem width]; per stage, first[res][prev width][width][kernel][expand] (the stage's
+// first block: it sees the previous width and carries the stride) and rest[res][width][kernel]
+// [expand] (each further block); head [res][last stage width][head width].
+struct CostTables {
+  std::vector<Cost> stem, head;
+  std::vector<std::vector<Cost>> first, rest;
+};
 
-// The cost of every architecture of a space as a sum of table entries: the stem, each stage's
-// first block (it sees the previous width and carries the stride), (depth - 1) times the stage's
-// repeated block, and the head. The tables are filled once from the layer formulas, so costing
-// an architecture is a dozen look-ups: the sampler does it for every trial.
+// Costing an architecture is a dozen look-ups: the sampler does it for every trial.
 class CostModel {
  public:
-  explicit CostModel(const Space& space);
+  // Throws std::invalid_argument when a table's size does not fit the space's choices.
+  CostModel(const Space& space, CostTables tables);
 
   Cost of_indices(const int32_t* indices) const;  // one choice index per dimension
   // A bound on every architecture's cost (the sum of each table's largest entry).
   Cost upper_bound() const { return bound_; }
 
  private:
-  struct StageTables {
-    std::vector<Cost> first;            // [res][prev width][width][kernel][expand]
-    std::vector<Cost> rest;             // [res][width][kernel][expand]
-    std::vector<int64_t> more_blocks;   // depth - 1, per depth choice
+  struct StageShape {
     int32_t n_prev = 0, n_width = 0, n_kernel = 0, n_expand = 0;
+    std::vector<int64_t> more_blocks;  // depth - 1, per depth choice
   };
   int32_t S_ = 0, n_stem_ = 0, n_head_ = 0;
-  std::vector<Cost> stem_;              // [res][stem width]
-  std::vector<StageTables> stages_;
-  std::vector<Cost> head_;              // [res][last stage width][head width]
+  int64_t depth_offset_ = 0, kernel_offset_ = 0, expand_offset_ = 0;
+  CostTables t_;
+  std::vector<StageShape> stages_;
   Cost bound_;
 };
 

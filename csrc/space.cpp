@@ -31,7 +31,7 @@ Dim make_dim(const std::string& name, std::vector<int64_t> choices) {
 
 }  // namespace
 
-Space::Space(SpaceSpec spec) : spec_(std::move(spec)) {
+Space::Space(SpaceSpec spec, CostTables tables) : spec_(std::move(spec)) {
   const int64_t S = num_stages();
   if (S < 1) throw std::invalid_argument("a search space needs at least one stage");
   dims_.push_back(make_dim("resolution", spec_.resolution));
@@ -48,7 +48,7 @@ Space::Space(SpaceSpec spec) : spec_(std::move(spec)) {
   for (const Dim& d : dims_)
     if (d.choices.front() < 1)
       throw std::invalid_argument(d.name + " has a non-positive candidate " + join(d.choices));
-  cost_model_ = std::make_unique<CostModel>(*this);
+  cost_model_ = std::make_unique<CostModel>(*this, std::move(tables));
 }
 
 Space::~Space() = default;

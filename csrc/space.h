@@ -10,22 +10,17 @@
 
 namespace nasops {
 
+// The choices of each dimension: all the core needs to know of the network. What the layers
+// cost comes from Python, where the network is defined (CostTables in flops.h).
 struct StageSpec {
   std::vector<int64_t> width, depth, kernel_size, expand_ratio;
-  int64_t stride = 1;
-  bool se = false;
 };
 
 struct SpaceSpec {
   std::vector<int64_t> resolution;
-  int64_t in_channels = 3;
-  int64_t num_classes = 1000;
   std::vector<int64_t> stem_width;
-  int64_t stem_kernel = 3;
-  int64_t stem_stride = 2;
   std::vector<StageSpec> stages;
   std::vector<int64_t> head_width;
-  int64_t head_expand = 6;
 };
 
 // One position of the flat encoding: its name (e.g. "width[3]") and its allowed values, sorted.
@@ -42,11 +37,13 @@ struct Dim {
   int32_t size() const { return static_cast<int32_t>(choices.size()); }
 };
 
-class CostModel;  // flops.h
+class CostModel;   // flops.h
+struct CostTables;  // flops.h
 
 class Space {
  public:
-  explicit Space(SpaceSpec spec);
+  // Throws std::invalid_argument when a dimension or a cost table is malformed.
+  Space(SpaceSpec spec, CostTables tables);
   ~Space();
 
   const SpaceSpec& spec() const { return spec_; }

@@ -35,7 +35,8 @@ def reference_cost(space_yaml, arch, num_classes=None, in_channels=None):
         c_out = width[s + 1]
         for block in range(depth[s]):
             stride = stage.get("stride", 1) if block == 0 else 1
-            hidden = make_divisible(round(c_in * expand[s]))
+            # no expansion at ratio 1: the depthwise conv runs on the input's channels
+            hidden = c_in if expand[s] == 1 else make_divisible(round(c_in * expand[s]))
             if expand[s] != 1:
                 conv(c_in, hidden, 1, size)
             out = math.ceil(size / stride)

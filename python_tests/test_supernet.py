@@ -129,7 +129,7 @@ def documented_layout(cfg):
         w, e, kk = max(st["width"]), max(st["expand_ratio"]), max(st["kernel_size"])
         for b in range(max(st["depth"])):
             c_in = max(prev) if b == 0 else w
-            hidden, p = md(c_in * e), f"stages.{s}.{b}"
+            hidden, p = (c_in if e == 1 else md(c_in * e)), f"stages.{s}.{b}"
             if e > 1:
                 out |= {f"{p}.expand.weight": [hidden, c_in, 1, 1], **bn(f"{p}.expand_bn", hidden)}
             out |= {f"{p}.depthwise.weight": [hidden, 1, kk, kk], **bn(f"{p}.depthwise_bn", hidden)}
@@ -143,7 +143,7 @@ def documented_layout(cfg):
         prev = st["width"]
     last, head = cfg["head"]["expand_ratio"] * max(prev), max(cfg["head"]["width"])
     out |= {"last_conv.weight": [last, max(prev), 1, 1], **bn("last_bn", last),
-            "head_conv.weight": [head, last, 1, 1], "head_conv.bias": [head],
+            "head_conv.weight": [head, last, 1, 1],
             "classifier.weight": [cfg["num_classes"], head], "classifier.bias": [cfg["num_classes"]]}
     return out
 

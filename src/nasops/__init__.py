@@ -42,7 +42,7 @@ _SUBMODULES = ("checkpoint", "data", "distributed", "evaluate", "export", "losse
                "predictor", "sampling", "search", "space", "train")
 
 __all__ = ["ops", *sorted(_LAZY_NAMES)]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name: str):

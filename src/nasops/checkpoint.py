@@ -5,7 +5,18 @@ import os
 
 import torch
 
-FORMAT = "nasops-checkpoint-1"
+from . import __version__
+
+# The layout of the supernet's weights changes the format's number (README: state-dict layout).
+FORMAT = "nasops-checkpoint-2"
+# Older layouts: why this nasops cannot read them, and what to do.
+OLD_FORMATS = {
+    "nasops-checkpoint-1": "it holds state-dict layout 1, whose head_conv has a bias; layout 2 "
+                           "follows the published network, which has none, and a trained bias "
+                           "cannot be removed without changing the outputs. Evaluate or search "
+                           "it with nasops 0.1 (pip install 'nasops==0.1.*', or check out its "
+                           "commit), or retrain it with this nasops",
+}
 
 
 def save_checkpoint(path: str, payload: dict) -> None:
@@ -24,7 +35,11 @@ def load_checkpoint(path: str) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
         raise ValueError(f"{path} is not a readable nasops checkpoint: {type(e).__name__}: {e}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+    found = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if found in OLD_FORMATS:
+        raise ValueError(f"{path} is a checkpoint of format {found!r}, which this nasops "
+                         f"{__version__} (format {FORMAT!r}) does not load: {OLD_FORMATS[found]}")
+    if found != FORMAT:
         raise ValueError(f"{path} is not a nasops checkpoint (expected format {FORMAT!r})")
     return ckpt
 

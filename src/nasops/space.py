@@ -213,11 +213,17 @@ class SearchSpace:
     """
 
     def __init__(self, config: Mapping, source: str = "<dict>"):
+        from .nn.supernet import cost_tables  # the network's one definition
         self.config = _check_config(config, source)
-        self._core = _C.Space(self.config)
+        self._core = _C.Space(self.config, cost_tables(self.config))
         self.dim_names = [name for name, _ in self._core.dims()]
         self.choices = [np.asarray(c, dtype=np.int64) for _, c in self._core.dims()]
         self.dim = len(self.dim_names)
+        # where each Arch field lies in the flat encoding, read off the core's dimension names
+        # ("resolution", "width[0]", ...): the core's Space is the one home of the layout
+        fields = [name.split("[")[0] for name in self.dim_names]
+        self._slices = {f: slice(fields.index(f), len(fields) - fields[::-1].index(f))
+                        for f in ARCH_FIELDS}
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike, *, num_classes: int | None = None,
@@ -280,8 +286,7 @@ class SearchSpace:
         names = [s["name"] for s in self.config["stages"]]
         if field == "width":
             names = ["stem"] + names + ["head"]
-        S = self.num_stages
-        start = {"width": 1, "depth": S + 3, "kernel_size": 2 * S + 3, "expand_ratio": 3 * S + 3}[field]
+        start = self._slices[field].start
         return [(f"{field}[{i}] ({n})", self.choices[start + i]) for i, n in enumerate(names)]
 
     def validate(self, arch: Arch | Mapping) -> Arch:
@@ -308,17 +313,18 @@ class SearchSpace:
     def encode(self, arch: Arch | Mapping) -> np.ndarray:
         """Flat int64 vector of length ``dim`` (order in the module docstring)."""
         arch = self.validate(arch)
-        return np.array([arch.resolution, *arch.width, *arch.depth, *arch.kernel_size,
-                         *arch.expand_ratio], dtype=np.int64)
+        vec = np.empty(self.dim, dtype=np.int64)
+        for field, where in self._slices.items():
+            vec[where] = getattr(arch, field)
+        return vec
 
     def decode(self, vec) -> Arch:
         vec = self._as_rows(vec)
         if vec.shape[0] != 1:
             raise ValueError(f"decode takes one encoded architecture, got {vec.shape[0]}")
         v = vec[0].tolist()
-        S = self.num_stages
-        return Arch(resolution=v[0], width=v[1:S + 3], depth=v[S + 3:2 * S + 3],
-                    kernel_size=v[2 * S + 3:3 * S + 3], expand_ratio=v[3 * S + 3:])
+        return Arch(resolution=v[0], **{f: v[where] for f, where in self._slices.items()
+                                        if f != "resolution"})
 
     def decode_all(self, archs) -> list[Arch]:
         return [self.decode(row) for row in self._as_rows(archs)]

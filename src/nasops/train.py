@@ -68,7 +68,10 @@ KEYS = {
     # supernet
     "space": ("small", "search space: a packaged name (small, attentive_nas) or a YAML path"),
     "dropout": (0.1, "dropout before the classifier, largest sub-network only"),
-    "drop_connect": (0.1, "drop-connect: block i of n gets drop_connect * i / n; largest only"),
+    "drop_connect": (0.1, "drop-connect, largest only, as published: last two stages, block i of "
+                          "the supernet's n gets drop_connect * i / n"),
+    "zero_init_residual": (False, "start each block as its residual path (zero scale of its "
+                                  "last BN), as the published models do"),
     "dw_backend": ("nasops", "depthwise convolution: nasops (the kernels) or torch (reference)"),
     "sync_bn": (True, "under torchrun: BN statistics over all ranks"),
     # optimisation
@@ -205,7 +208,7 @@ def check_config(cfg: dict, source: str = "config") -> dict:
     if not cfg["alpha_min"] < 0 < cfg["alpha_max"]:
         raise ValueError(f"{source}: alpha_min = {cfg['alpha_min']} and alpha_max = "
                          f"{cfg['alpha_max']} must satisfy alpha_min < 0 < alpha_max")
-    for key in ("augment", "flip", "nesterov", "sync_bn"):
+    for key in ("augment", "flip", "nesterov", "sync_bn", "zero_init_residual"):
         flag(key)
     if cfg["kd"] not in KD_LOSSES:
         bad("kd", list(KD_LOSSES))
@@ -379,6 +382,8 @@ def _train(cfg, run_dir, resume, progress, stop_after_steps) -> dict:
                          cfg["augment"], cfg["flip"], rank, world)
     space = build_space(cfg, splits)
     net = Supernet(space, dropout=cfg["dropout"], drop_connect=cfg["drop_connect"]).to(device)
+    if cfg["zero_init_residual"]:
+        net.zero_init_residual_()
     if world > 1 and cfg["sync_bn"]:
         sync_batchnorm(net, torch.distributed.group.WORLD)
 

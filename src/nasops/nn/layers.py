@@ -22,6 +22,61 @@ def activation(name: str) -> nn.Module:
     return {"swish": nn.SiLU, "relu": nn.ReLU, "hswish": nn.Hardswish}[name]()
 
 
+def out_size(n: int, stride: int) -> int:
+    """Map size after a layer with padding k // 2 (or the shortcut pooling) and this stride."""
+    return -(-n // stride)
+
+
+def conv_cost(c_in: int, c_out: int, kernel: int, out: int, groups: int = 1) -> tuple[int, int]:
+    """(multiply-accumulates, weights) of a conv on an out x out output map, one image; a linear
+    layer is a 1x1 conv on 1 pixel. docs/DESIGN.md section 5: biases and BN are not counted."""
+    weights = c_in // groups * c_out * kernel * kernel
+    return weights * out * out, weights
+
+
+def add_costs(*costs: tuple[int, int]) -> tuple[int, int]:
+    return sum(c[0] for c in costs), sum(c[1] for c in costs)
+
+
+def shortcut_pool(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """The residual's pooling in a stride-2 block, as the published network does it: 2x2 average
+    pooling with stride 2, padded by 1 (zeros, counted in the average) on an odd-sized axis, so
+    the output is ceil(n / 2) like the convs' (AttentiveNAS's dynamic shortcut layer)."""
+    if stride == 1:
+        return x
+    if stride != 2:
+        raise ValueError(f"shortcut pooling supports strides 1 and 2, got {stride}")
+    return F.avg_pool2d(x, 2, 2, [x.shape[-2] % 2, x.shape[-1] % 2])
+
+
+class ShortcutPool(nn.Module):
+    """shortcut_pool as a module, for static networks (it scripts and exports)."""
+
+    def __init__(self, stride: int):
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return shortcut_pool(x, self.stride)
+
+
+def _on_meta(cls, *args, **kwargs) -> nn.Module:
+    """A module built on the meta device: no time spent initialising what _filled replaces."""
+    with torch.device("meta"):
+        return cls(*args, **kwargs)
+
+
+def _filled(module: nn.Module, **tensors: torch.Tensor) -> nn.Module:
+    """module with copies of the given tensors as its parameters / buffers of those names."""
+    for name, tensor in tensors.items():
+        copy = tensor.detach().clone()
+        if name in module._parameters:
+            setattr(module, name, nn.Parameter(copy))
+        else:
+            setattr(module, name, copy)
+    return module
+
+
 class DynamicConv2d(nn.Module):
     """A dense k x k convolution (1x1 by default) over the leading in/out channels."""
 
@@ -37,6 +92,13 @@ class DynamicConv2d(nn.Module):
         weight = self.weight[:out_channels, : x.shape[1]]
         bias = None if self.bias is None else self.bias[:out_channels]
         return F.conv2d(x, weight, bias, self.stride, self.kernel_size // 2)
+
+    def export(self, in_channels: int, out_channels: int) -> nn.Conv2d:
+        """The active slice as a plain Conv2d (copied weights)."""
+        conv = _on_meta(nn.Conv2d, in_channels, out_channels, self.kernel_size, self.stride,
+                        self.kernel_size // 2, bias=self.bias is not None)
+        _filled(conv, weight=self.weight[:out_channels, :in_channels])
+        return conv if self.bias is None else _filled(conv, bias=self.bias[:out_channels])
 
 
 class DynamicDepthwiseConv2d(nn.Module):
@@ -56,6 +118,11 @@ class DynamicDepthwiseConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
         return dw_conv2d(x, self.weight, kernel_size, stride)
+
+    def export(self, channels: int, kernel_size: int, stride: int) -> nn.Conv2d:
+        conv = _on_meta(nn.Conv2d, channels, channels, kernel_size, stride, kernel_size // 2,
+                        groups=channels, bias=False)
+        return _filled(conv, weight=self.active_weight(channels, kernel_size))
 
 
 class DynamicBatchNorm2d(nn.BatchNorm2d):
@@ -82,6 +149,13 @@ class DynamicBatchNorm2d(nn.BatchNorm2d):
             return self._synced(x, running_mean, running_var, momentum)
         return F.batch_norm(x, running_mean, running_var, self.weight[:c], self.bias[:c],
                             self.training, momentum, self.eps)
+
+    def export(self, channels: int) -> nn.BatchNorm2d:
+        bn = _on_meta(nn.BatchNorm2d, channels, eps=self.eps, momentum=self.momentum)
+        c = channels
+        return _filled(bn, weight=self.weight[:c], bias=self.bias[:c],
+                       running_mean=self.running_mean[:c], running_var=self.running_var[:c],
+                       num_batches_tracked=self.num_batches_tracked)
 
     def _synced(self, x, running_mean, running_var, momentum):
         from ..distributed import differentiable_sum
@@ -127,15 +201,39 @@ class DynamicSE(nn.Module):
 
     def __init__(self, max_channels: int):
         super().__init__()
-        max_reduced = make_divisible(max_channels // 4)
+        max_reduced = self.reduced(max_channels)
         self.reduce = DynamicConv2d(max_channels, max_reduced, bias=True)
         self.expand = DynamicConv2d(max_reduced, max_channels, bias=True)
 
+    @staticmethod
+    def reduced(channels: int) -> int:
+        return make_divisible(channels // 4)
+
+    @classmethod
+    def cost(cls, channels: int) -> tuple[int, int]:
+        """Both 1x1 convs act on the pooled 1x1 map."""
+        r = cls.reduced(channels)
+        return add_costs(conv_cost(channels, r, 1, 1), conv_cost(r, channels, 1, 1))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
-        s = F.adaptive_avg_pool2d(x, 1)
-        s = F.relu(self.reduce(s, make_divisible(c // 4)))
+        s = F.relu(self.reduce(F.adaptive_avg_pool2d(x, 1), self.reduced(c)))
         return x * F.hardsigmoid(self.expand(s, c))
+
+    def export(self, channels: int) -> nn.Module:
+        r = self.reduced(channels)
+        return StaticSE(self.reduce.export(channels, r), self.expand.export(r, channels))
+
+
+class StaticSE(nn.Module):
+    """DynamicSE's computation with plain convs."""
+
+    def __init__(self, reduce: nn.Conv2d, expand: nn.Conv2d):
+        super().__init__()
+        self.reduce, self.expand = reduce, expand
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * F.hardsigmoid(self.expand(F.relu(self.reduce(F.adaptive_avg_pool2d(x, 1)))))
 
 
 class DynamicLinear(nn.Module):
@@ -147,3 +245,7 @@ class DynamicLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight[:, : x.shape[1]], self.bias)
+
+    def export(self, in_features: int) -> nn.Linear:
+        linear = _on_meta(nn.Linear, in_features, self.weight.shape[0])
+        return _filled(linear, weight=self.weight[:, :in_features], bias=self.bias)

@@ -10,7 +10,9 @@ from torch import nn
 
 from ..space import Arch, SearchSpace
 from .layers import (DynamicBatchNorm2d, DynamicConv2d, DynamicDepthwiseConv2d, DynamicLinear,
-                     DynamicSE, activation, make_divisible)
+                     DynamicSE, ShortcutPool, activation, add_costs, conv_cost, make_divisible,
+                     out_size, shortcut_pool)
+from .static import StaticMBConv, StaticNet
 
 
 def _check_rate(name: str, rate) -> float:
@@ -20,15 +22,18 @@ def _check_rate(name: str, rate) -> float:
 
 
 class DynamicMBConv(nn.Module):
-    """MBConv: 1x1 expand (absent at ratio 1), depthwise k x k with the stride, optional SE, 1x1
-    project, BN after each conv; residual: identity, or average pooling for the stride and a 1x1
-    conv when the width changes."""
+    """MBConv, the block of every stage: 1x1 expand (absent at ratio 1), depthwise k x k with the
+    stride, optional SE, 1x1 project, BN after each conv; residual: identity, or average pooling
+    for the stride and a 1x1 conv when the width changes.
+
+    This class is the block's one definition: its forward pass, its static export
+    (:meth:`export`) and its cost terms (:meth:`cost`, from which the C++ cost tables are built)."""
 
     def __init__(self, max_in: int, max_out: int, max_kernel: int, max_expand: int, stride: int,
                  se: bool, act: str, has_expand: bool, has_shortcut_conv: bool):
         super().__init__()
         self.stride = stride
-        max_hidden = make_divisible(max_in * max_expand)
+        max_hidden = self.hidden_width(max_in, max_expand)
         self.expand = DynamicConv2d(max_in, max_hidden) if has_expand else None
         self.expand_bn = DynamicBatchNorm2d(max_hidden) if has_expand else None
         self.depthwise = DynamicDepthwiseConv2d(max_hidden, max_kernel)
@@ -40,34 +45,76 @@ class DynamicMBConv(nn.Module):
         self.shortcut = DynamicConv2d(max_in, max_out) if has_shortcut_conv else None
         self.act = activation(act)
 
+    @staticmethod
+    def hidden_width(c_in: int, expand_ratio: int) -> int:
+        """Channels of the depthwise conv: the input's at ratio 1 (no expansion), otherwise
+        make_divisible(c_in * ratio)."""
+        return c_in if expand_ratio == 1 else make_divisible(c_in * expand_ratio)
+
+    @classmethod
+    def cost(cls, n: int, c_in: int, c_out: int, kernel: int, expand_ratio: int, stride: int,
+             se: bool) -> tuple[int, int]:
+        """(MACs, weights) of the block on an n x n input (docs/DESIGN.md section 5)."""
+        hidden = cls.hidden_width(c_in, expand_ratio)
+        n_out = out_size(n, stride)
+        terms = [conv_cost(hidden, hidden, kernel, n_out, groups=hidden),  # depthwise
+                 conv_cost(hidden, c_out, 1, n_out)]                       # project
+        if expand_ratio != 1:
+            terms.append(conv_cost(c_in, hidden, 1, n))
+        if se:
+            terms.append(DynamicSE.cost(hidden))
+        if c_in != c_out:  # the residual conv, after the pooling that carries the stride
+            terms.append(conv_cost(c_in, c_out, 1, n_out))
+        return add_costs(*terms)
+
     def forward(self, x, out_channels: int, kernel_size: int, expand_ratio: int,
                 drop_connect: float = 0.0):
         c_in = x.shape[1]
-        hidden = make_divisible(c_in * expand_ratio)
         h = x
         if expand_ratio != 1:
-            h = self.act(self.expand_bn(self.expand(h, hidden)))
+            h = self.act(self.expand_bn(self.expand(h, self.hidden_width(c_in, expand_ratio))))
         h = self.act(self.depthwise_bn(self.depthwise(h, kernel_size, self.stride)))
         if self.se is not None:
             h = self.se(h)
         h = self.project_bn(self.project(h, out_channels))
-        if self.training and drop_connect > 0:
+        identity = self.stride == 1 and c_in == out_channels
+        # as published: never on a block whose residual pools or projects
+        if self.training and drop_connect > 0 and identity:
             keep = torch.rand(h.shape[0], 1, 1, 1, device=h.device) >= drop_connect
             h = h * keep / (1 - drop_connect)
-        res = x
-        if self.stride > 1:
-            res = F.avg_pool2d(res, self.stride, self.stride, ceil_mode=True)
+        if identity:
+            return h + x
+        res = shortcut_pool(x, self.stride)
         if c_in != out_channels:
             assert self.shortcut is not None, "width change in a block without a shortcut conv"
             res = self.shortcut(res, out_channels)
         return h + res
+
+    def export(self, c_in: int, c_out: int, kernel_size: int, expand_ratio: int) -> nn.Module:
+        """The block at these sizes as plain modules with copied weights and BN statistics."""
+        hidden = self.hidden_width(c_in, expand_ratio)
+        expand = nn.Identity()
+        if expand_ratio != 1:
+            expand = nn.Sequential(self.expand.export(c_in, hidden), self.expand_bn.export(hidden),
+                                   type(self.act)())
+        depthwise = nn.Sequential(self.depthwise.export(hidden, kernel_size, self.stride),
+                                  self.depthwise_bn.export(hidden), type(self.act)())
+        se = self.se.export(hidden) if self.se is not None else nn.Identity()
+        project = nn.Sequential(self.project.export(hidden, c_out), self.project_bn.export(c_out))
+        shortcut = [ShortcutPool(self.stride)] if self.stride > 1 else []
+        if c_in != c_out:
+            shortcut.append(self.shortcut.export(c_in, c_out))
+        return StaticMBConv(expand, depthwise, se, project,
+                            nn.Sequential(*shortcut) if shortcut else nn.Identity())
 
 
 class Supernet(nn.Module):
     """All sub-networks of a SearchSpace in one set of shared weights.
 
     ``net.set_active(arch)`` picks the sub-network that ``forward`` runs; the caller resizes its
-    batch to ``arch.resolution`` (see :func:`nasops.resize_batch`)."""
+    batch to ``arch.resolution`` (see :func:`nasops.resize_batch`). The stem and the head are
+    defined here (forward, :meth:`extract`, :meth:`stem_cost` / :meth:`head_cost`), the blocks
+    in :class:`DynamicMBConv`."""
 
     def __init__(self, space: SearchSpace, num_classes: int | None = None, dropout: float = 0.0,
                  drop_connect: float = 0.0):
@@ -96,15 +143,34 @@ class Supernet(nn.Module):
                     has_shortcut_conv=first and (len(prev) > 1 or prev != width)))
             self.stages.append(blocks)
             prev = width
+        # each block's index among all blocks of the supernet at maximum depth (drop-connect)
+        depths = [len(blocks) for blocks in self.stages]
+        self._first_index = np.cumsum([0] + depths[:-1]).tolist()
+        self._total_blocks = sum(depths)
         max_in = max(prev)
         head = cfg["head"]
         self.head_expand_ratio = head["expand_ratio"]
         self.last_conv = DynamicConv2d(max_in, head["expand_ratio"] * max_in)
         self.last_bn = DynamicBatchNorm2d(head["expand_ratio"] * max_in)
-        self.head_conv = DynamicConv2d(head["expand_ratio"] * max_in, max(head["width"]), bias=True)
+        self.head_conv = DynamicConv2d(head["expand_ratio"] * max_in, max(head["width"]))
         self.head_act = activation(head["act"])
         self.classifier = DynamicLinear(max(head["width"]), cfg["num_classes"])
         self.set_active(space.max_arch())
+
+    # -- cost terms of the stem and the head (the blocks': DynamicMBConv.cost) ---------------
+    @staticmethod
+    def stem_cost(cfg: Mapping, resolution: int, width: int) -> tuple[int, int]:
+        stem = cfg["stem"]
+        return conv_cost(cfg["in_channels"], width, stem["kernel_size"],
+                         out_size(resolution, stem["stride"]))
+
+    @staticmethod
+    def head_cost(cfg: Mapping, n: int, c: int, head_width: int) -> tuple[int, int]:
+        """1x1 conv c -> expand * c on the n x n map; after the pool, the 1x1 head conv and the
+        classifier on one pixel."""
+        wide = cfg["head"]["expand_ratio"] * c
+        return add_costs(conv_cost(c, wide, 1, n), conv_cost(wide, head_width, 1, 1),
+                         conv_cost(head_width, cfg["num_classes"], 1, 1))
 
     @property
     def dropout(self) -> float:
@@ -117,12 +183,29 @@ class Supernet(nn.Module):
 
     @property
     def drop_connect(self) -> float:
-        """Drop-connect rate of the last block; earlier blocks get linearly less (training only)."""
+        """Drop-connect rate (training mode only), as AttentiveNAS publishes it: in the last two
+        stages only, block i of the supernet's n blocks (counted at maximum depth) gets
+        ``drop_connect * i / n``; blocks whose residual pools or projects get none."""
         return self._drop_connect
 
     @drop_connect.setter
     def drop_connect(self, rate: float) -> None:
         self._drop_connect = _check_rate("drop_connect", rate)
+
+    def drop_connect_rate(self, stage: int, block: int) -> float:
+        """The rate of block `block` of stage `stage` (before the residual check)."""
+        if stage < len(self.stages) - 2:
+            return 0.0
+        return self.drop_connect * (self._first_index[stage] + block) / self._total_blocks
+
+    @torch.no_grad()
+    def zero_init_residual_(self) -> "Supernet":
+        """Zeroes the scale (gamma) of every block's last BN, so that each block starts as its
+        residual path: the published models' initialisation for training from scratch."""
+        for blocks in self.stages:
+            for block in blocks:
+                block.project_bn.weight.zero_()
+        return self
 
     def set_active(self, arch) -> None:
         """Arch, dict, or flat int vector; validated against the space."""
@@ -137,10 +220,24 @@ class Supernet(nn.Module):
     def extract(self, arch=None) -> nn.Module:
         """The sub-network (default: the active one) as a plain static module with copied
         weights and BN statistics; same outputs as the supernet in eval mode."""
-        from .static import StaticNet
         if arch is not None:
             self.set_active(arch)
-        return StaticNet(self, self._active).train(self.training)
+        a = self._active
+        act = lambda module: type(module)()  # noqa: E731  (a fresh activation of that kind)
+        stem = nn.Sequential(self.stem.export(self.space.in_channels, a.width[0]),
+                             self.stem_bn.export(a.width[0]), act(self.stem_act))
+        blocks, c_in = [], a.width[0]
+        for s, stage_blocks in enumerate(self.stages):
+            for b in range(a.depth[s]):
+                blocks.append(stage_blocks[b].export(c_in, a.width[s + 1], a.kernel_size[s],
+                                                     a.expand_ratio[s]))
+                c_in = a.width[s + 1]
+        wide = self.head_expand_ratio * c_in
+        last = nn.Sequential(self.last_conv.export(c_in, wide), self.last_bn.export(wide),
+                             act(self.head_act))
+        head = nn.Sequential(self.head_conv.export(wide, a.width[-1]), act(self.head_act))
+        return StaticNet(a.resolution, stem, nn.Sequential(*blocks), last, head,
+                         self.classifier.export(a.width[-1])).train(self.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self._active
@@ -150,13 +247,10 @@ class Supernet(nn.Module):
                              f"sub-network: expected [N, {', '.join(map(str, expected))}] "
                              f"(resize the batch with nasops.resize_batch)")
         h = self.stem_act(self.stem_bn(self.stem(x, a.width[0])))
-        n_blocks = sum(a.depth)
-        done = 0
         for s, blocks in enumerate(self.stages):
             for b in range(a.depth[s]):
-                rate = self.drop_connect * done / n_blocks
-                h = blocks[b](h, a.width[s + 1], a.kernel_size[s], a.expand_ratio[s], rate)
-                done += 1
+                h = blocks[b](h, a.width[s + 1], a.kernel_size[s], a.expand_ratio[s],
+                              self.drop_connect_rate(s, b))
         c = h.shape[1]
         h = self.head_act(self.last_bn(self.last_conv(h, self.head_expand_ratio * c)))
         h = F.adaptive_avg_pool2d(h, 1)
@@ -164,6 +258,42 @@ class Supernet(nn.Module):
         if self.training and self.dropout > 0:
             h = F.dropout(h, self.dropout)
         return self.classifier(h)
+
+
+def cost_tables(cfg: Mapping) -> dict:
+    """The cost of every part of the network at every combination of its choices, for the C++
+    cost model (int64 arrays, last axis (MACs, weights)), computed from the definitions above:
+
+    stem ``[res][stem width]``; per stage ``first[res][prev width][width][kernel][expand]`` (the
+    stage's first block: it sees the previous width and carries the stride) and
+    ``rest[res][width][kernel][expand]`` (each further block); head ``[res][last width][head width]``.
+    """
+    stages = cfg["stages"]
+    entries = max(len(cfg["resolution"]) * len(p["width"]) * len(s["width"])
+                  * len(s["kernel_size"]) * len(s["expand_ratio"])
+                  for p, s in zip([cfg["stem"]] + stages[:-1], stages))
+    if entries > 2_000_000:
+        raise ValueError(f"a stage has {entries} combinations of resolution, widths, kernel size "
+                         f"and expand ratio: too many for the cost tables (at most 2,000,000)")
+    tables = {"stem": [], "first": [[] for _ in stages], "rest": [[] for _ in stages], "head": []}
+    for res in cfg["resolution"]:
+        tables["stem"].append([Supernet.stem_cost(cfg, res, w) for w in cfg["stem"]["width"]])
+        n = out_size(res, cfg["stem"]["stride"])
+        prev = cfg["stem"]["width"]
+        for s, stage in enumerate(stages):
+            n_out = out_size(n, stage["stride"])
+            k_e = [(k, e) for k in stage["kernel_size"] for e in stage["expand_ratio"]]
+            tables["first"][s].append([[[DynamicMBConv.cost(n, c_in, c, k, e, stage["stride"], stage["se"])
+                                         for k, e in k_e] for c in stage["width"]] for c_in in prev])
+            tables["rest"][s].append([[DynamicMBConv.cost(n_out, c, c, k, e, 1, stage["se"])
+                                       for k, e in k_e] for c in stage["width"]])
+            n, prev = n_out, stage["width"]
+        tables["head"].append([[Supernet.head_cost(cfg, n, c, h) for h in cfg["head"]["width"]]
+                               for c in prev])
+    as_array = lambda t: np.ascontiguousarray(np.asarray(t, dtype=np.int64).reshape(-1, 2))  # noqa: E731
+    return {"stem": as_array(tables["stem"]), "head": as_array(tables["head"]),
+            "first": [as_array(t) for t in tables["first"]],
+            "rest": [as_array(t) for t in tables["rest"]]}
 
 
 def resize_batch(x: torch.Tensor, resolution: int) -> torch.Tensor:
