@@ -37,9 +37,10 @@ from . import ops  # noqa: E402,F401  (registers the operators' autograd and fak
 # Imported on first use: name -> submodule that defines it.
 _LAZY_NAMES = {"AccuracyPredictor": "predictor", "Arch": "space", "FlopsSampler": "sampling",
                "SearchSpace": "space", "Supernet": "nn", "calibrate_bn": "nn",
-               "packaged_spaces": "space", "resize_batch": "nn"}
-_SUBMODULES = ("checkpoint", "data", "distributed", "evaluate", "export", "losses", "nn",
-               "predictor", "sampling", "search", "space", "train")
+               "official_state_dict": "official", "packaged_spaces": "space",
+               "resize_batch": "nn"}
+_SUBMODULES = ("checkpoint", "convert", "data", "distributed", "evaluate", "export", "losses",
+               "nn", "official", "predictor", "sampling", "search", "space", "train")
 
 __all__ = ["ops", *sorted(_LAZY_NAMES)]
 __version__ = "0.2.0"

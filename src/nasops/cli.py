@@ -18,6 +18,8 @@ COMMANDS = {
                  "measure random sub-networks of a trained supernet (the predictor's data)"),
     "predictor": ("nasops.predictor.__main__", "nasops-predictor",
                   "fit the accuracy predictor on those measurements (search --predictor)"),
+    "convert": ("nasops.convert", "nasops-convert",
+                "a released AttentiveNAS/AlphaNet supernet as a nasops checkpoint"),
 }
 
 STAGES = """\
@@ -26,7 +28,9 @@ the stages of two-stage NAS (each command takes --help):
   2. nasops-search       search it under FLOPs budgets, export the picks: python -m nasops.search
      optional, between the two, for searching by a predictor:
      nasops-evaluate     measure random sub-networks: python -m nasops.evaluate
-     nasops-predictor    fit the accuracy predictor on them: python -m nasops.predictor"""
+     nasops-predictor    fit the accuracy predictor on them: python -m nasops.predictor
+  or, instead of 1, start from a released AttentiveNAS/AlphaNet supernet:
+     nasops-convert      python -m nasops.convert --from-official CKPT --out RUN/checkpoint.pt"""
 
 
 def prog(command: str) -> str:

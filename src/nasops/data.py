@@ -22,6 +22,7 @@ and every DDP rank takes its own slice of the same global batch.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import pickle
 from dataclasses import dataclass
@@ -42,6 +43,10 @@ HOW_TO_GET = {
     "imagefolder": "set data_dir=DIR, a folder with one sub-folder of images per class (or train/ "
                    "and test/ folders of those)",
 }
+# ImageNet's per-channel statistics, the normalisation of the released AttentiveNAS/AlphaNet models
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NORMALIZATIONS = ("dataset", "imagenet")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 _TEST_FRACTION = 0.2
 _SPLIT_SEED = 0x5EED  # fixed: the test split of a dataset never depends on a run's seed
@@ -283,17 +288,29 @@ class Splits:
     train: ImageSet    # what the supernet trains on
     holdout: ImageSet  # a fixed part of the training data, for scoring sub-networks in search
     test: ImageSet     # the dataset's test split, for final numbers only
-    mean: torch.Tensor  # per-channel mean and std of `train`, in [0, 1] units
+    mean: torch.Tensor  # per-channel mean and std the images are normalised with, in [0, 1] units
     std: torch.Tensor
+    # evaluation view (eval_resize): None resizes to the resolution; a fraction f resizes to
+    # ceil(resolution / f) and centre-crops the resolution (the official ImageNet evaluation: 0.875)
+    eval_crop: float | None = None
 
 
 def load_splits(name: str, root: str | None = None, holdout: float = 0.1,
-                holdout_seed: int = 0, limit: int | None = None, image_size: int = 32) -> Splits:
+                holdout_seed: int = 0, limit: int | None = None, image_size: int = 32,
+                normalization: str = "dataset", eval_crop: float | None = None) -> Splits:
     """Train / held-out / test splits. `holdout` is the fraction of the training data set aside
     (by a permutation seeded with `holdout_seed`); `limit` keeps a fixed subset of at most that
-    many training images (before the held-out split), for short studies."""
+    many training images (before the held-out split), for short studies. `normalization`:
+    "dataset" (the training split's channel mean and std) or "imagenet" (ImageNet's, as the
+    released models expect); `eval_crop`: see Splits."""
     if not 0.0 < holdout < 1.0:
         raise ValueError(f"holdout = {holdout!r} must be a fraction in (0, 1)")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization = {normalization!r} is not allowed; allowed: "
+                         f"{list(NORMALIZATIONS)}")
+    if eval_crop is not None and (isinstance(eval_crop, bool) or not isinstance(eval_crop, (int, float))
+                                  or not 0 < eval_crop <= 1):
+        raise ValueError(f"eval_crop = {eval_crop!r} must be null or a fraction in (0, 1]")
     train = load_dataset(name, "train", root, image_size)
     test = load_dataset(name, "test", root, image_size)
     if limit is not None:
@@ -305,15 +322,37 @@ def load_splits(name: str, root: str | None = None, holdout: float = 0.1,
     if len(train) == 0 or len(held) == 0:
         raise ValueError(f"holdout = {holdout} of {len(train) + len(held)} images leaves an "
                          f"empty split")
-    pixels = train.images.permute(1, 0, 2, 3).reshape(train.channels, -1).double() / 255.0
-    return Splits(train, held, test, pixels.mean(1).float(), pixels.std(1).float().clamp(min=1e-3))
+    if normalization == "imagenet":
+        if train.channels != 3:
+            raise ValueError(f"normalization = 'imagenet' needs RGB images; {name} has "
+                             f"{train.channels} channel(s)")
+        mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    else:
+        pixels = train.images.permute(1, 0, 2, 3).reshape(train.channels, -1).double() / 255.0
+        mean, std = pixels.mean(1).float(), pixels.std(1).float().clamp(min=1e-3)
+    return Splits(train, held, test, mean, std, None if eval_crop is None else float(eval_crop))
 
 
 def splits_of(cfg: dict) -> Splits:
-    """The splits a training recipe names (its dataset, data_dir, holdout, holdout_seed, limit and
-    image_size keys)."""
+    """The splits a training recipe names (its dataset, data_dir, holdout, holdout_seed, limit,
+    image_size, normalization and eval_crop keys)."""
     return load_splits(cfg["dataset"], cfg["data_dir"], cfg["holdout"], cfg["holdout_seed"],
-                       cfg["limit"], cfg["image_size"])
+                       cfg["limit"], cfg["image_size"], cfg.get("normalization", "dataset"),
+                       cfg.get("eval_crop"))
+
+
+def eval_resize(x: torch.Tensor, resolution: int, crop: float | None = None) -> torch.Tensor:
+    """The evaluation view of a normalised batch at a sub-network's resolution: resized to it
+    (crop None), or resized to ceil(resolution / crop) and centre-cropped to the resolution, as
+    the official ImageNet evaluation does (crop 0.875; the crop offset rounds like torchvision's
+    CenterCrop)."""
+    from .nn import resize_batch
+    if crop is None:
+        return resize_batch(x, resolution)
+    size = math.ceil(resolution / crop - 1e-9)  # (1e-9: 224 / 0.875 is 256, not 256.00000001)
+    x = resize_batch(x, size)
+    top = int(round((size - resolution) / 2.0))
+    return x[..., top:top + resolution, top:top + resolution]
 
 
 def _mix(*values: int) -> int:

@@ -15,8 +15,8 @@ from tqdm import tqdm
 from . import distributed as dist
 from .checkpoint import load_trained
 from .cli import STAGES, prog as prog_name
-from .data import ImageSet, Splits, eval_batches
-from .nn import Supernet, calibrate_bn, resize_batch
+from .data import ImageSet, Splits, eval_batches, eval_resize
+from .nn import Supernet, calibrate_bn
 from .nn.layers import DynamicBatchNorm2d
 from .space import SearchSpace
 
@@ -60,7 +60,7 @@ class Evaluator:
 
     def _batches(self, data: ImageSet, resolution: int):
         for x, y in eval_batches(data, self.batch_size, self.splits.mean, self.splits.std):
-            yield resize_batch(x.to(self.device), resolution), y.to(self.device)
+            yield eval_resize(x.to(self.device), resolution, self.splits.eval_crop), y.to(self.device)
 
     @torch.no_grad()
     def calibrate(self, arch) -> int:

@@ -14,6 +14,7 @@ import importlib.util
 import io
 import json
 import logging
+import math
 import os
 import warnings
 
@@ -74,10 +75,16 @@ def input_spec(channels: int, resolution: int, splits=None) -> dict:
         spec["mean"], spec["std"] = splits.mean.tolist(), splits.std.tolist()
         spec["normalize"] = "(x - mean[c]) / std[c] per channel c, after dividing by 255"
         spec["stored_size"] = list(splits.train.images.shape[-2:])
-    spec["resize"] = {"size": [resolution, resolution], "method": "bicubic",
+    crop = None if splits is None else splits.eval_crop
+    size = resolution if crop is None else math.ceil(resolution / crop - 1e-9)
+    spec["resize"] = {"size": [size, size], "method": "bicubic",
                       "align_corners": False, "antialias": False, "order": "after normalisation",
-                      "torch": f"torch.nn.functional.interpolate(x, size=({resolution}, "
-                               f"{resolution}), mode='bicubic', align_corners=False)"}
+                      "torch": f"torch.nn.functional.interpolate(x, size=({size}, "
+                               f"{size}), mode='bicubic', align_corners=False)"}
+    if crop is not None:
+        top = int(round((size - resolution) / 2.0))
+        spec["center_crop"] = {"size": [resolution, resolution], "offset": [top, top],
+                               "torch": f"x[..., {top}:{top + resolution}, {top}:{top + resolution}]"}
     return spec
 
 

@@ -41,7 +41,7 @@ from tqdm import tqdm
 from . import distributed as dist
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from .cli import STAGES, prog as prog_name
-from .data import DATASETS, BatchStream, splits_of
+from .data import DATASETS, NORMALIZATIONS, BatchStream, splits_of
 from .evaluate import Evaluator
 from .losses import KD_LOSSES, distillation_loss, smoothed_cross_entropy
 from .nn import Supernet, frozen_bn_stats, preserved_bn_stats, resize_batch, sync_batchnorm
@@ -63,6 +63,10 @@ KEYS = {
     "holdout": (0.1, "fraction of the training images held out to score sub-networks"),
     "holdout_seed": (0, "seed of the held-out split"),
     "limit": (None, "train on a fixed subset of at most this many images (null: all)"),
+    "normalization": ("dataset", "per-channel mean/std: dataset (the training split's) or "
+                                 "imagenet (ImageNet's, as the released supernets expect)"),
+    "eval_crop": (None, "evaluation: resize to ceil(resolution / eval_crop) and centre-crop "
+                        "(the official ImageNet evaluation: 0.875); null: resize to resolution"),
     "augment": (True, "random crop with zero padding"),
     "flip": (False, "random horizontal flip (with augment)"),
     # supernet
@@ -214,6 +218,9 @@ def check_config(cfg: dict, source: str = "config") -> dict:
         bad("kd", list(KD_LOSSES))
     if cfg["dw_backend"] not in BACKENDS:
         bad("dw_backend", list(BACKENDS))
+    if cfg["normalization"] not in NORMALIZATIONS:
+        bad("normalization", list(NORMALIZATIONS))
+    number("eval_crop", 0, 1, none=True, open_lo=True)
     if cfg["target_bins"] not in ("prior", "uniform"):
         bad("target_bins", ["prior", "uniform"])
     kind, _, _ = parse_strategy(cfg["strategy"])

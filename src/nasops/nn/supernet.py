@@ -157,6 +157,13 @@ class Supernet(nn.Module):
         self.classifier = DynamicLinear(max(head["width"]), cfg["num_classes"])
         self.set_active(space.max_arch())
 
+    @classmethod
+    def from_official(cls, source, space: SearchSpace | str = "attentive_nas") -> "Supernet":
+        """A released AttentiveNAS / AlphaNet supernet (checkpoint path or state dict of the
+        official dynamic model) as a Supernet: see :func:`nasops.official.from_official`."""
+        from ..official import from_official
+        return from_official(source, space)
+
     # -- cost terms of the stem and the head (the blocks': DynamicMBConv.cost) ---------------
     @staticmethod
     def stem_cost(cfg: Mapping, resolution: int, width: int) -> tuple[int, int]:
