@@ -199,5 +199,15 @@ def test_convert_then_evaluate_a_released_supernet(tmp_path):
     with open(evals) as f:
         doc = json.load(f)
     assert len(doc["accuracy"]) == 2 and all(a in (0.0, 0.5, 1.0) for a in doc["accuracy"])
+    from nasops.export import input_spec
+    from nasops.search.__main__ import main as search
+    spec = input_spec(3, 224, splits)
+    assert spec["resize"]["size"] == [256, 256] and spec["center_crop"]["offset"] == [16, 16]
+    assert search(["--checkpoint", out, "--budgets", "250", "--population", "4", "--mutations",
+                   "1", "--crossovers", "1", "--generations", "1", "--cloud", "0",
+                   "--no-export", "--no-progress"]) == 0
+    with open(tmp_path / "run" / "search" / "pareto.json") as f:
+        (result,) = json.load(f)["results"]
+    assert result["flops"] <= 250 and "test_acc" in result
     # bad input says what is wrong
     assert convert(["--from-official", str(tmp_path / "none.pth"), "--out", out]) == 1
