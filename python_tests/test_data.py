@@ -162,6 +162,12 @@ def test_digits_and_splits():
     assert float(s1.mean[0]) == pytest.approx(float(pixels.mean()), rel=1e-5)
     with pytest.raises(ValueError, match="holdout = 1.5"):
         load_splits("digits", holdout=1.5)
+    with pytest.raises(ValueError, match=r"normalization = 'imnet' is not allowed; allowed: \['dataset', 'imagenet'\]"):
+        load_splits("digits", normalization="imnet")
+    with pytest.raises(ValueError, match="needs RGB images; digits has 1 channel"):
+        load_splits("digits", normalization="imagenet")
+    with pytest.raises(ValueError, match=r"eval_crop = 1.5 must be null or a fraction in \(0, 1\]"):
+        load_splits("digits", eval_crop=1.5)
     with pytest.raises(ValueError, match="dataset 'mnist' is not allowed"):
         load_dataset("mnist")
 
