@@ -23,15 +23,6 @@ def reference_divergence(student, teacher, alpha):
     return float((q * ((p / q) ** alpha - 1)).sum(1).mean() / (alpha * (alpha - 1)))
 
 
-def reference_clipped_grad(student, teacher, alpha, clip):
-    """d/dz of the divergence with weights (p/q)^alpha clipped: with c_i = -(1/alpha) min(w_i,
-    clip) q_i / N and d log q_i / d z_j = [i = j] - q_j, the gradient is c_j - q_j sum_i c_i."""
-    p, q = softmax(teacher), softmax(student)
-    w = np.minimum((p / q) ** alpha, clip)
-    c = -(w * q) / alpha / len(student)
-    return c - q * c.sum(1, keepdims=True)
-
-
 @pytest.fixture
 def logits():
     g = np.random.default_rng(0)
@@ -45,17 +36,8 @@ def grad_of(fn, student, teacher):
     return float(value.detach()), z.grad.numpy()
 
 
-def test_alpha_one_is_kl(logits):
-    s, t = logits
-    v1, g1 = grad_of(lambda z, u: alpha_divergence(z, u, 1.0), s, t)
-    v2, g2 = grad_of(kl_distillation, s, t)
-    assert v1 == pytest.approx(v2, rel=1e-12)
-    np.testing.assert_allclose(g1, g2, rtol=1e-10, atol=1e-14)
-    assert v2 == pytest.approx(reference_divergence(s, t, 1), rel=1e-10)
-
-
-@pytest.mark.parametrize("alpha", [-1.0, -0.5, 0.0, 0.3, 0.999, 2.0])
-def test_alpha_divergence_matches_its_formula(logits, alpha):
+@pytest.mark.parametrize("alpha", [-1.0, -0.5, 0.0, 0.3, 0.998, 1.0, 2.0])
+def test_alpha_divergence_without_clip_matches_its_formula(logits, alpha):
     s, t = logits
     value, grad = grad_of(lambda z, u: alpha_divergence(z, u, alpha), s, t)
     assert value == pytest.approx(reference_divergence(s, t, alpha), rel=1e-9)
@@ -69,23 +51,77 @@ def test_alpha_divergence_matches_its_formula(logits, alpha):
     np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-7)  # (near 1: cancellation)
 
 
-@pytest.mark.parametrize("alpha", [-1.0, 0.5, 1.0])
-def test_clipped_gradient_and_value(logits, alpha):
-    s, t = logits
-    value, grad = grad_of(lambda z, u: alpha_divergence(z, u, alpha, clip=1.5), s, t)
-    assert value == pytest.approx(reference_divergence(s, t, alpha), rel=1e-9)  # value unclipped
-    np.testing.assert_allclose(grad, reference_clipped_grad(s, t, alpha, 1.5), rtol=1e-9, atol=1e-14)
-    # the clip is active on this data: the clipped gradient differs from the exact one
-    _, exact = grad_of(lambda z, u: alpha_divergence(z, u, alpha), s, t)
-    assert np.abs(grad - exact).max() > 1e-4
+def published_value(student, teacher, alpha, clip):
+    """Per-sample D_alpha as AlphaNet's code computes it, float64: the importance weights
+    w = (p / q)^alpha clipped at `clip` in the value too; alpha = 1 exact KL(p || q)."""
+    p, q = softmax(teacher), softmax(student)
+    if abs(alpha - 1) < 1e-3:
+        return (p * np.log(p / q)).sum(1)
+    w = np.minimum((p / q) ** alpha, clip)
+    return (q * (w - 1)).sum(1) / (alpha * (alpha - 1))
 
 
-def test_adaptive_is_the_larger_divergence(logits):
-    s, t = logits
-    value, _ = grad_of(lambda z, u: adaptive_alpha_divergence(z, u, -1.0, 1.0, 5.0), s, t)
-    expected = max(reference_divergence(s, t, -1.0), reference_divergence(s, t, 1.0))
-    assert value == pytest.approx(expected, rel=1e-9)
-    assert distillation_loss("alpha", torch.tensor(s), torch.tensor(t)).item() == pytest.approx(expected, rel=1e-9)
+def published_grad(student, teacher, alpha, clip):
+    """Per-sample gradient of published_value with respect to the student's logits: with
+    c_i = -(1/alpha) min(w_i, clip) q_i (alpha = 1: c_i = -p_i) and d log q_i / d z_j =
+    [i = j] - q_j, it is c_j - q_j sum_i c_i."""
+    p, q = softmax(teacher), softmax(student)
+    c = -p if abs(alpha - 1) < 1e-3 else -np.minimum((p / q) ** alpha, clip) * q / alpha
+    return c - q * c.sum(1, keepdims=True)
+
+
+def cases():
+    """Random logits; a confident teacher with a near-uniform student; a confident teacher with
+    a confidently wrong student."""
+    g = np.random.default_rng(1)
+    s, t = g.normal(0, 2, (6, 10)), g.normal(0, 2, (6, 10))
+    confident = g.normal(0, 0.5, (6, 10))
+    confident[np.arange(6), np.arange(6)] += 12
+    near_uniform = g.normal(0, 0.1, (6, 10))
+    wrong = g.normal(0, 0.5, (6, 10))
+    wrong[np.arange(6), np.arange(6) + 1] += 10
+    return {"random": (s, t), "near-uniform student": (near_uniform, confident),
+            "confidently wrong student": (wrong, confident)}
+
+
+@pytest.mark.parametrize("case", list(cases()))
+@pytest.mark.parametrize("alpha", [-1.0, -0.5, 0.5, 1.0])
+def test_clipped_value_and_gradient_are_the_published_ones(case, alpha):
+    s, t = cases()[case]
+    value, grad = grad_of(lambda z, u: alpha_divergence(z, u, alpha, clip=5.0), s, t)
+    assert value == pytest.approx(published_value(s, t, alpha, 5.0).mean(), rel=1e-9)
+    np.testing.assert_allclose(grad, published_grad(s, t, alpha, 5.0) / len(s), rtol=1e-8, atol=1e-13)
+    if alpha == 1.0:  # exact KL: the clip changes nothing
+        v2, g2 = grad_of(kl_distillation, s, t)
+        assert value == pytest.approx(v2, rel=1e-12)
+        np.testing.assert_allclose(grad, g2, rtol=1e-10, atol=1e-14)
+
+
+def test_the_clip_is_active_in_these_cases():
+    """(so that the tests above could tell a clipped value from the exact divergence)"""
+    s, t = cases()["near-uniform student"]
+    exact = (softmax(s) * ((softmax(t) / softmax(s)) ** -1.0 - 1)).sum(1) / 2
+    assert exact.max() > 1e3 and published_value(s, t, -1.0, 5.0).max() <= 2.0
+
+
+@pytest.mark.parametrize("case", list(cases()))
+def test_adaptive_picks_per_sample_the_larger_published_divergence(case):
+    s, t = cases()[case]
+    low, high = published_value(s, t, -1.0, 5.0), published_value(s, t, 1.0, 5.0)
+    pick_low = low > high
+    z = torch.tensor(s, requires_grad=True)
+    per_sample = adaptive_alpha_divergence(z, torch.tensor(t), -1.0, 1.0, 5.0, reduction="none")
+    np.testing.assert_allclose(per_sample.detach().numpy(), np.where(pick_low, low, high), rtol=1e-9)
+    per_sample.mean().backward()
+    expected = np.where(pick_low[:, None], published_grad(s, t, -1.0, 5.0),
+                        published_grad(s, t, 1.0, 5.0)) / len(s)
+    np.testing.assert_allclose(z.grad.numpy(), expected, rtol=1e-8, atol=1e-13)
+    if case != "random":  # the published code picks KL for every sample here
+        assert not pick_low.any()
+    else:
+        assert 0 < pick_low.sum() < len(s)  # both alphas are picked: the choice is per sample
+    value = distillation_loss("alpha", torch.tensor(s), torch.tensor(t)).item()
+    assert value == pytest.approx(np.maximum(low, high).mean(), rel=1e-9)
 
 
 def test_teacher_gets_no_gradient(logits):
@@ -114,5 +150,9 @@ def test_bad_inputs_raise():
         kl_distillation(z, torch.zeros(2, 4))
     with pytest.raises(ValueError, match="alpha_min"):
         adaptive_alpha_divergence(z, z, 0.5, 1.0)
+    with pytest.raises(ValueError, match="reduction = 'sum' is not allowed"):
+        adaptive_alpha_divergence(z, z, reduction="sum")
+    with pytest.raises(ValueError, match="clip = 0"):
+        alpha_divergence(z, z, 0.5, clip=0)
     with pytest.raises(ValueError, match="smoothing"):
         smoothed_cross_entropy(z, torch.zeros(2, dtype=torch.long), 1.5)

@@ -234,3 +234,30 @@ def test_default_recipe_on_digits(tmp_path):
     print(f"default recipe: {time.time() - start:.0f} s, {final}")
     assert final["largest_holdout_acc"] >= 0.97
     assert final["smallest_holdout_acc"] >= 0.93
+
+
+def test_the_published_training_details(tiny):
+    """Warm-up from 0.001 x lr, the distillation weight (the step's gradient is linear in it),
+    and the keys' checks."""
+    cfg = config(tiny, warmup_epochs=1.0, epochs=2)
+    factor = train_mod._lr_factor(cfg, steps_per_epoch=10)
+    assert factor(0) == pytest.approx(0.001) and factor(5) == pytest.approx(0.001 + 0.999 * 0.5)
+    assert factor(10) == pytest.approx(1.0)
+
+    space = nasops.SearchSpace.load(tiny)
+    torch.manual_seed(0)
+    net = nasops.Supernet(space)
+    x = torch.randn(8, space.in_channels, 16, 16)
+    y = torch.randint(0, space.num_classes, (8,))
+    largest, smallest = space.encode(space.max_arch()), space.encode(space.min_arch())
+    grads = []
+    for weight in (0.0, 1.0, 2.0):
+        step_cfg = config(tiny, num_sampled=0, dropout=0.0, drop_connect=0.0, kd="alpha",
+                          kd_weight=weight)
+        train_mod.train_step(net, step_cfg, None, largest, smallest, x, y)
+        grads.append(torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[2] - grads[1], grads[1] - grads[0], rtol=1e-4, atol=1e-6)
+    assert (grads[1] - grads[0]).abs().max() > 1e-4
+    for key, value in (("grad_clip_mode", "sign"), ("warmup_start", 1.5), ("kd_weight", -1)):
+        with pytest.raises(ValueError, match=f"{key} = "):
+            config(tiny, **{key: value})

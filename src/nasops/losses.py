@@ -7,10 +7,13 @@ With p the teacher's and q the student's class probabilities, the alpha-divergen
     D_alpha(p || q) = 1 / (alpha (alpha - 1)) * sum_i q_i ((p_i / q_i) ** alpha - 1),
 
 which is KL(p || q) at alpha = 1 and KL(q || p) at alpha = 0 (the limits). AlphaNet (Wang et al.,
-ICML 2021) trains with max(D_alpha-, D_alpha+) for alpha- < 0 < alpha+ (-1 and 1 by default), so
-that a student is penalised both for over- and for under-estimating the teacher's uncertainty,
-and clips the importance weights (p_i / q_i) ** alpha of the gradient at `clip` (5) because they
-explode where the student gives a class almost no probability.
+ICML 2021) trains with max(D_alpha-, D_alpha+) for alpha- < 0 < alpha+ (-1 and 1 by default),
+taken per sample, so that a student is penalised both for over- and for under-estimating the
+teacher's uncertainty. It clips the importance weights w_i = (p_i / q_i) ** alpha at `clip` (5),
+because they explode where the student gives a class almost no probability, in the value (which
+therefore picks the alpha) and in the gradient, -(1 / alpha) sum_i min(w_i, clip) q_i d log q_i.
+At alpha = 1 (within 1e-3) it is plain KL(p || q), unclipped, in value and gradient. These are
+the published code's behaviour (AlphaNet's reference implementation, the f-divergence loss).
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ import torch
 import torch.nn.functional as F
 
 KD_LOSSES = ("kl", "alpha")
+# |alpha - 1| (or |alpha|) below this takes the exact-KL branch, as the published code does
+_EXACT_KL = 1e-3
 
 
 def _check_logits(student: torch.Tensor, teacher: torch.Tensor) -> None:
@@ -44,52 +49,62 @@ def kl_distillation(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tenso
     return (log_p.exp() * (log_p - log_q)).sum(1).mean()
 
 
-def alpha_divergence(student: torch.Tensor, teacher: torch.Tensor, alpha: float,
-                     clip: float | None = None) -> torch.Tensor:
-    """D_alpha(teacher || student) of the softmaxes, mean over the batch (module docstring).
-
-    The value is the divergence itself. The gradient is that of the divergence, except that with
-    `clip` each importance weight (p_i / q_i) ** alpha is first clipped to at most `clip`."""
-    _check_logits(student, teacher)
-    alpha = float(alpha)
+def _alpha_per_sample(student: torch.Tensor, teacher: torch.Tensor, alpha: float,
+                      clip: float | None) -> torch.Tensor:
+    """Per-sample D_alpha(teacher || student) as AlphaNet publishes it: [N] values whose
+    gradient is the loss's (module docstring)."""
     log_p = F.log_softmax(teacher.detach(), dim=1)
     log_q = F.log_softmax(student, dim=1)
-    if alpha == 1.0:  # the limits are the two KL divergences; their gradients are those below
-        value = (log_p.exp() * (log_p - log_q)).sum(1)
-    elif alpha == 0.0:
-        value = (log_q.exp() * (log_q - log_p)).sum(1)
-    else:
-        ratio = torch.exp(alpha * (log_p - log_q))  # (p / q) ** alpha
-        value = (log_q.exp() * (ratio - 1.0)).sum(1) / (alpha * (alpha - 1.0))
-    if clip is None:
-        return value.mean()
-    if not clip > 0:
-        raise ValueError(f"importance-weight clip = {clip!r} must be positive")
-    # d D / d theta = -(1 / alpha) sum_i w_i q_i d(log q_i) / d theta with w_i = (p_i / q_i) ** alpha
-    # (alpha = 0: -sum_i q_i (log p_i - log q_i) d(log q_i) / d theta). A surrogate with that
-    # gradient, w clipped, carries the value of the divergence.
+    if abs(alpha - 1.0) < _EXACT_KL:  # KL(p || q), exact: no importance weight, no clip
+        return (log_p.exp() * (log_p - log_q)).sum(1)
+    q = log_q.exp()
     with torch.no_grad():
-        q = log_q.exp()
-        if alpha == 0.0:
-            coeff = -q * (log_p - log_q)  # (no importance weight to clip)
+        if abs(alpha) < _EXACT_KL:  # KL(q || p) with the ratio p / q clipped
+            log_ratio = log_p - log_q
+            if clip is not None:
+                log_ratio = log_ratio.clamp(max=math.log(clip))
+            value = -(q * log_ratio).sum(1)
+            coeff = -q * log_ratio
         else:
-            weight = torch.exp(alpha * (log_p - log_q)).clamp(max=clip)
+            weight = torch.exp(alpha * (log_p - log_q))  # (p / q) ** alpha
+            if clip is not None:
+                weight = weight.clamp(max=clip)
+            value = (q * (weight - 1.0)).sum(1) / (alpha * (alpha - 1.0))
             coeff = -(weight * q) / alpha
-    surrogate = (coeff * log_q).sum(1).mean()
-    return value.mean().detach() + surrogate - surrogate.detach()
+    # a surrogate with the published gradient, sum_i coeff_i d(log q_i), carrying the value
+    surrogate = (coeff * log_q).sum(1)
+    return value + surrogate - surrogate.detach()
+
+
+def alpha_divergence(student: torch.Tensor, teacher: torch.Tensor, alpha: float,
+                     clip: float | None = None) -> torch.Tensor:
+    """D_alpha(teacher || student) of the softmaxes, mean over the batch, as AlphaNet computes
+    it (module docstring): with `clip`, each importance weight (p_i / q_i) ** alpha is clipped to
+    at most `clip` in the value and in the gradient alike; alpha = 1 is KL(p || q), exact."""
+    _check_logits(student, teacher)
+    if clip is not None and not clip > 0:
+        raise ValueError(f"importance-weight clip = {clip!r} must be positive")
+    return _alpha_per_sample(student, teacher, float(alpha), clip).mean()
 
 
 def adaptive_alpha_divergence(student: torch.Tensor, teacher: torch.Tensor,
                               alpha_min: float = -1.0, alpha_max: float = 1.0,
-                              clip: float = 5.0) -> torch.Tensor:
-    """AlphaNet's loss: the larger of D_alpha_min and D_alpha_max (each a batch mean), clipped
-    importance weights in its gradient."""
+                              clip: float = 5.0, reduction: str = "mean") -> torch.Tensor:
+    """AlphaNet's loss: per sample, the larger of D_alpha_min and D_alpha_max (that one gives
+    the sample's value and gradient), then the mean over the batch (``reduction="none"``: the
+    per-sample values)."""
     if not (-math.inf < alpha_min < 0.0 < alpha_max < math.inf):
         raise ValueError(f"alpha_min = {alpha_min!r} and alpha_max = {alpha_max!r} must satisfy "
                          f"alpha_min < 0 < alpha_max")
-    low = alpha_divergence(student, teacher, alpha_min, clip)
-    high = alpha_divergence(student, teacher, alpha_max, clip)
-    return torch.maximum(low, high)
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction = {reduction!r} is not allowed; allowed: ['mean', 'none']")
+    _check_logits(student, teacher)
+    if not clip > 0:
+        raise ValueError(f"importance-weight clip = {clip!r} must be positive")
+    low = _alpha_per_sample(student, teacher, float(alpha_min), clip)
+    high = _alpha_per_sample(student, teacher, float(alpha_max), clip)
+    per_sample = torch.where(low.detach() > high.detach(), low, high)
+    return per_sample if reduction == "none" else per_sample.mean()
 
 
 def distillation_loss(kind: str, student: torch.Tensor, teacher: torch.Tensor,

@@ -83,12 +83,16 @@ KEYS = {
     "batch_size": (64, "global batch (divided among torchrun ranks)"),
     "lr": (0.1, "peak learning rate (SGD)"),
     "lr_min": (0.0, "learning rate at the end of the cosine schedule"),
-    "warmup_epochs": (1.0, "linear warm-up from 0 over this many epochs"),
+    "warmup_epochs": (1.0, "linear warm-up over this many epochs"),
+    "warmup_start": (0.001, "the warm-up's first learning rate, as a fraction of lr (published: "
+                            "0.001)"),
     "momentum": (0.9, "SGD momentum"),
     "nesterov": (True, "Nesterov momentum"),
     "weight_decay": (5e-5, "on conv and linear weights (not BN, not biases), once per step"),
     "label_smoothing": (0.1, "of the largest sub-network's cross-entropy"),
-    "grad_clip": (5.0, "maximum gradient norm per step (null: no clipping)"),
+    "grad_clip": (5.0, "gradient clipping threshold per step (null: no clipping)"),
+    "grad_clip_mode": ("norm", "norm: the whole gradient's norm; value: each element (the "
+                               "published recipe: value at 1.0)"),
     # sampling
     "strategy": ("uniform", "how the sampled sub-networks are drawn (README: Strategies)"),
     "num_sampled": (2, "sub-networks per step besides the largest and the smallest"),
@@ -98,6 +102,7 @@ KEYS = {
     "n_prior": (200_000, "uniform samples the FLOPs prior and proposal are built from"),
     # distillation
     "kd": ("kl", "distillation of the smaller sub-networks: kl, or alpha (AlphaNet)"),
+    "kd_weight": (1.0, "weight of the distillation loss against the largest's cross-entropy"),
     "alpha_min": (-1.0, "kd alpha: the negative alpha of the adaptive divergence"),
     "alpha_max": (1.0, "kd alpha: the positive alpha of the adaptive divergence"),
     "alpha_clip": (5.0, "kd alpha: clip of the importance weights"),
@@ -201,9 +206,12 @@ def check_config(cfg: dict, source: str = "config") -> dict:
     number("holdout", 0, 1, open_lo=True)
     for key in ("lr", "alpha_clip"):
         number(key, 0, open_lo=True)
-    for key in ("lr_min", "warmup_epochs", "weight_decay"):
+    for key in ("lr_min", "warmup_epochs", "weight_decay", "kd_weight"):
         number(key, 0)
     number("grad_clip", 0, none=True, open_lo=True)
+    number("warmup_start", 0, 1)
+    if cfg["grad_clip_mode"] not in ("norm", "value"):
+        bad("grad_clip_mode", ["norm", "value"])
     for key in ("momentum", "dropout", "drop_connect"):
         number(key, 0, 1)
     number("label_smoothing", 0, 0.999)
@@ -257,14 +265,14 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _lr_factor(cfg: dict, steps_per_epoch: int):
-    """Linear warm-up from 0 over warmup_epochs, then cosine from lr to lr_min."""
+    """Linear warm-up from warmup_start x lr over warmup_epochs, then cosine from lr to lr_min."""
     total = cfg["epochs"] * steps_per_epoch
     warm = min(int(round(cfg["warmup_epochs"] * steps_per_epoch)), total)
     floor = cfg["lr_min"] / cfg["lr"]
 
     def factor(step: int) -> float:
         if step < warm:
-            return (step + 1) / warm
+            return cfg["warmup_start"] + (1 - cfg["warmup_start"]) * step / warm
         progress = (step - warm) / max(1, total - warm)
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return factor
@@ -490,7 +498,9 @@ def _loop(cfg, run_dir, resume_at, net, optimizer, scheduler, strategy, stream, 
                         f"{finite.tolist()}); the run stopped before the optimizer step, and "
                         f"{ckpt_path} holds the last good state (lower lr or check the data)")
                 dist.average_gradients(net.parameters())
-                if cfg["grad_clip"] is not None:
+                if cfg["grad_clip"] is not None and cfg["grad_clip_mode"] == "value":
+                    torch.nn.utils.clip_grad_value_(net.parameters(), cfg["grad_clip"])
+                elif cfg["grad_clip"] is not None:
                     torch.nn.utils.clip_grad_norm_(net.parameters(), cfg["grad_clip"])
                 optimizer.step()
                 scheduler.step()
@@ -570,7 +580,8 @@ def train_step(net: Supernet, cfg: dict, strategy: Strategy, largest, smallest, 
                 for arch in candidates:
                     net.set_active(arch)
                     logits = net(resize_batch(x, net.active_arch.resolution))
-                    out.append(torch.nn.functional.cross_entropy(logits, y))
+                    # the largest's loss, as the published code scores candidates
+                    out.append(smoothed_cross_entropy(logits, y, cfg["label_smoothing"]))
             finally:
                 net.dropout, net.drop_connect = saved
         return (dist.all_reduce_sum(torch.stack(out)) / world).cpu().numpy()
@@ -589,8 +600,9 @@ def train_step(net: Supernet, cfg: dict, strategy: Strategy, largest, smallest, 
             loss = smoothed_cross_entropy(logits, y, cfg["label_smoothing"])
             teacher = logits.detach()
         else:
-            loss = distillation_loss(cfg["kd"], logits, teacher, cfg["alpha_min"],
-                                     cfg["alpha_max"], cfg["alpha_clip"])
+            loss = cfg["kd_weight"] * distillation_loss(cfg["kd"], logits, teacher,
+                                                        cfg["alpha_min"], cfg["alpha_max"],
+                                                        cfg["alpha_clip"])
         loss.backward()
         losses.append(loss.detach().cpu())
     sampled_mean = torch.stack(losses[2:]).mean() if len(losses) > 2 else torch.tensor(0.0)
