@@ -21,6 +21,7 @@ end ``final.json``: the held-out and test accuracy of the smallest and largest s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -377,21 +378,25 @@ class _RunLog:
             self.events.close()
 
 
-def _train(cfg, run_dir, resume, progress, stop_after_steps) -> dict:
-    device = dist.init_from_env()
-    rank, world = dist.rank(), dist.world_size()
-    ckpt_path = os.path.join(run_dir, "checkpoint.pt")
-    ckpt = load_checkpoint(ckpt_path) if resume else None
-    if ckpt is not None and ckpt["config"] != cfg:
-        raise ValueError(f"{ckpt_path} was written with another config; resume continues the "
-                         f"same run (see {os.path.join(run_dir, 'config.yaml')})")
+@dataclasses.dataclass
+class Run:
+    """What a training run is made of, as build_run sets it up from a recipe."""
+    splits: object
+    stream: BatchStream
+    space: SearchSpace
+    net: Supernet
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    strategy: Strategy
 
+
+def build_run(cfg: dict, device: torch.device | str = "cpu", rank: int = 0, world: int = 1) -> Run:
+    """Seeds every generator from cfg["seed"], then builds the data, the supernet (initialised
+    under that seed), the optimizer, the schedule and the strategy of a run (also used by
+    benchmarks/kd_diagnosis.py)."""
     random.seed(cfg["seed"])
     np.random.seed(cfg["seed"] % 2**32)
     torch.manual_seed(cfg["seed"])
-
-    # Everything that can fail on a bad recipe, file or dataset runs before the run directory
-    # is made, so a run that cannot start leaves nothing behind.
     splits = splits_of(cfg)
     stream = BatchStream(splits.train, cfg["batch_size"], splits.mean, splits.std, cfg["seed"],
                          cfg["augment"], cfg["flip"], rank, world)
@@ -401,18 +406,34 @@ def _train(cfg, run_dir, resume, progress, stop_after_steps) -> dict:
         net.zero_init_residual_()
     if world > 1 and cfg["sync_bn"]:
         sync_batchnorm(net, torch.distributed.group.WORLD)
-
     decay = [p for p in net.parameters() if p.dim() > 1]
     no_decay = [p for p in net.parameters() if p.dim() <= 1]  # BN and biases
     optimizer = torch.optim.SGD([{"params": decay, "weight_decay": cfg["weight_decay"]},
                                  {"params": no_decay, "weight_decay": 0.0}],
                                 lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["nesterov"])
-    steps_per_epoch = stream.steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg, steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg, stream.steps_per_epoch))
     predictor = AccuracyPredictor.load(cfg["predictor"], space) if cfg["predictor"] else None
     strategy = Strategy(cfg["strategy"], space, seed=cfg["seed"], predictor=predictor,
                         uniform_bins=cfg["target_bins"] == "uniform", pool_size=cfg["pool_size"],
                         n_prior=cfg["n_prior"])
+    return Run(splits, stream, space, net, optimizer, scheduler, strategy)
+
+
+def _train(cfg, run_dir, resume, progress, stop_after_steps) -> dict:
+    device = dist.init_from_env()
+    rank, world = dist.rank(), dist.world_size()
+    ckpt_path = os.path.join(run_dir, "checkpoint.pt")
+    ckpt = load_checkpoint(ckpt_path) if resume else None
+    if ckpt is not None and ckpt["config"] != cfg:
+        raise ValueError(f"{ckpt_path} was written with another config; resume continues the "
+                         f"same run (see {os.path.join(run_dir, 'config.yaml')})")
+
+    # Everything that can fail on a bad recipe, file or dataset runs before the run directory
+    # is made, so a run that cannot start leaves nothing behind.
+    run = build_run(cfg, device, rank, world)
+    splits, stream, space, net = run.splits, run.stream, run.space, run.net
+    optimizer, scheduler, strategy = run.optimizer, run.scheduler, run.strategy
+    steps_per_epoch = stream.steps_per_epoch
 
     if rank == 0:
         os.makedirs(run_dir, exist_ok=True)
