@@ -2,15 +2,16 @@
 cross-entropy (CE) and the distillation of the smaller sub-networks (KD) each send into the
 shared weights, step by step, for the first steps of a training run.
 
-    python benchmarks/kd_diagnosis.py [--steps 140] [--variants kl alpha alpha-0.1] [key=value ...]
+    python benchmarks/kd_diagnosis.py [--steps 140] [--variants ...] [key=value ...]
 
 Each variant trains the recipe (default: digits) from the same seed with the real training step
 (nasops.train.train_step); every step is run twice on the same batch and sub-networks, once with
 the distillation weighted 0 (the CE part) and once as configured (the whole), so the KD part is
 their difference. Reported over the last 40 steps: the largest's mean loss, the mean norms of
-both parts and their mean cosine. Variants: "kl", "alpha" (AlphaNet's published loss), and
-"alpha-0.1" (nasops 0.1's loss, kept here as the "before": the exact divergence picks alpha, KL
-clipped, one choice per batch). key=value pairs override the recipe (e.g. kd_weight=0.6).
+both parts and their mean cosine. Variants (VARIANTS): "kl"; "alpha-0.1", the before: nasops
+0.1's loss (the exact divergence picks alpha, KL clipped, one choice per batch) at weight 1;
+"alpha-1", AlphaNet's published loss at the published weight 1; "alpha", the published loss at
+nasops's default weight for it (0.5). key=value pairs override the recipe.
 JSON in benchmarks/results/kd_diagnosis.json.
 """
 import argparse
@@ -46,6 +47,11 @@ def loss_of_nasops_0_1(student, teacher, alpha_min=-1.0, alpha_max=1.0, clip=5.0
         surrogate = (coeff * log_q).sum(1).mean()
         return value.detach() + surrogate - surrogate.detach()
     return torch.maximum(one(alpha_min), one(alpha_max))
+
+
+# name: (kd, kd_weight (None: the recipe's), nasops 0.1's loss instead of the published one)
+VARIANTS = {"kl": ("kl", None, False), "alpha-0.1": ("alpha", 1.0, True),
+            "alpha-1": ("alpha", 1.0, False), "alpha": ("alpha", None, False)}
 
 
 class _Fixed:
@@ -86,10 +92,7 @@ def diagnose(cfg: dict, steps: int, window: int) -> dict:
         rows.append({"loss_largest": float(step_losses[0]), "ce_norm": float(ce.norm()),
                      "kd_norm": float(kd.norm()),
                      "cosine": float(F.cosine_similarity(ce, kd, dim=0))})
-        if cfg["grad_clip"] is not None and cfg["grad_clip_mode"] == "value":
-            torch.nn.utils.clip_grad_value_(net.parameters(), cfg["grad_clip"])
-        elif cfg["grad_clip"] is not None:
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg["grad_clip"])
+        train_mod.clip_gradients(net, cfg)
         run.optimizer.step()
         run.scheduler.step()
     last = rows[-window:]
@@ -105,8 +108,7 @@ def main() -> int:
     parser.add_argument("--recipe", default="digits")
     parser.add_argument("--steps", type=int, default=140)
     parser.add_argument("--window", type=int, default=40)
-    parser.add_argument("--variants", nargs="+", default=["kl", "alpha", "alpha-0.1"],
-                        choices=["kl", "alpha", "alpha-0.1"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "kd_diagnosis.json"))
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args()
@@ -114,9 +116,10 @@ def main() -> int:
     results = {}
     original = losses.adaptive_alpha_divergence
     for variant in args.variants:
-        cfg = train_mod.check_config(dict(base, kd="kl" if variant == "kl" else "alpha"))
-        losses.adaptive_alpha_divergence = (loss_of_nasops_0_1 if variant == "alpha-0.1"
-                                            else original)
+        kd, weight, old_loss = VARIANTS[variant]
+        cfg = train_mod.check_config(dict(base, kd=kd, **({} if weight is None else
+                                                            {"kd_weight": weight})))
+        losses.adaptive_alpha_divergence = loss_of_nasops_0_1 if old_loss else original
         start = time.perf_counter()
         try:
             results[variant] = diagnose(cfg, args.steps, args.window)

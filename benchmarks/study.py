@@ -2,6 +2,7 @@
 
     python benchmarks/study.py                  # Fashion-MNIST, small space, about 100 min on 2 cores
     python benchmarks/study.py --ci --space PATH --out DIR --runs-dir DIR   # minutes, for tests
+    python benchmarks/study.py --only bestup-3-loss bestup-3-loss-alpha      # some runs' rows
 
 Trains one supernet per strategy with the same recipe, budget and seed (uniform, bestup-3-loss,
 worstup-3-loss, bestup-50-acc, worstup-50-acc, balanced, all with kd: kl; bestup-3-loss with
@@ -217,6 +218,22 @@ class Study:
         log(f"done: {self.out}")
         return summary
 
+    def some(self, names: list[str]) -> str:
+        """Trains and measures only the named runs (no search, no summary, nothing in --out);
+        returns their rows: training minutes, the largest's and smallest's held-out accuracy
+        and the mean over the study's sub-networks."""
+        rows = ["| run | train min | largest | smallest | mean |", "|---|---|---|---|---|"]
+        for name in names:
+            self.train(name)
+            run = self.run_dir(name)
+            acc = self.measure(os.path.join(run, "checkpoint.pt"),
+                               os.path.join(run, "study_evals.json"))
+            final = read_json(os.path.join(run, "final.json"))
+            minutes = read_json(os.path.join(run, "study_times.json"))["train_s"] / 60
+            rows.append(f"| {name} | {minutes:.1f} | {100 * final['largest_holdout_acc']:.1f} | "
+                        f"{100 * final['smallest_holdout_acc']:.1f} | {100 * acc.mean():.1f} |")
+        return "\n".join(rows)
+
     def summarize(self) -> dict:
         evals = {n: read_json(os.path.join(self.run_dir(n), "study_evals.json")) for n in RUNS}
         mflops = np.asarray(evals["uniform"]["mflops"])
@@ -353,6 +370,9 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", help="Fashion-MNIST directory (default: the Debian one)")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "study"))
     parser.add_argument("--runs-dir", default=os.path.join(ROOT, "benchmarks", "study_runs"))
+    parser.add_argument("--only", nargs="+", choices=list(RUNS), metavar="RUN",
+                        help="train and measure only these runs and print their rows (no search, "
+                             f"no summary); runs: {', '.join(RUNS)}")
     args = parser.parse_args(argv)
     base, study = (dict(CI), dict(CI_STUDY)) if args.ci else (dict(FULL), dict(FULL_STUDY))
     if args.space:
@@ -360,7 +380,10 @@ def main(argv=None) -> int:
     if args.data_dir:
         base["data_dir"] = args.data_dir
     try:
-        Study(base, study, args.runs_dir, args.out).run()
+        if args.only:
+            print(Study(base, study, args.runs_dir, args.out).some(args.only))
+        else:
+            Study(base, study, args.runs_dir, args.out).run()
     except Interrupted as e:
         print(f"study: {e}", file=sys.stderr)
         return 130

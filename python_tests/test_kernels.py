@@ -194,3 +194,36 @@ def test_cuda_matches_float64(shape, dtype, tol):
     assert rel_err(out, expected) < tol
     assert rel_err(x.grad, xr.grad) < tol
     assert rel_err(weight.grad, wr.grad) < tol
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cpu_autocast_computes_in_float32(isa, dtype):
+    """Under CPU autocast the op gets what autocast's convolutions hand it, a low-precision input
+    beside the float32 shared weight, and computes in float32 (the CPU kernels' dtype)."""
+    x, weight, k, s = make((2, 5, 8, 9, 9, 3, 7, 2))
+    x = x.to(dtype).requires_grad_(True)
+    weight.requires_grad_(True)
+    with torch.autocast("cpu", dtype=dtype):
+        out = torch.ops.nasops.dw_conv2d(x, weight, k, s)
+    assert out.dtype == torch.float32
+    xr, wr = x.detach().double().requires_grad_(True), weight.detach().double().requires_grad_(True)
+    expected = reference(xr, wr, k, s)
+    assert rel_err(out, expected) < 1e-5
+    grad = torch.randn_like(expected)
+    out.backward(grad.float())
+    expected.backward(grad)
+    assert x.grad.dtype == dtype and rel_err(x.grad, xr.grad) < 1e-2  # rounded to dtype
+    assert weight.grad.dtype == torch.float32 and rel_err(weight.grad, wr.grad) < 1e-5
+    # outside autocast the same mixed call is refused: the autocast rule is what casts it
+    with pytest.raises(TypeError, match="differs from weight dtype"):
+        torch.ops.nasops.dw_conv2d(x, weight, k, s)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_autocast_runs_in_the_autocast_dtype(dtype):
+    x, weight, k, s = make((2, 5, 8, 9, 9, 3, 7, 2), device="cuda")
+    with torch.autocast("cuda", dtype=dtype):
+        out = torch.ops.nasops.dw_conv2d(x, weight, k, s)
+    assert out.dtype == dtype
+    assert rel_err(out, reference(x.to(dtype), weight.to(dtype), k, s)) < 2e-2

@@ -12,7 +12,7 @@ import study  # noqa: E402
 
 
 @pytest.mark.slow
-def test_ci_sized_study(tiny, tmp_path):
+def test_ci_sized_study(tiny, tmp_path, capsys):
     out, runs = tmp_path / "out", tmp_path / "runs"
     args = ["--ci", "--space", tiny, "--out", str(out), "--runs-dir", str(runs)]
     assert study.main(args) == 0
@@ -45,3 +45,14 @@ def test_ci_sized_study(tiny, tmp_path):
     assert {p: os.path.getmtime(p) for p in runs.glob("*/checkpoint.pt")} == stamps
     again = json.loads((out / "summary.json").read_text())
     assert again["runs"] == summary["runs"]
+    # --only: the rows of some runs, from what is on disk, as the summary has them
+    capsys.readouterr()
+    assert study.main(args + ["--only", "uniform", "balanced"]) == 0
+    rows = capsys.readouterr().out
+    for name in ("uniform", "balanced"):
+        run = summary["runs"][name]
+        assert (f"| {name} | {run['train_s'] / 60:.1f} | "
+                f"{100 * run['final']['largest_holdout_acc']:.1f} | "
+                f"{100 * run['final']['smallest_holdout_acc']:.1f} | "
+                f"{100 * run['mean_acc']:.1f} |") in rows, rows
+    assert {p: os.path.getmtime(p) for p in runs.glob("*/checkpoint.pt")} == stamps

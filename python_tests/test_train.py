@@ -54,6 +54,43 @@ def test_resume_gives_the_uninterrupted_weights(tiny, tmp_path):
     assert [l["step"] for l in lines if "lr" in l] == list(range(1, 19))  # no step lost or repeated
 
 
+def test_mixed_precision_resumes_and_stays_close_to_float32(tiny, tmp_path):
+    """amp: fp16 (autocast + loss scaling) with channels-last weights and batches: a resumed run
+    ends on the uninterrupted run's weights (the scaler's state is in the checkpoint); one
+    bf16 step's gradient is close to, but not, float32's."""
+    cfg = config(tiny, amp="fp16", channels_last=True, epochs=1)
+    train_mod.train(cfg, str(tmp_path / "full"), progress=False)
+    assert train_mod.train(cfg, str(tmp_path / "part"), progress=False,
+                           stop_after_steps=4) == {"interrupted": 4}
+    ckpt = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
+    assert ckpt["scaler"]["scale"] > 1  # fp16's loss scale, saved
+    train_mod.train(cfg, str(tmp_path / "part"), resume=True, progress=False)
+    assert_same_weights(weights(tmp_path / "full"), weights(tmp_path / "part"))
+
+    space = nasops.SearchSpace.load(tiny, in_channels=3)  # (1 channel: either layout)
+    x = torch.randn(8, space.in_channels, 16, 16)
+    y = torch.randint(0, space.num_classes, (8,))
+    largest, smallest = space.encode(space.max_arch()), space.encode(space.min_arch())
+    grads, layouts = {}, []
+    for variant in ({"amp": "none"}, {"amp": "bf16"}, {"channels_last": True}):
+        torch.manual_seed(0)
+        net = nasops.Supernet(space)
+        net.stem_bn.register_forward_pre_hook(lambda _, args: layouts.append(
+            (args[0].is_contiguous(), args[0].is_contiguous(memory_format=torch.channels_last))))
+        step_cfg = config(tiny, num_sampled=0, dropout=0.0, drop_connect=0.0, **variant)
+        train_mod.train_step(net, step_cfg, None, largest, smallest, x, y)
+        grads[str(variant)] = torch.cat([p.grad.flatten() for p in net.parameters()
+                                         if p.grad is not None])
+    fp32, bf16, last = grads.values()
+    cosine = torch.nn.functional.cosine_similarity(fp32, bf16, dim=0)
+    assert 0.98 < cosine < 1 - 1e-7, cosine
+    torch.testing.assert_close(last, fp32, rtol=1e-4, atol=1e-6)  # the same math
+    assert layouts[:4] == [(True, False)] * 4 and layouts[4:] == [(False, True)] * 2
+    for key, value in (("amp", "fp8"), ("channels_last", "yes")):
+        with pytest.raises(ValueError, match=f"{key} = "):
+            config(tiny, **{key: value})
+
+
 def test_sigterm_saves_and_resume_finishes(tiny, tmp_path):
     cfg = config(tiny, epochs=6)
     recipe = tmp_path / "recipe.yaml"
@@ -250,14 +287,24 @@ def test_the_published_training_details(tiny):
     x = torch.randn(8, space.in_channels, 16, 16)
     y = torch.randint(0, space.num_classes, (8,))
     largest, smallest = space.encode(space.max_arch()), space.encode(space.min_arch())
-    grads = []
+    grads, reported = [], []
     for weight in (0.0, 1.0, 2.0):
         step_cfg = config(tiny, num_sampled=0, dropout=0.0, drop_connect=0.0, kd="alpha",
                           kd_weight=weight)
-        train_mod.train_step(net, step_cfg, None, largest, smallest, x, y)
+        losses, _ = train_mod.train_step(net, step_cfg, None, largest, smallest, x, y)
         grads.append(torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None]))
+        reported.append(losses)
     torch.testing.assert_close(grads[2] - grads[1], grads[1] - grads[0], rtol=1e-4, atol=1e-6)
     assert (grads[1] - grads[0]).abs().max() > 1e-4
+    # the distillation loss is reported unweighted
+    torch.testing.assert_close(reported[0], reported[2], rtol=1e-5, atol=1e-7)
+    # kd_weight null: the loss's own default, alpha 0.5 (the gradient halfway between 0 and 1)
+    default_cfg = config(tiny, num_sampled=0, dropout=0.0, drop_connect=0.0, kd="alpha")
+    assert default_cfg["kd_weight"] is None
+    train_mod.train_step(net, default_cfg, None, largest, smallest, x, y)
+    torch.testing.assert_close(
+        torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None]),
+        (grads[0] + grads[1]) / 2, rtol=1e-4, atol=1e-6)
     for key, value in (("grad_clip_mode", "sign"), ("warmup_start", 1.5), ("kd_weight", -1)):
         with pytest.raises(ValueError, match=f"{key} = "):
             config(tiny, **{key: value})

@@ -1,6 +1,8 @@
 // Schemas of the torch.ops.nasops depthwise operators and their shared argument checks.
 #include "dw_conv2d.h"
 
+#include <ATen/autocast_mode.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
@@ -50,4 +52,38 @@ TORCH_LIBRARY(nasops, m) {
         "int stride) -> Tensor");
   m.def("dw_conv2d_grad_weight(Tensor grad_output, Tensor input, Tensor weight, int kernel_size, "
         "int stride) -> Tensor");
+}
+
+namespace {
+
+// Under autocast, both arguments are cast to one dtype that the device's kernels have: float32
+// on CPU (its kernels are float32 / float64 only), the autocast dtype (float16 or bfloat16) on
+// CUDA. Without this rule autocast would hand the op a low-precision input beside the float32
+// shared weight.
+template <c10::DeviceType device, c10::DispatchKey autocast_key>
+at::Tensor dw_conv2d_autocast(const at::Tensor& input, const at::Tensor& weight,
+                              int64_t kernel_size, int64_t stride) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(autocast_key);
+  const at::ScalarType dtype =
+      device == c10::DeviceType::CPU
+          ? at::kFloat
+          : at::autocast::get_lower_precision_fp_from_device_type(device);
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("nasops::dw_conv2d", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t)>();
+  return op.call(at::autocast::cached_cast(dtype, input, device),
+                 at::autocast::cached_cast(dtype, weight, device), kernel_size, stride);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(nasops, AutocastCPU, m) {
+  m.impl("dw_conv2d",
+         &dw_conv2d_autocast<c10::DeviceType::CPU, c10::DispatchKey::AutocastCPU>);
+}
+
+TORCH_LIBRARY_IMPL(nasops, AutocastCUDA, m) {
+  m.impl("dw_conv2d",
+         &dw_conv2d_autocast<c10::DeviceType::CUDA, c10::DispatchKey::AutocastCUDA>);
 }

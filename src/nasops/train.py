@@ -54,6 +54,9 @@ from .space import SearchSpace
 
 log = logging.getLogger("nasops.train")
 
+# amp key -> autocast dtype of the training forwards
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 # Every recipe key: its default and what it does. A recipe file or a key=value override sets any.
 KEYS = {
     "recipe": ("digits", "name of the recipe these values start from (set by --recipe)"),
@@ -78,6 +81,9 @@ KEYS = {
     "zero_init_residual": (False, "start each block as its residual path (zero scale of its "
                                   "last BN), as the published models do"),
     "dw_backend": ("nasops", "depthwise convolution: nasops (the kernels) or torch (reference)"),
+    "amp": ("none", "mixed precision of the training forwards: none, bf16 or fp16 (autocast; "
+                    "fp16 with a gradient scaler); losses and evaluation stay float32"),
+    "channels_last": (False, "channels-last memory format for the supernet and its batches"),
     "sync_bn": (True, "under torchrun: BN statistics over all ranks"),
     # optimisation
     "epochs": (12, "training epochs"),
@@ -103,7 +109,8 @@ KEYS = {
     "n_prior": (200_000, "uniform samples the FLOPs prior and proposal are built from"),
     # distillation
     "kd": ("kl", "distillation of the smaller sub-networks: kl, or alpha (AlphaNet)"),
-    "kd_weight": (1.0, "weight of the distillation loss against the largest's cross-entropy"),
+    "kd_weight": (None, "weight of the distillation loss against the largest's cross-entropy "
+                        "(null: the loss's default, kl 1.0 as published, alpha 0.5 as measured)"),
     "alpha_min": (-1.0, "kd alpha: the negative alpha of the adaptive divergence"),
     "alpha_max": (1.0, "kd alpha: the positive alpha of the adaptive divergence"),
     "alpha_clip": (5.0, "kd alpha: clip of the importance weights"),
@@ -207,8 +214,9 @@ def check_config(cfg: dict, source: str = "config") -> dict:
     number("holdout", 0, 1, open_lo=True)
     for key in ("lr", "alpha_clip"):
         number(key, 0, open_lo=True)
-    for key in ("lr_min", "warmup_epochs", "weight_decay", "kd_weight"):
+    for key in ("lr_min", "warmup_epochs", "weight_decay"):
         number(key, 0)
+    number("kd_weight", 0, none=True)
     number("grad_clip", 0, none=True, open_lo=True)
     number("warmup_start", 0, 1)
     if cfg["grad_clip_mode"] not in ("norm", "value"):
@@ -225,6 +233,9 @@ def check_config(cfg: dict, source: str = "config") -> dict:
         flag(key)
     if cfg["kd"] not in KD_LOSSES:
         bad("kd", list(KD_LOSSES))
+    if cfg["amp"] not in AMP_DTYPES:
+        bad("amp", list(AMP_DTYPES))
+    flag("channels_last")
     if cfg["dw_backend"] not in BACKENDS:
         bad("dw_backend", list(BACKENDS))
     if cfg["normalization"] not in NORMALIZATIONS:
@@ -277,6 +288,14 @@ def _lr_factor(cfg: dict, steps_per_epoch: int):
         progress = (step - warm) / max(1, total - warm)
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return factor
+
+
+def clip_gradients(net: torch.nn.Module, cfg: dict) -> None:
+    """grad_clip by the whole gradient's norm or by each element's value (grad_clip_mode)."""
+    if cfg["grad_clip"] is not None and cfg["grad_clip_mode"] == "value":
+        torch.nn.utils.clip_grad_value_(net.parameters(), cfg["grad_clip"])
+    elif cfg["grad_clip"] is not None:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg["grad_clip"])
 
 
 def build_space(cfg: dict, splits) -> SearchSpace:
@@ -388,6 +407,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     strategy: Strategy
+    scaler: torch.amp.GradScaler  # amp: fp16's loss scaling (disabled otherwise: a no-op)
 
 
 def build_run(cfg: dict, device: torch.device | str = "cpu", rank: int = 0, world: int = 1) -> Run:
@@ -404,6 +424,8 @@ def build_run(cfg: dict, device: torch.device | str = "cpu", rank: int = 0, worl
     net = Supernet(space, dropout=cfg["dropout"], drop_connect=cfg["drop_connect"]).to(device)
     if cfg["zero_init_residual"]:
         net.zero_init_residual_()
+    if cfg["channels_last"]:
+        net.to(memory_format=torch.channels_last)
     if world > 1 and cfg["sync_bn"]:
         sync_batchnorm(net, torch.distributed.group.WORLD)
     decay = [p for p in net.parameters() if p.dim() > 1]
@@ -416,7 +438,8 @@ def build_run(cfg: dict, device: torch.device | str = "cpu", rank: int = 0, worl
     strategy = Strategy(cfg["strategy"], space, seed=cfg["seed"], predictor=predictor,
                         uniform_bins=cfg["target_bins"] == "uniform", pool_size=cfg["pool_size"],
                         n_prior=cfg["n_prior"])
-    return Run(splits, stream, space, net, optimizer, scheduler, strategy)
+    scaler = torch.amp.GradScaler(torch.device(device).type, enabled=cfg["amp"] == "fp16")
+    return Run(splits, stream, space, net, optimizer, scheduler, strategy, scaler)
 
 
 def _train(cfg, run_dir, resume, progress, stop_after_steps) -> dict:
@@ -432,7 +455,7 @@ def _train(cfg, run_dir, resume, progress, stop_after_steps) -> dict:
     # is made, so a run that cannot start leaves nothing behind.
     run = build_run(cfg, device, rank, world)
     splits, stream, space, net = run.splits, run.stream, run.space, run.net
-    optimizer, scheduler, strategy = run.optimizer, run.scheduler, run.strategy
+    optimizer, scheduler, strategy, scaler = run.optimizer, run.scheduler, run.strategy, run.scaler
     steps_per_epoch = stream.steps_per_epoch
 
     if rank == 0:
@@ -446,6 +469,8 @@ def _train(cfg, run_dir, resume, progress, stop_after_steps) -> dict:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         strategy.load_state_dict(ckpt["strategy"])
+        if "scaler" in ckpt:  # (written since amp exists)
+            scaler.load_state_dict(ckpt["scaler"])
         _set_rng_state(ckpt["rng"])
         epoch, step = ckpt["epoch"], ckpt["step"]
         if rank == 0:
@@ -460,15 +485,15 @@ def _train(cfg, run_dir, resume, progress, stop_after_steps) -> dict:
                 "epoch": epoch_, "step": step_, "finished": finished,
                 "model": net.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "strategy": strategy.state_dict(),
-                "rng": _rng_state()})
+                "scaler": scaler.state_dict(), "rng": _rng_state()})
         dist.barrier()
 
     run_log = _RunLog(run_dir, rank == 0)
     try:
         return _loop(cfg, run_dir, resume_at=(epoch, step), net=net, optimizer=optimizer,
-                     scheduler=scheduler, strategy=strategy, stream=stream, splits=splits,
-                     space=space, device=device, run_log=run_log, checkpoint=checkpoint,
-                     progress=progress, stop_after_steps=stop_after_steps)
+                     scheduler=scheduler, scaler=scaler, strategy=strategy, stream=stream,
+                     splits=splits, space=space, device=device, run_log=run_log,
+                     checkpoint=checkpoint, progress=progress, stop_after_steps=stop_after_steps)
     finally:
         run_log.close()
 
@@ -479,8 +504,8 @@ def _write_text(path: str, text: str) -> None:
     os.replace(path + ".tmp", path)
 
 
-def _loop(cfg, run_dir, resume_at, net, optimizer, scheduler, strategy, stream, splits, space,
-          device, run_log, checkpoint, progress, stop_after_steps) -> dict:
+def _loop(cfg, run_dir, resume_at, net, optimizer, scheduler, scaler, strategy, stream, splits,
+          space, device, run_log, checkpoint, progress, stop_after_steps) -> dict:
     """The epochs from `resume_at` (epoch, step) on, then the final evaluation. Messages,
     the progress bar and metrics.jsonl count steps (global) and epochs from 1."""
     rank, world = dist.rank(), dist.world_size()
@@ -508,7 +533,7 @@ def _loop(cfg, run_dir, resume_at, net, optimizer, scheduler, strategy, stream, 
                 where = f"step {global_step}/{total_steps} (epoch {epoch + 1}/{epochs})"
                 x, y = stream.batch(epoch, step)
                 x, y = x.to(device), y.to(device)
-                losses, archs = train_step(net, cfg, strategy, largest, smallest, x, y)
+                losses, archs = train_step(net, cfg, strategy, largest, smallest, x, y, scaler)
                 if not dist.all_equal(zlib.crc32(archs.tobytes()), device):
                     raise RuntimeError(f"ranks drew different sub-networks at {where}: their "
                                        f"strategies are out of step")
@@ -519,11 +544,10 @@ def _loop(cfg, run_dir, resume_at, net, optimizer, scheduler, strategy, stream, 
                         f"{finite.tolist()}); the run stopped before the optimizer step, and "
                         f"{ckpt_path} holds the last good state (lower lr or check the data)")
                 dist.average_gradients(net.parameters())
-                if cfg["grad_clip"] is not None and cfg["grad_clip_mode"] == "value":
-                    torch.nn.utils.clip_grad_value_(net.parameters(), cfg["grad_clip"])
-                elif cfg["grad_clip"] is not None:
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg["grad_clip"])
-                optimizer.step()
+                scaler.unscale_(optimizer)  # (clipping sees the true gradient)
+                clip_gradients(net, cfg)
+                scaler.step(optimizer)  # (fp16: skipped when a gradient overflowed)
+                scaler.update()
                 scheduler.step()
                 step += 1
                 steps_this_call += 1
@@ -585,9 +609,22 @@ def _loop(cfg, run_dir, resume_at, net, optimizer, scheduler, strategy, stream, 
     return final
 
 
-def train_step(net: Supernet, cfg: dict, strategy: Strategy, largest, smallest, x, y):
-    """Forward and backward of the sandwich on one batch (gradients accumulate in .grad; the
-    caller steps). Returns the losses [largest, smallest, mean of sampled] (detached, CPU) and
+def forward_active(net: Supernet, cfg: dict, x: torch.Tensor) -> torch.Tensor:
+    """The active sub-network's logits (float32) on batch x resized to its resolution, in the
+    recipe's memory format and mixed precision."""
+    x = resize_batch(x, net.active_arch.resolution)
+    if cfg["channels_last"]:
+        x = x.contiguous(memory_format=torch.channels_last)
+    dtype = AMP_DTYPES[cfg["amp"]]
+    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+        return net(x).float()
+
+
+def train_step(net: Supernet, cfg: dict, strategy: Strategy, largest, smallest, x, y,
+               scaler: torch.amp.GradScaler | None = None):
+    """Forward and backward of the sandwich on one batch (gradients accumulate in .grad, scaled
+    by `scaler` if given; the caller steps); the distillation is weighted by kd_weight. Returns
+    the losses [largest, smallest, mean of sampled] (detached, CPU, distillation unweighted) and
     the encoded sub-networks trained [N, D]."""
     world = dist.world_size()
 
@@ -600,13 +637,14 @@ def train_step(net: Supernet, cfg: dict, strategy: Strategy, largest, smallest, 
             try:
                 for arch in candidates:
                     net.set_active(arch)
-                    logits = net(resize_batch(x, net.active_arch.resolution))
+                    logits = forward_active(net, cfg, x)
                     # the largest's loss, as the published code scores candidates
                     out.append(smoothed_cross_entropy(logits, y, cfg["label_smoothing"]))
             finally:
                 net.dropout, net.drop_connect = saved
         return (dist.all_reduce_sum(torch.stack(out)) / world).cpu().numpy()
 
+    kd_weight = KD_LOSSES[cfg["kd"]] if cfg["kd_weight"] is None else cfg["kd_weight"]
     sampled = strategy.sample(cfg["num_sampled"], batch_losses) if cfg["num_sampled"] else []
     archs = np.stack([largest, smallest, *sampled])
     net.zero_grad(set_to_none=True)
@@ -616,15 +654,16 @@ def train_step(net: Supernet, cfg: dict, strategy: Strategy, largest, smallest, 
         first = i == 0
         net.dropout = cfg["dropout"] if first else 0.0  # regularise only the largest
         net.drop_connect = cfg["drop_connect"] if first else 0.0
-        logits = net(resize_batch(x, net.active_arch.resolution))
+        logits = forward_active(net, cfg, x)
         if first:
             loss = smoothed_cross_entropy(logits, y, cfg["label_smoothing"])
             teacher = logits.detach()
+            weighted = loss
         else:
-            loss = cfg["kd_weight"] * distillation_loss(cfg["kd"], logits, teacher,
-                                                        cfg["alpha_min"], cfg["alpha_max"],
-                                                        cfg["alpha_clip"])
-        loss.backward()
+            loss = distillation_loss(cfg["kd"], logits, teacher, cfg["alpha_min"],
+                                     cfg["alpha_max"], cfg["alpha_clip"])
+            weighted = kd_weight * loss
+        (weighted if scaler is None else scaler.scale(weighted)).backward()
         losses.append(loss.detach().cpu())
     sampled_mean = torch.stack(losses[2:]).mean() if len(losses) > 2 else torch.tensor(0.0)
     return torch.stack([losses[0], losses[1], sampled_mean]).double(), archs
