@@ -23,12 +23,11 @@ EVAL_CROP = 0.875  # the official evaluation: resize to resolution / 0.875, cent
 
 
 def official_config(space: SearchSpace, data_dir: str | None) -> dict:
-    """The recipe a converted supernet is evaluated with: nasops's defaults, ImageNet's
-    normalisation and evaluation view, the images read at the largest resolution's resize."""
+    """The recipe a converted supernet is evaluated with: nasops's defaults, the imagenet
+    dataset with ImageNet's normalisation and evaluation view."""
     from .train import DEFAULTS, check_config
-    cfg = dict(DEFAULTS, recipe="official", dataset="imagefolder", data_dir=data_dir,
-               space=space.name, normalization="imagenet", eval_crop=EVAL_CROP,
-               image_size=math.ceil(max(space.config["resolution"]) / EVAL_CROP - 1e-9))
+    cfg = dict(DEFAULTS, recipe="official", dataset="imagenet", data_dir=data_dir,
+               space=space.name, normalization="imagenet", eval_crop=EVAL_CROP)
     return check_config(cfg, "the converted supernet's config")
 
 

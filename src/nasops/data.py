@@ -1,7 +1,7 @@
 """Datasets, splits and batches for training and evaluating supernets.
 
-Every dataset is read whole into memory as uint8 images [N, C, H, W] and int64 labels (these are
-small image sets; ImageNet-scale data is out of scope of this loader):
+The small bundled sets are read whole into memory as uint8 images [N, C, H, W] and int64 labels
+(:class:`ImageSet`), where batching them in the main process is fastest:
 
 * ``digits``: scikit-learn's bundled 8x8 digits (1,797 images, nothing to download). It has no
   official test split, so a fixed 20% is set aside as one.
@@ -9,15 +9,20 @@ small image sets; ImageNet-scale data is out of scope of this loader):
   /usr/share/datasets/fashion-mnist (Debian's ``dataset-fashion-mnist``).
 * ``cifar10``: the python-pickle batches directory (``data_batch_1`` ... ``data_batch_5``,
   ``test_batch``), read with an unpickler that only builds numpy arrays.
-* ``imagefolder``: one folder of images per class, read with Pillow and resized to
-  ``image_size``; ``train/`` and ``test/`` (or ``val/``) sub-folders when present, otherwise a fixed
-  20% of the images is the test split.
+
+Image folders are read lazily from disk by DataLoader workers (:mod:`nasops.folders`), so memory
+does not grow with them:
+
+* ``imagefolder``: one folder of images per class; ``train/`` and ``test/`` (or ``val/``)
+  sub-folders when present, otherwise a fixed 20% of the images is the test split.
+* ``imagenet``: the same, with the ``train/`` + ``val/`` layout required and ImageNet's
+  normalisation and evaluation view (resize to resolution / 0.875, centre crop) by default.
 
 :func:`load_splits` also sets aside a fixed, seeded held-out part of the training data, used to
-score sub-networks during search and never trained on. :class:`BatchStream` makes the training
-batches: a seeded permutation per epoch, random crop (zero padding) and optional flip, normalised
-floats. Batch contents depend only on (seed, epoch, step), so a resumed run sees the same batches
-and every DDP rank takes its own slice of the same global batch.
+score sub-networks during search and never trained on. :class:`BatchStream` (in memory) and
+:class:`nasops.folders.FolderStream` (folders) make the training batches: a seeded permutation per
+epoch, augmentation, normalised floats. Batch contents depend only on (seed, epoch, step), so a
+resumed run sees the same batches and every DDP rank takes its own slice of the same global batch.
 """
 from __future__ import annotations
 
@@ -30,7 +35,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-DATASETS = ("digits", "fashion-mnist", "cifar10", "imagefolder")
+from .folders import BadImageError, FolderSet, FolderStream  # noqa: F401 (re-exported)
+
+IN_MEMORY = ("digits", "fashion-mnist", "cifar10")
+FOLDERS = ("imagefolder", "imagenet")
+DATASETS = IN_MEMORY + FOLDERS
 DEFAULT_DIRS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}
 # How to get each dataset that has files, for the errors that find them missing.
 HOW_TO_GET = {
@@ -42,12 +51,14 @@ HOW_TO_GET = {
                "https://www.cs.toronto.edu/~kriz/cifar.html and set data_dir=DIR/cifar-10-batches-py",
     "imagefolder": "set data_dir=DIR, a folder with one sub-folder of images per class (or train/ "
                    "and test/ folders of those)",
+    "imagenet": "set data_dir=DIR, the ImageNet folder with train/ and val/, each with one "
+                "sub-folder of JPEGs per class (the layout of torchvision's ImageFolder)",
 }
 # ImageNet's per-channel statistics, the normalisation of the released AttentiveNAS/AlphaNet models
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMALIZATIONS = ("dataset", "imagenet")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+IMAGENET_EVAL_CROP = 0.875  # the official evaluation: resize to resolution / 0.875, centre crop
 _TEST_FRACTION = 0.2
 _SPLIT_SEED = 0x5EED  # fixed: the test split of a dataset never depends on a run's seed
 
@@ -80,6 +91,11 @@ class ImageSet:
     def subset(self, index) -> "ImageSet":
         index = torch.as_tensor(index, dtype=torch.long)
         return ImageSet(self.images[index], self.labels[index], self.classes)
+
+    def views(self, resolution: int, batch_size: int, crop: float | None, mean, std, device):
+        """Evaluation batches (x normalised on `device` at `resolution`, y) in order."""
+        for x, y in eval_batches(self, batch_size, mean, std):
+            yield eval_resize(x.to(device), resolution, crop), y.to(device)
 
 
 def _fixed_permutation(n: int, seed: int) -> np.ndarray:
@@ -203,65 +219,26 @@ def _cifar10(root: str, split: str) -> ImageSet:
                     torch.from_numpy(np.concatenate(labels)), classes)
 
 
-def _read_image(path: str, size: int) -> np.ndarray:
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError:
-        raise ImportError("the imagefolder dataset reads images with Pillow, which is not "
-                          "installed: pip install pillow (or nasops[images])") from None
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"imagefolder: {path} is not a readable image: {e}") from None
-
-
-def _class_folders(root: str) -> list[str]:
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"imagefolder: {root!r} is not a directory; expected one "
-                                f"sub-folder of images per class")
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-    if not classes:
-        raise ValueError(f"imagefolder: {root!r} has no class sub-folders; expected one "
-                         f"sub-folder of images per class")
-    return classes
-
-
-def _folder(root: str, size: int, classes: list[str] | None = None) -> ImageSet:
-    found = _class_folders(root)
-    classes = found if classes is None else classes
-    if found != classes:
-        raise ValueError(f"imagefolder: {root!r} has classes {found}, expected {classes}")
-    images, labels = [], []
-    for label, name in enumerate(classes):
-        folder = os.path.join(root, name)
-        for file in sorted(os.listdir(folder)):
-            if file.lower().endswith(IMAGE_SUFFIXES):
-                images.append(_read_image(os.path.join(folder, file), size))
-                labels.append(label)
-    if not images:
-        raise ValueError(f"imagefolder: no images ({', '.join(IMAGE_SUFFIXES)}) under {root!r}")
-    return ImageSet(torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64),
-                    classes)
-
-
-def _imagefolder(root: str, split: str, size: int) -> ImageSet:
-    test_dir = next((os.path.join(root, d) for d in ("test", "val")
+def _folders(name: str, root: str, split: str, workers: int, skip_bad_images: bool) -> FolderSet:
+    options = {"dataset": name, "workers": workers, "skip_bad_images": skip_bad_images}
+    train_dir = os.path.join(root, "train")
+    test_dir = next((os.path.join(root, d) for d in (("val",) if name == "imagenet" else ("test", "val"))
                      if os.path.isdir(os.path.join(root, d))), None)
-    if os.path.isdir(os.path.join(root, "train")) and test_dir:
-        classes = _class_folders(os.path.join(root, "train"))
-        return _folder(os.path.join(root, "train") if split == "train" else test_dir, size, classes)
-    train, test = _split(_folder(root, size), _TEST_FRACTION, _SPLIT_SEED)
+    if os.path.isdir(train_dir) and test_dir:
+        classes = FolderSet.scan(train_dir, **options).classes if split == "test" else None
+        return FolderSet.scan(train_dir if split == "train" else test_dir, classes, **options)
+    if name == "imagenet":
+        raise FileNotFoundError(f"imagenet: {root!r} must hold train/ and val/ folders. To get the "
+                                f"data: {HOW_TO_GET[name]}")
+    train, test = _split(FolderSet.scan(root, **options), _TEST_FRACTION, _SPLIT_SEED)
     return train if split == "train" else test
 
 
-def load_dataset(name: str, split: str = "train", root: str | None = None,
-                 image_size: int = 32) -> ImageSet:
+def load_dataset(name: str, split: str = "train", root: str | None = None, workers: int = 0,
+                 skip_bad_images: bool = False) -> ImageSet | FolderSet:
     """One split ("train" or "test") of a dataset (module docstring). `root` is the dataset's
-    directory (fashion-mnist has a default); `image_size` applies to imagefolder only."""
+    directory (fashion-mnist has a default); `workers` and `skip_bad_images` apply to folders
+    (nasops.folders.FolderSet)."""
     if name not in DATASETS:
         raise ValueError(f"dataset {name!r} is not allowed; allowed: {list(DATASETS)}")
     if split not in ("train", "test"):
@@ -278,41 +255,56 @@ def load_dataset(name: str, split: str = "train", root: str | None = None,
         return _fashion_mnist(root, split)
     if name == "cifar10":
         return _cifar10(root, split)
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 4:
-        raise ValueError(f"image_size = {image_size!r} must be an integer >= 4")
-    return _imagefolder(root, split, image_size)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers = {workers!r} must be an integer >= 0")
+    return _folders(name, root, split, workers, skip_bad_images)
 
 
 @dataclass
 class Splits:
-    train: ImageSet    # what the supernet trains on
-    holdout: ImageSet  # a fixed part of the training data, for scoring sub-networks in search
-    test: ImageSet     # the dataset's test split, for final numbers only
+    train: ImageSet | FolderSet    # what the supernet trains on
+    holdout: ImageSet | FolderSet  # a fixed part of the training data, for scoring sub-networks
+    test: ImageSet | FolderSet     # the dataset's test split, for final numbers only
     mean: torch.Tensor  # per-channel mean and std the images are normalised with, in [0, 1] units
     std: torch.Tensor
-    # evaluation view (eval_resize): None resizes to the resolution; a fraction f resizes to
-    # ceil(resolution / f) and centre-crops the resolution (the official ImageNet evaluation: 0.875)
+    # evaluation view: None resizes to the resolution (in memory; folders: the shorter side, then
+    # the centre square); a fraction f resizes to ceil(resolution / f) and centre-crops the
+    # resolution (the official ImageNet evaluation: 0.875)
     eval_crop: float | None = None
+
+    def views(self, split: str, resolution: int, batch_size: int, device, index=None):
+        """Evaluation batches of `split` (or of its images `index`), normalised on `device`."""
+        data = getattr(self, split)
+        if index is not None:
+            data = data.subset(index)
+        return data.views(resolution, batch_size, self.eval_crop, self.mean, self.std, device)
 
 
 def load_splits(name: str, root: str | None = None, holdout: float = 0.1,
-                holdout_seed: int = 0, limit: int | None = None, image_size: int = 32,
-                normalization: str = "dataset", eval_crop: float | None = None) -> Splits:
+                holdout_seed: int = 0, limit: int | None = None,
+                normalization: str | None = None, eval_crop: float | None = None,
+                workers: int = 0, skip_bad_images: bool = False) -> Splits:
     """Train / held-out / test splits. `holdout` is the fraction of the training data set aside
     (by a permutation seeded with `holdout_seed`); `limit` keeps a fixed subset of at most that
     many training images (before the held-out split), for short studies. `normalization`:
-    "dataset" (the training split's channel mean and std) or "imagenet" (ImageNet's, as the
-    released models expect); `eval_crop`: see Splits."""
+    "dataset" (the training split's channel mean and std; for folders, those of a fixed sample
+    of 256 images), "imagenet" (ImageNet's, as the released models expect) or None (imagenet for
+    the imagenet dataset, dataset otherwise); `eval_crop`: see Splits (None for imagenet: 0.875).
+    `workers` and `skip_bad_images`: see nasops.folders.FolderSet."""
     if not 0.0 < holdout < 1.0:
         raise ValueError(f"holdout = {holdout!r} must be a fraction in (0, 1)")
+    if normalization is None:
+        normalization = "imagenet" if name == "imagenet" else "dataset"
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization = {normalization!r} is not allowed; allowed: "
-                         f"{list(NORMALIZATIONS)}")
+                         f"{list(NORMALIZATIONS) + [None]}")
+    if eval_crop is None and name == "imagenet":
+        eval_crop = IMAGENET_EVAL_CROP
     if eval_crop is not None and (isinstance(eval_crop, bool) or not isinstance(eval_crop, (int, float))
                                   or not 0 < eval_crop <= 1):
         raise ValueError(f"eval_crop = {eval_crop!r} must be null or a fraction in (0, 1]")
-    train = load_dataset(name, "train", root, image_size)
-    test = load_dataset(name, "test", root, image_size)
+    train = load_dataset(name, "train", root, workers, skip_bad_images)
+    test = load_dataset(name, "test", root, workers, skip_bad_images)
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 2:
             raise ValueError(f"limit = {limit!r} must be None or an integer >= 2")
@@ -327,6 +319,8 @@ def load_splits(name: str, root: str | None = None, holdout: float = 0.1,
             raise ValueError(f"normalization = 'imagenet' needs RGB images; {name} has "
                              f"{train.channels} channel(s)")
         mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    elif isinstance(train, FolderSet):
+        mean, std = train.channel_stats()
     else:
         pixels = train.images.permute(1, 0, 2, 3).reshape(train.channels, -1).double() / 255.0
         mean, std = pixels.mean(1).float(), pixels.std(1).float().clamp(min=1e-3)
@@ -335,10 +329,10 @@ def load_splits(name: str, root: str | None = None, holdout: float = 0.1,
 
 def splits_of(cfg: dict) -> Splits:
     """The splits a training recipe names (its dataset, data_dir, holdout, holdout_seed, limit,
-    image_size, normalization and eval_crop keys)."""
+    normalization, eval_crop, workers and skip_bad_images keys)."""
     return load_splits(cfg["dataset"], cfg["data_dir"], cfg["holdout"], cfg["holdout_seed"],
-                       cfg["limit"], cfg["image_size"], cfg.get("normalization", "dataset"),
-                       cfg.get("eval_crop"))
+                       cfg["limit"], cfg.get("normalization"), cfg.get("eval_crop"),
+                       cfg.get("workers", 0), cfg.get("skip_bad_images", False))
 
 
 def eval_resize(x: torch.Tensor, resolution: int, crop: float | None = None) -> torch.Tensor:
@@ -374,13 +368,7 @@ class BatchStream:
     def __init__(self, data: ImageSet, batch_size: int, mean: torch.Tensor, std: torch.Tensor,
                  seed: int = 0, augment: bool = True, flip: bool = False, rank: int = 0,
                  world: int = 1):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size = {batch_size!r} must be a positive integer")
-        if batch_size % world:
-            raise ValueError(f"batch_size = {batch_size} must be a multiple of the number of "
-                             f"processes ({world})")
-        if batch_size > len(data):
-            raise ValueError(f"batch_size = {batch_size} exceeds the {len(data)} training images")
+        check_batch_size(batch_size, world, len(data))
         self.data, self.batch_size, self.seed = data, batch_size, seed
         self.augment, self.flip, self.rank, self.world = augment, flip, rank, world
         self.mean, self.std = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
@@ -394,8 +382,7 @@ class BatchStream:
     def batch(self, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's part of global batch `step` of `epoch`: float [B, C, H, W], labels [B]."""
         if self._order[0] != epoch:
-            gen = torch.Generator().manual_seed(_mix(self.seed, epoch))
-            self._order = (epoch, torch.randperm(len(self.data), generator=gen))
+            self._order = (epoch, epoch_order(len(self.data), self.seed, epoch))
         index = self._order[1][step * self.batch_size:(step + 1) * self.batch_size]
         gen = torch.Generator().manual_seed(_mix(self.seed, epoch, step))  # augmentation
         x = self.data.images[index]
@@ -407,8 +394,30 @@ class BatchStream:
         part = slice(self.rank * len(x) // self.world, (self.rank + 1) * len(x) // self.world)
         return self.normalize(x[part]), self.data.labels[index][part]
 
+    def epoch(self, epoch: int, start_step: int = 0, device: torch.device | str = "cpu"):
+        """(x, y) on `device` for each step of `epoch` from `start_step` (FolderStream's
+        interface)."""
+        for step in range(start_step, self.steps_per_epoch):
+            x, y = self.batch(epoch, step)
+            yield x.to(device), y.to(device)
+
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images.float() / 255.0 - self.mean) / self.std
+
+
+def check_batch_size(batch_size, world: int, images: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size = {batch_size!r} must be a positive integer")
+    if batch_size % world:
+        raise ValueError(f"batch_size = {batch_size} must be a multiple of the number of "
+                         f"processes ({world})")
+    if batch_size > images:
+        raise ValueError(f"batch_size = {batch_size} exceeds the {images} training images")
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order of the n training images in `epoch` (a permutation seeded by (seed, epoch))."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(_mix(seed, epoch)))
 
 
 def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:

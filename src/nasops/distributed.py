@@ -88,13 +88,19 @@ def differentiable_sum(values: torch.Tensor, group=None) -> torch.Tensor:
     return _DifferentiableSum.apply(values, group)
 
 
-def all_equal(value: float, device: torch.device | str = "cpu") -> bool:
-    """Whether every rank passed the same number."""
-    if world_size() == 1:
-        return True
-    t = torch.tensor([value, -value], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t[0] == -t[1])
+def equality_terms(value: int) -> list[float]:
+    """Numbers whose sums over ranks tell whether every rank had the same 32-bit `value`
+    (all_agree), so the check can ride in an all-reduce that is made anyway: its 16-bit halves
+    and their squares (sums exact in float64)."""
+    hi, lo = (value >> 16) & 0xFFFF, value & 0xFFFF
+    return [float(hi), float(lo), float(hi * hi), float(lo * lo)]
+
+
+def all_agree(sums, world: int) -> bool:
+    """Whether the ranks' equality_terms, summed over `world` ranks, come from one value: for
+    each half, (sum v)^2 = world * sum v^2 holds only when every v is the same."""
+    hi, lo, hi2, lo2 = (float(v) for v in sums)
+    return hi * hi == world * hi2 and lo * lo == world * lo2
 
 
 def broadcast_object(obj, src: int = 0):

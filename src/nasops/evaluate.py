@@ -15,7 +15,7 @@ from tqdm import tqdm
 from . import distributed as dist
 from .checkpoint import load_trained
 from .cli import STAGES, prog as prog_name
-from .data import ImageSet, Splits, eval_batches, eval_resize
+from .data import Splits
 from .nn import Supernet, calibrate_bn
 from .nn.layers import DynamicBatchNorm2d
 from .space import SearchSpace
@@ -50,17 +50,17 @@ class Evaluator:
             raise ValueError(f"batch_size = {batch_size!r} must be a positive integer")
         self.net, self.splits, self.batch_size, self.device = net, splits, batch_size, torch.device(device)
         order = np.random.default_rng(0).permutation(len(splits.train))[:calib_images]
-        self._calib = splits.train.subset(np.sort(order))
+        self._calib = np.sort(order)
         self.cache: dict[tuple, float] = {}
 
-    def _split(self, name: str) -> ImageSet:
+    @staticmethod
+    def _check_split(name: str) -> str:
         if name not in ("holdout", "test", "train"):
             raise ValueError(f"split {name!r} is not allowed; allowed: ['holdout', 'test', 'train']")
-        return getattr(self.splits, name)
+        return name
 
-    def _batches(self, data: ImageSet, resolution: int):
-        for x, y in eval_batches(data, self.batch_size, self.splits.mean, self.splits.std):
-            yield eval_resize(x.to(self.device), resolution, self.splits.eval_crop), y.to(self.device)
+    def _batches(self, split: str, resolution: int, index=None):
+        return self.splits.views(split, resolution, self.batch_size, self.device, index)
 
     @torch.no_grad()
     def calibrate(self, arch) -> int:
@@ -68,25 +68,26 @@ class Evaluator:
         before an export). Returns its resolution."""
         self.net.set_active(arch)
         res = self.net.active_arch.resolution
-        calibrate_bn(self.net, (x for x, _ in self._batches(self._calib, res)))
+        calibrate_bn(self.net, (x for x, _ in self._batches("train", res, self._calib)))
         return res
 
     @torch.no_grad()
-    def _measure(self, arch: np.ndarray, data: ImageSet) -> float:
+    def _measure(self, arch: np.ndarray, split: str) -> float:
         net = self.net
         res = self.calibrate(arch)
         was_training = net.training
         net.eval()
-        correct = 0
-        for x, y in self._batches(data, res):
-            correct += int((net(x).argmax(1) == y).sum())
+        correct = seen = 0
+        for x, y in self._batches(split, res):
+            correct += (net(x).argmax(1) == y).sum()  # (on the device: one sync at the end)
+            seen += len(y)
         net.train(was_training)
-        return correct / len(data)
+        return int(correct) / seen
 
     def accuracy(self, archs, split: str = "holdout", progress: bool = False) -> np.ndarray:
         """Top-1 accuracy (fraction) of each encoded architecture ([N, D] or [D]) on `split`
         ("holdout", "test" or "train"), after BN re-calibration. float64 [N]."""
-        data = self._split(split)
+        self._check_split(split)
         rows = self.net.space._as_rows(np.asarray(archs))
         keys = [(tuple(r.tolist()), split) for r in rows]
         todo = sorted({k for k in keys if k not in self.cache})
@@ -101,7 +102,7 @@ class Evaluator:
                        disable=not progress or dist.rank() != 0)
             position = {k: i for i, k in enumerate(todo)}
             for key in bar:
-                local[position[key]] = self._measure(np.asarray(key[0], dtype=np.int64), data)
+                local[position[key]] = self._measure(np.asarray(key[0], dtype=np.int64), split)
         finally:
             for m, g in zip(norms, groups):
                 m.process_group = g

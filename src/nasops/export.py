@@ -74,7 +74,15 @@ def input_spec(channels: int, resolution: int, splits=None) -> dict:
     if splits is not None:
         spec["mean"], spec["std"] = splits.mean.tolist(), splits.std.tolist()
         spec["normalize"] = "(x - mean[c]) / std[c] per channel c, after dividing by 255"
-        spec["stored_size"] = list(splits.train.images.shape[-2:])
+        if hasattr(splits.train, "images"):  # (in memory: every image stored at one size)
+            spec["stored_size"] = list(splits.train.images.shape[-2:])
+        else:  # an image folder: nasops.augment.center_view of each file, before normalisation
+            crop = 1.0 if splits.eval_crop is None else splits.eval_crop
+            short = math.ceil(resolution / crop - 1e-9)
+            spec["resize"] = {"shorter_side": short, "method": "bicubic (Pillow)",
+                              "order": "on the decoded RGB image, before normalisation"}
+            spec["center_crop"] = {"size": [resolution, resolution]}
+            return spec
     crop = None if splits is None else splits.eval_crop
     size = resolution if crop is None else math.ceil(resolution / crop - 1e-9)
     spec["resize"] = {"size": [size, size], "method": "bicubic",

@@ -42,7 +42,7 @@ from tqdm import tqdm
 from . import distributed as dist
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from .cli import STAGES, prog as prog_name
-from .data import DATASETS, NORMALIZATIONS, BatchStream, splits_of
+from .data import DATASETS, NORMALIZATIONS, BatchStream, FolderSet, FolderStream, splits_of
 from .evaluate import Evaluator
 from .losses import KD_LOSSES, distillation_loss, smoothed_cross_entropy
 from .nn import Supernet, frozen_bn_stats, preserved_bn_stats, resize_batch, sync_batchnorm
@@ -61,18 +61,28 @@ AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 KEYS = {
     "recipe": ("digits", "name of the recipe these values start from (set by --recipe)"),
     # data
-    "dataset": ("digits", "digits, fashion-mnist, cifar10 or imagefolder"),
+    "dataset": ("digits", "digits, fashion-mnist, cifar10 (in memory), imagefolder or imagenet "
+                          "(read from disk by workers)"),
     "data_dir": (None, "the dataset's directory (null: the dataset's default; digits needs none)"),
-    "image_size": (32, "imagefolder: images are resized to this square size when read"),
+    "workers": (2, "imagefolder/imagenet: DataLoader processes decoding images, per rank"),
+    "skip_bad_images": (False, "imagefolder/imagenet: leave out (and count) unreadable files "
+                               "instead of stopping with an error naming the file"),
+    "image_size": (None, "imagefolder/imagenet: side of the random-resized training crops "
+                         "(null: the space's largest resolution)"),
     "holdout": (0.1, "fraction of the training images held out to score sub-networks"),
     "holdout_seed": (0, "seed of the held-out split"),
     "limit": (None, "train on a fixed subset of at most this many images (null: all)"),
-    "normalization": ("dataset", "per-channel mean/std: dataset (the training split's) or "
-                                 "imagenet (ImageNet's, as the released supernets expect)"),
+    "normalization": (None, "per-channel mean/std: dataset (the training split's), imagenet "
+                            "(ImageNet's, as the released supernets expect) or null (imagenet "
+                            "for the imagenet dataset, dataset otherwise)"),
     "eval_crop": (None, "evaluation: resize to ceil(resolution / eval_crop) and centre-crop "
-                        "(the official ImageNet evaluation: 0.875); null: resize to resolution"),
-    "augment": (True, "random crop with zero padding"),
+                        "(the official ImageNet evaluation: 0.875); null: 0.875 for imagenet, "
+                        "otherwise resize to the resolution"),
+    "augment": (True, "in memory: random crop with zero padding; folders: random-resized crop "
+                      "(off: the centre view)"),
     "flip": (False, "random horizontal flip (with augment)"),
+    "autoaugment": (False, "folders: the ImageNet AutoAugment policy of the official code (with "
+                           "augment)"),
     # supernet
     "space": ("small", "search space: a packaged name (small, attentive_nas) or a YAML path"),
     "dropout": (0.1, "dropout before the classifier, largest sub-network only"),
@@ -205,9 +215,10 @@ def check_config(cfg: dict, source: str = "config") -> dict:
             bad(key, "a path or null")
     if not isinstance(cfg["space"], str):
         bad("space", "a packaged space name or a YAML path")
-    for key in ("epochs", "batch_size", "num_sampled", "image_size", "pool_size", "n_prior",
-                "log_every", "eval_every", "eval_batch_size", "calib_images"):
-        integer(key, 0 if key in ("num_sampled", "eval_every") else 1)
+    for key in ("epochs", "batch_size", "num_sampled", "pool_size", "n_prior",
+                "log_every", "eval_every", "eval_batch_size", "calib_images", "workers"):
+        integer(key, 0 if key in ("num_sampled", "eval_every", "workers") else 1)
+    integer("image_size", 8, none=True)
     integer("limit", 2, none=True)
     for key in ("seed", "holdout_seed"):
         integer(key, 0)
@@ -229,7 +240,8 @@ def check_config(cfg: dict, source: str = "config") -> dict:
     if not cfg["alpha_min"] < 0 < cfg["alpha_max"]:
         raise ValueError(f"{source}: alpha_min = {cfg['alpha_min']} and alpha_max = "
                          f"{cfg['alpha_max']} must satisfy alpha_min < 0 < alpha_max")
-    for key in ("augment", "flip", "nesterov", "sync_bn", "zero_init_residual"):
+    for key in ("augment", "flip", "nesterov", "sync_bn", "zero_init_residual", "autoaugment",
+                "skip_bad_images"):
         flag(key)
     if cfg["kd"] not in KD_LOSSES:
         bad("kd", list(KD_LOSSES))
@@ -238,8 +250,8 @@ def check_config(cfg: dict, source: str = "config") -> dict:
     flag("channels_last")
     if cfg["dw_backend"] not in BACKENDS:
         bad("dw_backend", list(BACKENDS))
-    if cfg["normalization"] not in NORMALIZATIONS:
-        bad("normalization", list(NORMALIZATIONS))
+    if cfg["normalization"] not in NORMALIZATIONS + (None,):
+        bad("normalization", list(NORMALIZATIONS) + [None])
     number("eval_crop", 0, 1, none=True, open_lo=True)
     if cfg["target_bins"] not in ("prior", "uniform"):
         bad("target_bins", ["prior", "uniform"])
@@ -401,7 +413,7 @@ class _RunLog:
 class Run:
     """What a training run is made of, as build_run sets it up from a recipe."""
     splits: object
-    stream: BatchStream
+    stream: BatchStream | FolderStream
     space: SearchSpace
     net: Supernet
     optimizer: torch.optim.Optimizer
@@ -418,9 +430,15 @@ def build_run(cfg: dict, device: torch.device | str = "cpu", rank: int = 0, worl
     np.random.seed(cfg["seed"] % 2**32)
     torch.manual_seed(cfg["seed"])
     splits = splits_of(cfg)
-    stream = BatchStream(splits.train, cfg["batch_size"], splits.mean, splits.std, cfg["seed"],
-                         cfg["augment"], cfg["flip"], rank, world)
     space = build_space(cfg, splits)
+    if isinstance(splits.train, FolderSet):
+        size = cfg["image_size"] or max(space.config["resolution"])
+        stream = FolderStream(splits.train, cfg["batch_size"], splits.mean, splits.std, size,
+                              cfg["seed"], cfg["augment"], cfg["flip"], cfg["autoaugment"],
+                              rank, world)
+    else:
+        stream = BatchStream(splits.train, cfg["batch_size"], splits.mean, splits.std,
+                             cfg["seed"], cfg["augment"], cfg["flip"], rank, world)
     net = Supernet(space, dropout=cfg["dropout"], drop_connect=cfg["drop_connect"]).to(device)
     if cfg["zero_init_residual"]:
         net.zero_init_residual_()
@@ -447,7 +465,7 @@ def _train(cfg, run_dir, resume, progress, stop_after_steps) -> dict:
     rank, world = dist.rank(), dist.world_size()
     ckpt_path = os.path.join(run_dir, "checkpoint.pt")
     ckpt = load_checkpoint(ckpt_path) if resume else None
-    if ckpt is not None and ckpt["config"] != cfg:
+    if ckpt is not None and _with_defaults(ckpt["config"]) != cfg:
         raise ValueError(f"{ckpt_path} was written with another config; resume continues the "
                          f"same run (see {os.path.join(run_dir, 'config.yaml')})")
 
@@ -528,16 +546,22 @@ def _loop(cfg, run_dir, resume_at, net, optimizer, scheduler, scaler, strategy, 
     try:
         while epoch < epochs:
             sums, count, start = np.zeros(3), 0, time.perf_counter()
-            while step < steps_per_epoch:
+            for x, y in stream.epoch(epoch, step, device):
                 global_step = epoch * steps_per_epoch + step + 1  # the step being taken
                 where = f"step {global_step}/{total_steps} (epoch {epoch + 1}/{epochs})"
-                x, y = stream.batch(epoch, step)
-                x, y = x.to(device), y.to(device)
                 losses, archs = train_step(net, cfg, strategy, largest, smallest, x, y, scaler)
-                if not dist.all_equal(zlib.crc32(archs.tobytes()), device):
+                requested = stop.requested is not None or (
+                    stop_after_steps is not None and steps_this_call + 1 >= stop_after_steps)
+                # The step's one host-device synchronisation: the host must know before the
+                # optimizer step whether the losses are finite; the ranks' agreement on the
+                # sub-networks and a stop request ride in the same all-reduce.
+                packet = torch.tensor([*dist.equality_terms(zlib.crc32(archs.tobytes())),
+                                       float(requested)], dtype=torch.float64)
+                total = dist.all_reduce_sum(torch.cat([losses, packet.to(device)])).cpu()
+                finite = total[:3] / world
+                if not dist.all_agree(total[3:7], world):
                     raise RuntimeError(f"ranks drew different sub-networks at {where}: their "
                                        f"strategies are out of step")
-                finite = dist.all_reduce_sum(losses.to(device)).cpu() / world
                 if not torch.isfinite(finite).all():
                     raise FloatingPointError(
                         f"loss is not finite at {where} (largest, smallest, sampled: "
@@ -561,9 +585,7 @@ def _loop(cfg, run_dir, resume_at, net, optimizer, scheduler, scaler, strategy, 
                                     "loss_largest": float(finite[0]),
                                     "loss_smallest": float(finite[1]),
                                     "loss_sampled": float(finite[2])})
-                requested = stop.requested is not None or (
-                    stop_after_steps is not None and steps_this_call >= stop_after_steps)
-                if dist.all_reduce_sum(torch.tensor([float(requested)], device=device)).item() > 0:
+                if total[7] > 0:
                     checkpoint(epoch, step)
                     run_log.record({"event": "interrupted", "epoch": epoch + 1,
                                     "step": global_step})
@@ -576,6 +598,8 @@ def _loop(cfg, run_dir, resume_at, net, optimizer, scheduler, scaler, strategy, 
             if count:  # (none when resumed at the end of an epoch)
                 entry.update(zip(("loss_largest", "loss_smallest", "loss_sampled"),
                                  (sums / count).tolist()))
+            if getattr(stream, "bad_images", 0):
+                entry["bad_images"] = stream.bad_images  # (skip_bad_images: so far, this rank)
             if cfg["eval_every"] and (epoch + 1) % cfg["eval_every"] == 0:
                 evaluator, evaluated_at = new_evaluator(), epoch + 1
                 eval_start = time.perf_counter()
@@ -624,8 +648,12 @@ def train_step(net: Supernet, cfg: dict, strategy: Strategy, largest, smallest, 
                scaler: torch.amp.GradScaler | None = None):
     """Forward and backward of the sandwich on one batch (gradients accumulate in .grad, scaled
     by `scaler` if given; the caller steps); the distillation is weighted by kd_weight. Returns
-    the losses [largest, smallest, mean of sampled] (detached, CPU, distillation unweighted) and
-    the encoded sub-networks trained [N, D]."""
+    the losses [largest, smallest, mean of sampled] (detached, float64, on x's device,
+    distillation unweighted) and the encoded sub-networks trained [N, D].
+
+    Nothing here waits for the device, except the loss-scored strategies (bestup-N-loss,
+    worstup-N-loss), whose choice needs their candidates' losses on the host; the sampler's other
+    host work runs while the device still computes the previous step's work."""
     world = dist.world_size()
 
     @torch.no_grad()
@@ -664,8 +692,8 @@ def train_step(net: Supernet, cfg: dict, strategy: Strategy, largest, smallest, 
                                      cfg["alpha_max"], cfg["alpha_clip"])
             weighted = kd_weight * loss
         (weighted if scaler is None else scaler.scale(weighted)).backward()
-        losses.append(loss.detach().cpu())
-    sampled_mean = torch.stack(losses[2:]).mean() if len(losses) > 2 else torch.tensor(0.0)
+        losses.append(loss.detach())  # (stays on the device: no synchronisation per sub-network)
+    sampled_mean = torch.stack(losses[2:]).mean() if len(losses) > 2 else torch.zeros_like(losses[0])
     return torch.stack([losses[0], losses[1], sampled_mean]).double(), archs
 
 
@@ -678,7 +706,12 @@ def _resumed_config(run_dir: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{run_dir!r} is not a run directory (no config.yaml)")
     with open(path) as f:
-        return check_config(yaml.safe_load(f), path)
+        return check_config(_with_defaults(yaml.safe_load(f)), path)
+
+
+def _with_defaults(cfg: dict) -> dict:
+    """A saved config with the keys added since it was written, at their defaults."""
+    return {**DEFAULTS, **cfg} if isinstance(cfg, dict) else cfg
 
 
 def keys_help(argv: list[str]) -> str:
