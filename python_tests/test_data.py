@@ -110,42 +110,6 @@ def test_cifar10_refuses_code_and_bad_batches(tmp_path):
         load_dataset("cifar10", "train", str(tmp_path))
 
 
-def write_images(folder, g, classes=("cat", "dog"), per_class=3, size=10):
-    from PIL import Image
-    pixels = {}
-    for c in classes:
-        os.makedirs(folder / c, exist_ok=True)
-        for i in range(per_class):
-            a = g.integers(0, 256, (size, size, 3), dtype=np.uint8)
-            Image.fromarray(a).save(folder / c / f"{i}.png")
-            pixels[(c, i)] = a
-    return pixels
-
-
-def test_imagefolder_train_test_layout(tmp_path):
-    g = np.random.default_rng(3)
-    train_px = write_images(tmp_path / "train", g)
-    write_images(tmp_path / "test", g, per_class=2)
-    d = load_dataset("imagefolder", "train", str(tmp_path), image_size=10)
-    assert d.classes == ["cat", "dog"] and d.labels.tolist() == [0, 0, 0, 1, 1, 1]
-    np.testing.assert_array_equal(d.images[4].numpy().transpose(1, 2, 0), train_px[("dog", 1)])
-    assert len(load_dataset("imagefolder", "test", str(tmp_path), image_size=10)) == 4
-    resized = load_dataset("imagefolder", "train", str(tmp_path), image_size=6)
-    assert resized.images.shape == (6, 3, 6, 6)
-
-
-def test_imagefolder_flat_layout_and_errors(tmp_path):
-    write_images(tmp_path, np.random.default_rng(4), per_class=5)
-    train = load_dataset("imagefolder", "train", str(tmp_path), image_size=10)
-    test = load_dataset("imagefolder", "test", str(tmp_path), image_size=10)
-    assert len(train) + len(test) == 10 and len(test) == 2
-    (tmp_path / "dog" / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match="broken.png is not a readable image"):
-        load_dataset("imagefolder", "train", str(tmp_path), image_size=10)
-    with pytest.raises(ValueError, match="no class sub-folders"):
-        load_dataset("imagefolder", "train", str(tmp_path / "cat"), image_size=10)
-
-
 def test_digits_and_splits():
     train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
     assert len(train) + len(test) == 1797 and len(test) == 359

@@ -187,7 +187,7 @@ def test_convert_then_evaluate_a_released_supernet(tmp_path):
     ckpt = load_checkpoint(out)
     cfg = ckpt["config"]
     assert cfg["normalization"] == "imagenet" and cfg["eval_crop"] == 0.875
-    assert cfg["dataset"] == "imagefolder" and cfg["image_size"] == 330
+    assert cfg["dataset"] == "imagenet" and cfg["image_size"] is None
     assert ckpt["converted_from"]["sha256"] and ckpt["space"]["name"] == "attentive_nas"
     _, splits, loaded = load_trained(out)
     assert splits.mean.tolist() == pytest.approx([0.485, 0.456, 0.406])

@@ -63,12 +63,11 @@ def _pil():
     return Image, ImageEnhance, ImageOps
 
 
-def random_resized_crop(image, size: int, rng: np.random.Generator, scale=(0.08, 1.0),
-                        ratio=(3 / 4, 4 / 3)):
-    """A random crop of `image` (area fraction in `scale`, aspect ratio in `ratio`) resized to
-    size x size; after 10 misses, the centre crop with the ratio clamped into `ratio`."""
-    Image, _, _ = _pil()
-    width, height = image.size
+def crop_box(width: int, height: int, rng: np.random.Generator, scale=(0.08, 1.0),
+             ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of a random crop of a width x height image: an area fraction in
+    `scale` and an aspect ratio (w / h) in `ratio`; after 10 misses, the centre crop with the
+    image's ratio clamped into `ratio`."""
     area = width * height
     for _ in range(10):
         target = area * rng.uniform(*scale)
@@ -76,16 +75,21 @@ def random_resized_crop(image, size: int, rng: np.random.Generator, scale=(0.08,
         w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
         if 0 < w <= width and 0 < h <= height:
             top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
-            break
+            return left, top, left + w, top + h
+    if width / height < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif width / height > ratio[1]:
+        w, h = int(round(height * ratio[1])), height
     else:
-        if width / height < ratio[0]:
-            w, h = width, int(round(width / ratio[0]))
-        elif width / height > ratio[1]:
-            w, h = int(round(height * ratio[1])), height
-        else:
-            w, h = width, height
-        top, left = (height - h) // 2, (width - w) // 2
-    return image.resize((size, size), Image.BICUBIC, box=(left, top, left + w, top + h))
+        w, h = width, height
+    top, left = (height - h) // 2, (width - w) // 2
+    return left, top, left + w, top + h
+
+
+def random_resized_crop(image, size: int, rng: np.random.Generator):
+    """A random crop of `image` (crop_box) resized to size x size, bicubic."""
+    Image, _, _ = _pil()
+    return image.resize((size, size), Image.BICUBIC, box=crop_box(*image.size, rng))
 
 
 def center_view(image, resolution: int, crop: float = 0.875):

@@ -211,8 +211,11 @@ def _collate(items):
 
 
 def _loader(dataset, batches, workers: int, pin_memory: bool = False):
+    # (its own generator: a DataLoader otherwise draws its workers' seeds from the global RNG,
+    # which dropout and drop-connect use, so a resumed run would draw other masks)
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
-                                       collate_fn=_collate, pin_memory=pin_memory)
+                                       collate_fn=_collate, pin_memory=pin_memory,
+                                       generator=torch.Generator().manual_seed(0))
 
 
 # -- training batches ---------------------------------------------------------------------------
