@@ -126,7 +126,7 @@ def test_digits_and_splits():
     assert float(s1.mean[0]) == pytest.approx(float(pixels.mean()), rel=1e-5)
     with pytest.raises(ValueError, match="holdout = 1.5"):
         load_splits("digits", holdout=1.5)
-    with pytest.raises(ValueError, match=r"normalization = 'imnet' is not allowed; allowed: \['dataset', 'imagenet'\]"):
+    with pytest.raises(ValueError, match=r"normalization = 'imnet' is not allowed; allowed: \['dataset', 'imagenet', None\]"):
         load_splits("digits", normalization="imnet")
     with pytest.raises(ValueError, match="needs RGB images; digits has 1 channel"):
         load_splits("digits", normalization="imagenet")

@@ -202,7 +202,8 @@ def test_convert_then_evaluate_a_released_supernet(tmp_path):
     from nasops.export import input_spec
     from nasops.search.__main__ import main as search
     spec = input_spec(3, 224, splits)
-    assert spec["resize"]["size"] == [256, 256] and spec["center_crop"]["offset"] == [16, 16]
+    # (an image folder: the shorter side of each file to 256, then the centre 224 square)
+    assert spec["resize"]["shorter_side"] == 256 and spec["center_crop"]["size"] == [224, 224]
     assert search(["--checkpoint", out, "--budgets", "250", "--population", "4", "--mutations",
                    "1", "--crossovers", "1", "--generations", "1", "--cloud", "0",
                    "--no-export", "--no-progress"]) == 0

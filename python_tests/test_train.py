@@ -308,3 +308,23 @@ def test_the_published_training_details(tiny):
     for key, value in (("grad_clip_mode", "sign"), ("warmup_start", 1.5), ("kd_weight", -1)):
         with pytest.raises(ValueError, match=f"{key} = "):
             config(tiny, **{key: value})
+
+
+def test_the_imagenet_recipe_is_the_published_one():
+    """--recipe imagenet against the values the AttentiveNAS paper (Appendix A) and its
+    official training config state, written out here."""
+    cfg = train_mod.load_recipe("imagenet")
+    published = {"dataset": "imagenet", "space": "attentive_nas", "num_sampled": 2,  # sandwich of 4
+                 "strategy": "bestup-3-loss", "kd": "kl", "momentum": 0.9, "nesterov": True,
+                 "weight_decay": 1e-5, "label_smoothing": 0.1, "dropout": 0.2,
+                 "drop_connect": 0.2, "grad_clip": 1.0, "grad_clip_mode": "value",
+                 "warmup_epochs": 5, "epochs": 360, "lr_min": 0.0, "autoaugment": True,
+                 "flip": True, "sync_bn": False, "eval_crop": 0.875, "batch_size": 2048,
+                 "calib_images": 64 * 32, "eval_batch_size": 32}
+    assert {k: cfg[k] for k in published} == published
+    # 0.1 per 256 images, scaled linearly with the global batch
+    assert train_mod.peak_lr(cfg) == pytest.approx(0.1 * 2048 / 256)
+    assert train_mod.peak_lr(dict(cfg, batch_size=64)) == pytest.approx(0.025)
+    assert train_mod.peak_lr(dict(cfg, lr_batch=None)) == 0.1
+    with pytest.raises(ValueError, match="lr_batch = 0"):
+        train_mod.apply_overrides(cfg, ["lr_batch=0"])

@@ -81,7 +81,8 @@ def input_spec(channels: int, resolution: int, splits=None) -> dict:
             short = math.ceil(resolution / crop - 1e-9)
             spec["resize"] = {"shorter_side": short, "method": "bicubic (Pillow)",
                               "order": "on the decoded RGB image, before normalisation"}
-            spec["center_crop"] = {"size": [resolution, resolution]}
+            spec["center_crop"] = {"size": [resolution, resolution],
+                                   "offset": "round((side - resolution) / 2) on each axis"}
             return spec
     crop = None if splits is None else splits.eval_crop
     size = resolution if crop is None else math.ceil(resolution / crop - 1e-9)

@@ -98,7 +98,9 @@ KEYS = {
     # optimisation
     "epochs": (12, "training epochs"),
     "batch_size": (64, "global batch (divided among torchrun ranks)"),
-    "lr": (0.1, "peak learning rate (SGD)"),
+    "lr": (0.1, "peak learning rate (SGD), for a batch of lr_batch images"),
+    "lr_batch": (None, "linear scaling: lr and lr_min are for this global batch and scale with "
+                       "batch_size / lr_batch (published: 0.1 per 256); null: used as given"),
     "lr_min": (0.0, "learning rate at the end of the cosine schedule"),
     "warmup_epochs": (1.0, "linear warm-up over this many epochs"),
     "warmup_start": (0.001, "the warm-up's first learning rate, as a fraction of lr (published: "
@@ -222,6 +224,7 @@ def check_config(cfg: dict, source: str = "config") -> dict:
     integer("limit", 2, none=True)
     for key in ("seed", "holdout_seed"):
         integer(key, 0)
+    integer("lr_batch", 1, none=True)
     number("holdout", 0, 1, open_lo=True)
     for key in ("lr", "alpha_clip"):
         number(key, 0, open_lo=True)
@@ -300,6 +303,11 @@ def _lr_factor(cfg: dict, steps_per_epoch: int):
         progress = (step - warm) / max(1, total - warm)
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return factor
+
+
+def peak_lr(cfg: dict) -> float:
+    """lr, scaled linearly with the global batch when lr_batch is set."""
+    return cfg["lr"] * (1.0 if cfg["lr_batch"] is None else cfg["batch_size"] / cfg["lr_batch"])
 
 
 def clip_gradients(net: torch.nn.Module, cfg: dict) -> None:
@@ -450,7 +458,7 @@ def build_run(cfg: dict, device: torch.device | str = "cpu", rank: int = 0, worl
     no_decay = [p for p in net.parameters() if p.dim() <= 1]  # BN and biases
     optimizer = torch.optim.SGD([{"params": decay, "weight_decay": cfg["weight_decay"]},
                                  {"params": no_decay, "weight_decay": 0.0}],
-                                lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["nesterov"])
+                                lr=peak_lr(cfg), momentum=cfg["momentum"], nesterov=cfg["nesterov"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg, stream.steps_per_epoch))
     predictor = AccuracyPredictor.load(cfg["predictor"], space) if cfg["predictor"] else None
     strategy = Strategy(cfg["strategy"], space, seed=cfg["seed"], predictor=predictor,
