@@ -4,7 +4,6 @@ memory that does not grow with the data, and attentive_nas training on generated
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 
@@ -14,7 +13,7 @@ import torch
 
 from nasops import folders
 from nasops.augment import POLICY_V0, AutoAugment, center_view, crop_box
-from nasops.data import BadImageError, FolderSet, FolderStream, load_dataset, load_splits
+from nasops.data import BadImageError, FolderStream, load_dataset, load_splits
 
 Image = pytest.importorskip("PIL.Image")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import math
 import os
 import sys
 
@@ -25,10 +24,10 @@ EVAL_CROP = 0.875  # the official evaluation: resize to resolution / 0.875, cent
 def official_config(space: SearchSpace, data_dir: str | None) -> dict:
     """The recipe a converted supernet is evaluated with: nasops's defaults, the imagenet
     dataset with ImageNet's normalisation and evaluation view."""
-    from .train import DEFAULTS, check_config
+    from .recipe import DEFAULTS, check_config
     cfg = dict(DEFAULTS, recipe="official", dataset="imagenet", data_dir=data_dir,
                space=space.name, normalization="imagenet", eval_crop=EVAL_CROP)
-    return check_config(cfg, "the converted supernet's config")
+    return check_config(cfg, "the converted supernet's config").as_dict()
 
 
 def _sha256(path: str) -> str:

@@ -32,240 +32,29 @@ import sys
 import threading
 import time
 import zlib
-from importlib import resources
 
 import numpy as np
 import torch
-import yaml
 from tqdm import tqdm
 
 from . import distributed as dist
-from .checkpoint import FORMAT as CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from .checkpoint import FORMAT as CHECKPOINT_FORMAT
 from .cli import STAGES, prog as prog_name
-from .data import DATASETS, NORMALIZATIONS, BatchStream, FolderSet, FolderStream, splits_of
+from .data import BatchStream, FolderSet, FolderStream, splits_of
 from .evaluate import Evaluator
-from .losses import KD_LOSSES, distillation_loss, smoothed_cross_entropy
-from .nn import Supernet, frozen_bn_stats, preserved_bn_stats, resize_batch, sync_batchnorm
-from .ops import BACKENDS, set_dw_backend
-from .plots import MISSING as PLOTS_MISSING, plot_training_curves
+from .nn import Supernet, preserved_bn_stats, sync_batchnorm
+from .ops import set_dw_backend
+from .plots import MISSING as PLOTS_MISSING
 from .predictor import AccuracyPredictor
-from .sampling import Strategy, parse_strategy
+# (the recipe and the step have their own modules; their names are importable from here too)
+from .recipe import (DEFAULTS, KEYS, Recipe, apply_overrides, check_config,  # noqa: F401
+                     load_recipe, packaged_recipes)
+from .rundir import RunDir
+from .sampling import Strategy
 from .space import SearchSpace
+from .step import AMP_DTYPES, clip_gradients, forward_active, train_step  # noqa: F401
 
 log = logging.getLogger("nasops.train")
-
-# amp key -> autocast dtype of the training forwards
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-# Every recipe key: its default and what it does. A recipe file or a key=value override sets any.
-KEYS = {
-    "recipe": ("digits", "name of the recipe these values start from (set by --recipe)"),
-    # data
-    "dataset": ("digits", "digits, fashion-mnist, cifar10 (in memory), imagefolder or imagenet "
-                          "(read from disk by workers)"),
-    "data_dir": (None, "the dataset's directory (null: the dataset's default; digits needs none)"),
-    "workers": (2, "imagefolder/imagenet: DataLoader processes decoding images, per rank"),
-    "skip_bad_images": (False, "imagefolder/imagenet: leave out (and count) unreadable files "
-                               "instead of stopping with an error naming the file"),
-    "image_size": (None, "imagefolder/imagenet: side of the random-resized training crops "
-                         "(null: the space's largest resolution)"),
-    "holdout": (0.1, "fraction of the training images held out to score sub-networks"),
-    "holdout_seed": (0, "seed of the held-out split"),
-    "limit": (None, "train on a fixed subset of at most this many images (null: all)"),
-    "normalization": (None, "per-channel mean/std: dataset (the training split's), imagenet "
-                            "(ImageNet's, as the released supernets expect) or null (imagenet "
-                            "for the imagenet dataset, dataset otherwise)"),
-    "eval_crop": (None, "evaluation: resize to ceil(resolution / eval_crop) and centre-crop "
-                        "(the official ImageNet evaluation: 0.875); null: 0.875 for imagenet, "
-                        "otherwise resize to the resolution"),
-    "augment": (True, "in memory: random crop with zero padding; folders: random-resized crop "
-                      "(off: the centre view)"),
-    "flip": (False, "random horizontal flip (with augment)"),
-    "autoaugment": (False, "folders: the ImageNet AutoAugment policy of the official code (with "
-                           "augment)"),
-    # supernet
-    "space": ("small", "search space: a packaged name (small, attentive_nas) or a YAML path"),
-    "dropout": (0.1, "dropout before the classifier, largest sub-network only"),
-    "drop_connect": (0.1, "drop-connect, largest only, as published: last two stages, block i of "
-                          "the supernet's n gets drop_connect * i / n"),
-    "zero_init_residual": (False, "start each block as its residual path (zero scale of its "
-                                  "last BN), as the published models do"),
-    "dw_backend": ("nasops", "depthwise convolution: nasops (the kernels) or torch (reference)"),
-    "amp": ("none", "mixed precision of the training forwards: none, bf16 or fp16 (autocast; "
-                    "fp16 with a gradient scaler); losses and evaluation stay float32"),
-    "channels_last": (False, "channels-last memory format for the supernet and its batches"),
-    "sync_bn": (True, "under torchrun: BN statistics over all ranks"),
-    # optimisation
-    "epochs": (12, "training epochs"),
-    "batch_size": (64, "global batch (divided among torchrun ranks)"),
-    "lr": (0.1, "peak learning rate (SGD), for a batch of lr_batch images"),
-    "lr_batch": (None, "linear scaling: lr and lr_min are for this global batch and scale with "
-                       "batch_size / lr_batch (published: 0.1 per 256); null: used as given"),
-    "lr_min": (0.0, "learning rate at the end of the cosine schedule"),
-    "warmup_epochs": (1.0, "linear warm-up over this many epochs"),
-    "warmup_start": (0.001, "the warm-up's first learning rate, as a fraction of lr (published: "
-                            "0.001)"),
-    "momentum": (0.9, "SGD momentum"),
-    "nesterov": (True, "Nesterov momentum"),
-    "weight_decay": (5e-5, "on conv and linear weights (not BN, not biases), once per step"),
-    "label_smoothing": (0.1, "of the largest sub-network's cross-entropy"),
-    "grad_clip": (5.0, "gradient clipping threshold per step (null: no clipping)"),
-    "grad_clip_mode": ("norm", "norm: the whole gradient's norm; value: each element (the "
-                               "published recipe: value at 1.0)"),
-    # sampling
-    "strategy": ("uniform", "how the sampled sub-networks are drawn (README: Strategies)"),
-    "num_sampled": (2, "sub-networks per step besides the largest and the smallest"),
-    "target_bins": ("prior", "FLOPs targets from the prior, or uniform over its bins"),
-    "predictor": (None, "predictor file, for the -acc and -offline strategies"),
-    "pool_size": (1_000_000, "offline strategies: uniform sub-networks predicted at start"),
-    "n_prior": (200_000, "uniform samples the FLOPs prior and proposal are built from"),
-    # distillation
-    "kd": ("kl", "distillation of the smaller sub-networks: kl, or alpha (AlphaNet)"),
-    "kd_weight": (None, "weight of the distillation loss against the largest's cross-entropy "
-                        "(null: the loss's default, kl 1.0 as published, alpha 0.5 as measured)"),
-    "alpha_min": (-1.0, "kd alpha: the negative alpha of the adaptive divergence"),
-    "alpha_max": (1.0, "kd alpha: the positive alpha of the adaptive divergence"),
-    "alpha_clip": (5.0, "kd alpha: clip of the importance weights"),
-    # bookkeeping
-    "seed": (0, "seed of everything: initialisation, data order, augmentation, sampling"),
-    "log_every": (10, "steps between loss lines in metrics.jsonl"),
-    "eval_every": (1, "epochs between held-out accuracies of the smallest and largest "
-                      "(0: only at the end)"),
-    "eval_batch_size": (256, "batch size of evaluation"),
-    "calib_images": (1024, "training images for BN re-calibration before each evaluation"),
-}
-DEFAULTS = {key: default for key, (default, _) in KEYS.items()}
-
-
-def _recipe_dir():
-    return resources.files("nasops") / "configs" / "recipes"
-
-
-def packaged_recipes() -> list[str]:
-    return sorted(e.name[:-5] for e in _recipe_dir().iterdir() if e.name.endswith(".yaml"))
-
-
-def load_recipe(name_or_path: str) -> dict:
-    """A packaged recipe by name or a YAML file by path, merged over DEFAULTS and checked."""
-    if os.sep in name_or_path or name_or_path.endswith((".yaml", ".yml")):
-        if not os.path.isfile(name_or_path):
-            raise FileNotFoundError(f"recipe file {name_or_path!r} does not exist")
-        with open(name_or_path) as f:
-            text, source = f.read(), name_or_path
-        name = os.path.splitext(os.path.basename(name_or_path))[0]
-    else:
-        if name_or_path not in packaged_recipes():
-            raise ValueError(f"unknown recipe {name_or_path!r}; packaged recipes: "
-                             f"{packaged_recipes()} (or give a path to a YAML file)")
-        text = (_recipe_dir() / f"{name_or_path}.yaml").read_text()
-        source, name = f"recipes/{name_or_path}.yaml", name_or_path
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"{source} is not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{source} must be a mapping of recipe keys")
-    return check_config({**DEFAULTS, "recipe": name, **raw}, source)
-
-
-def apply_overrides(config: dict, overrides: list[str]) -> dict:
-    """key=value strings (values parsed as YAML) applied to a config, then checked."""
-    out = dict(config)
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"override {item!r} must look like key=value")
-        try:
-            out[key] = yaml.safe_load(value)
-        except yaml.YAMLError as e:
-            raise ValueError(f"override {item!r}: {e}") from None
-    return check_config(out, "command line")
-
-
-def check_config(cfg: dict, source: str = "config") -> dict:
-    """The config if every key is known and every value allowed; ValueError naming it otherwise."""
-    unknown = sorted(set(cfg) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"{source}: unknown recipe key(s) {unknown}; allowed: {sorted(DEFAULTS)}")
-
-    def bad(key, allowed):
-        raise ValueError(f"{source}: {key} = {cfg[key]!r} is not allowed; allowed: {allowed}")
-
-    def integer(key, lo, none=False):
-        v = cfg[key]
-        if v is None and none:
-            return
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            bad(key, f"an integer >= {lo}" + (" or null" if none else ""))
-
-    def number(key, lo, hi=math.inf, none=False, open_lo=False):
-        v = cfg[key]
-        if v is None and none:
-            return
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
-                (lo < v if open_lo else lo <= v) and v <= hi):
-            bad(key, f"a number in {'(' if open_lo else '['}{lo}, {hi}]" + (" or null" if none else ""))
-
-    def flag(key):
-        if not isinstance(cfg[key], bool):
-            bad(key, "true or false")
-
-    if cfg["dataset"] not in DATASETS:
-        bad("dataset", list(DATASETS))
-    for key in ("data_dir", "predictor"):
-        if cfg[key] is not None and not isinstance(cfg[key], str):
-            bad(key, "a path or null")
-    if not isinstance(cfg["space"], str):
-        bad("space", "a packaged space name or a YAML path")
-    for key in ("epochs", "batch_size", "num_sampled", "pool_size", "n_prior",
-                "log_every", "eval_every", "eval_batch_size", "calib_images", "workers"):
-        integer(key, 0 if key in ("num_sampled", "eval_every", "workers") else 1)
-    integer("image_size", 8, none=True)
-    integer("limit", 2, none=True)
-    for key in ("seed", "holdout_seed"):
-        integer(key, 0)
-    integer("lr_batch", 1, none=True)
-    number("holdout", 0, 1, open_lo=True)
-    for key in ("lr", "alpha_clip"):
-        number(key, 0, open_lo=True)
-    for key in ("lr_min", "warmup_epochs", "weight_decay"):
-        number(key, 0)
-    number("kd_weight", 0, none=True)
-    number("grad_clip", 0, none=True, open_lo=True)
-    number("warmup_start", 0, 1)
-    if cfg["grad_clip_mode"] not in ("norm", "value"):
-        bad("grad_clip_mode", ["norm", "value"])
-    for key in ("momentum", "dropout", "drop_connect"):
-        number(key, 0, 1)
-    number("label_smoothing", 0, 0.999)
-    number("alpha_min", -math.inf)
-    number("alpha_max", -math.inf)
-    if not cfg["alpha_min"] < 0 < cfg["alpha_max"]:
-        raise ValueError(f"{source}: alpha_min = {cfg['alpha_min']} and alpha_max = "
-                         f"{cfg['alpha_max']} must satisfy alpha_min < 0 < alpha_max")
-    for key in ("augment", "flip", "nesterov", "sync_bn", "zero_init_residual", "autoaugment",
-                "skip_bad_images"):
-        flag(key)
-    if cfg["kd"] not in KD_LOSSES:
-        bad("kd", list(KD_LOSSES))
-    if cfg["amp"] not in AMP_DTYPES:
-        bad("amp", list(AMP_DTYPES))
-    flag("channels_last")
-    if cfg["dw_backend"] not in BACKENDS:
-        bad("dw_backend", list(BACKENDS))
-    if cfg["normalization"] not in NORMALIZATIONS + (None,):
-        bad("normalization", list(NORMALIZATIONS) + [None])
-    number("eval_crop", 0, 1, none=True, open_lo=True)
-    if cfg["target_bins"] not in ("prior", "uniform"):
-        bad("target_bins", ["prior", "uniform"])
-    kind, _, _ = parse_strategy(cfg["strategy"])
-    if kind in ("acc", "offline") and cfg["predictor"] is None:
-        raise ValueError(f"{source}: strategy {cfg['strategy']!r} needs predictor = a predictor "
-                         f"file (python -m nasops.predictor makes one)")
-    if cfg["lr_min"] > cfg["lr"]:
-        raise ValueError(f"{source}: lr_min = {cfg['lr_min']} exceeds lr = {cfg['lr']}")
-    return cfg
-
 
 # -- run state ----------------------------------------------------------------------------------
 def _rng_state() -> dict:
@@ -310,14 +99,6 @@ def peak_lr(cfg: dict) -> float:
     return cfg["lr"] * (1.0 if cfg["lr_batch"] is None else cfg["batch_size"] / cfg["lr_batch"])
 
 
-def clip_gradients(net: torch.nn.Module, cfg: dict) -> None:
-    """grad_clip by the whole gradient's norm or by each element's value (grad_clip_mode)."""
-    if cfg["grad_clip"] is not None and cfg["grad_clip_mode"] == "value":
-        torch.nn.utils.clip_grad_value_(net.parameters(), cfg["grad_clip"])
-    elif cfg["grad_clip"] is not None:
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg["grad_clip"])
-
-
 def build_space(cfg: dict, splits) -> SearchSpace:
     return SearchSpace.load(cfg["space"], num_classes=len(splits.train.classes),
                             in_channels=splits.train.channels)
@@ -348,17 +129,12 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def default_run_dir(cfg: dict) -> str:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return os.path.join("runs", f"{cfg['recipe']}-{cfg['strategy']}-seed{cfg['seed']}-{stamp}")
-
-
 def train(cfg: dict, run_dir: str, resume: bool = False, progress: bool = True,
           stop_after_steps: int | None = None) -> dict:
     """Trains per `cfg` in `run_dir` (resuming from its checkpoint with `resume`). Returns the
     final metrics, or {"interrupted": step} when stopped by a signal (or, for tests, after
     `stop_after_steps` optimizer steps of this call)."""
-    cfg = check_config(dict(cfg))
+    cfg = check_config(cfg)
     previous = set_dw_backend(cfg["dw_backend"])
     try:
         return _train(cfg, run_dir, resume, progress, stop_after_steps)
@@ -366,60 +142,10 @@ def train(cfg: dict, run_dir: str, resume: bool = False, progress: bool = True,
         set_dw_backend(previous)
 
 
-class _RunLog:
-    """What a run records besides its checkpoint (rank 0 only): every entry as a line of
-    metrics.jsonl, the scalars as TensorBoard events in tensorboard/ (when the tensorboard
-    package is installed) and the curves as curves.png (when matplotlib is)."""
-
-    STEP_TAGS = {"loss_largest": "loss/largest", "loss_smallest": "loss/smallest",
-                 "loss_sampled": "loss/sampled", "lr": "lr"}
-    EPOCH_TAGS = {"holdout_acc_smallest": "holdout_acc/smallest",
-                  "holdout_acc_largest": "holdout_acc/largest"}
-
-    def __init__(self, run_dir: str, active: bool):
-        self.run_dir, self.active = run_dir, active
-        self.path = os.path.join(run_dir, "metrics.jsonl")
-        self.file = open(self.path, "a") if active else None
-        self.events = None
-        if active:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is optional
-                pass
-            else:
-                self.events = SummaryWriter(os.path.join(run_dir, "tensorboard"))
-
-    def record(self, entry: dict) -> None:
-        if not self.active:
-            return
-        self.file.write(json.dumps(entry) + "\n")
-        self.file.flush()
-        if self.events is not None and "step" in entry:
-            tags = self.EPOCH_TAGS if entry.get("event") == "epoch" else self.STEP_TAGS
-            for key, tag in tags.items():
-                if key in entry:
-                    self.events.add_scalar(tag, entry[key], entry["step"])
-            self.events.flush()
-
-    def plot(self) -> bool:
-        """curves.png from the whole metrics.jsonl (earlier invocations of a resumed run
-        included); False when matplotlib is missing."""
-        if not self.active:
-            return False
-        with open(self.path) as f:
-            return plot_training_curves(os.path.join(self.run_dir, "curves.png"),
-                                        [json.loads(line) for line in f if line.strip()])
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-        if self.events is not None:
-            self.events.close()
-
-
 @dataclasses.dataclass
 class Run:
     """What a training run is made of, as build_run sets it up from a recipe."""
+    cfg: Recipe
     splits: object
     stream: BatchStream | FolderStream
     space: SearchSpace
@@ -429,11 +155,29 @@ class Run:
     strategy: Strategy
     scaler: torch.amp.GradScaler  # amp: fp16's loss scaling (disabled otherwise: a no-op)
 
+    def state_dict(self, epoch: int, step: int, finished: bool = False) -> dict:
+        """The checkpoint of the run before step `step` of epoch `epoch` (from 0)."""
+        return {"format": CHECKPOINT_FORMAT, "config": self.cfg.as_dict(),
+                "space": self.space.config, "epoch": epoch, "step": step, "finished": finished,
+                "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "strategy": self.strategy.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": _rng_state()}
 
-def build_run(cfg: dict, device: torch.device | str = "cpu", rank: int = 0, world: int = 1) -> Run:
+    def load_state_dict(self, ckpt: dict) -> None:
+        self.net.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.strategy.load_state_dict(ckpt["strategy"])
+        if "scaler" in ckpt:  # (written since amp exists)
+            self.scaler.load_state_dict(ckpt["scaler"])
+        _set_rng_state(ckpt["rng"])
+
+
+def build_run(cfg, device: torch.device | str = "cpu", rank: int = 0, world: int = 1) -> Run:
     """Seeds every generator from cfg["seed"], then builds the data, the supernet (initialised
     under that seed), the optimizer, the schedule and the strategy of a run (also used by
     benchmarks/kd_diagnosis.py)."""
+    cfg = check_config(cfg)
     random.seed(cfg["seed"])
     np.random.seed(cfg["seed"] % 2**32)
     torch.manual_seed(cfg["seed"])
@@ -465,80 +209,54 @@ def build_run(cfg: dict, device: torch.device | str = "cpu", rank: int = 0, worl
                         uniform_bins=cfg["target_bins"] == "uniform", pool_size=cfg["pool_size"],
                         n_prior=cfg["n_prior"])
     scaler = torch.amp.GradScaler(torch.device(device).type, enabled=cfg["amp"] == "fp16")
-    return Run(splits, stream, space, net, optimizer, scheduler, strategy, scaler)
+    return Run(cfg, splits, stream, space, net, optimizer, scheduler, strategy, scaler)
 
 
-def _train(cfg, run_dir, resume, progress, stop_after_steps) -> dict:
+def _train(cfg: Recipe, run_dir: str, resume, progress, stop_after_steps) -> dict:
     device = dist.init_from_env()
-    rank, world = dist.rank(), dist.world_size()
-    ckpt_path = os.path.join(run_dir, "checkpoint.pt")
-    ckpt = load_checkpoint(ckpt_path) if resume else None
-    if ckpt is not None and _with_defaults(ckpt["config"]) != cfg:
-        raise ValueError(f"{ckpt_path} was written with another config; resume continues the "
-                         f"same run (see {os.path.join(run_dir, 'config.yaml')})")
+    rank = dist.rank()
+    folder = RunDir(run_dir, writer=rank == 0)
+    ckpt = folder.load_checkpoint() if resume else None
+    if ckpt is not None and check_config(ckpt["config"]) != cfg:
+        raise ValueError(f"{folder.checkpoint_path} was written with another config; resume "
+                         f"continues the same run (see {folder.config_path})")
 
     # Everything that can fail on a bad recipe, file or dataset runs before the run directory
     # is made, so a run that cannot start leaves nothing behind.
-    run = build_run(cfg, device, rank, world)
-    splits, stream, space, net = run.splits, run.stream, run.space, run.net
-    optimizer, scheduler, strategy, scaler = run.optimizer, run.scheduler, run.strategy, run.scaler
-    steps_per_epoch = stream.steps_per_epoch
-
-    if rank == 0:
-        os.makedirs(run_dir, exist_ok=True)
-        _write_text(os.path.join(run_dir, "config.yaml"), yaml.safe_dump(cfg, sort_keys=False))
+    run = build_run(cfg, device, rank, dist.world_size())
+    folder.create(cfg)
     dist.barrier()
-
     epoch = step = 0
     if ckpt is not None:
-        net.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        strategy.load_state_dict(ckpt["strategy"])
-        if "scaler" in ckpt:  # (written since amp exists)
-            scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"])
+        run.load_state_dict(ckpt)
         epoch, step = ckpt["epoch"], ckpt["step"]
         if rank == 0:
+            steps_per_epoch = run.stream.steps_per_epoch
             log.info("resumed %s at step %d/%d (epoch %d/%d)", run_dir,
                      epoch * steps_per_epoch + step, cfg["epochs"] * steps_per_epoch,
                      min(epoch + 1, cfg["epochs"]), cfg["epochs"])
-
-    def checkpoint(epoch_: int, step_: int, finished: bool = False):
-        if rank == 0:
-            save_checkpoint(ckpt_path, {
-                "format": CHECKPOINT_FORMAT, "config": cfg, "space": space.config,
-                "epoch": epoch_, "step": step_, "finished": finished,
-                "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "strategy": strategy.state_dict(),
-                "scaler": scaler.state_dict(), "rng": _rng_state()})
-        dist.barrier()
-
-    run_log = _RunLog(run_dir, rank == 0)
     try:
-        return _loop(cfg, run_dir, resume_at=(epoch, step), net=net, optimizer=optimizer,
-                     scheduler=scheduler, scaler=scaler, strategy=strategy, stream=stream,
-                     splits=splits, space=space, device=device, run_log=run_log,
-                     checkpoint=checkpoint, progress=progress, stop_after_steps=stop_after_steps)
+        return _loop(run, folder, (epoch, step), device, progress, stop_after_steps)
     finally:
-        run_log.close()
+        folder.close()
 
 
-def _write_text(path: str, text: str) -> None:
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-
-
-def _loop(cfg, run_dir, resume_at, net, optimizer, scheduler, scaler, strategy, stream, splits,
-          space, device, run_log, checkpoint, progress, stop_after_steps) -> dict:
+def _loop(run: Run, folder: RunDir, resume_at: tuple[int, int], device, progress,
+          stop_after_steps) -> dict:
     """The epochs from `resume_at` (epoch, step) on, then the final evaluation. Messages,
     the progress bar and metrics.jsonl count steps (global) and epochs from 1."""
+    cfg, net, space, stream, strategy = run.cfg, run.net, run.space, run.stream, run.strategy
+    optimizer, scheduler, scaler = run.optimizer, run.scheduler, run.scaler
     rank, world = dist.rank(), dist.world_size()
     epoch, step = resume_at
     steps_per_epoch, epochs = stream.steps_per_epoch, cfg["epochs"]
     total_steps = epochs * steps_per_epoch
-    ckpt_path = os.path.join(run_dir, "checkpoint.pt")
+    ckpt_path, run_log = folder.checkpoint_path, folder
+
+    def checkpoint(epoch_: int, step_: int, finished: bool = False):
+        if folder.writer:
+            folder.save_checkpoint(run.state_dict(epoch_, step_, finished))
+        dist.barrier()
     largest, smallest = space.encode(space.max_arch()), space.encode(space.min_arch())
     ends = np.stack([smallest, largest])
     stop = _Stop()
@@ -547,7 +265,7 @@ def _loop(cfg, run_dir, resume_at, net, optimizer, scheduler, scaler, strategy, 
                desc="train", disable=not progress or rank != 0, dynamic_ncols=True)
 
     def new_evaluator():
-        return Evaluator(net, splits, cfg["eval_batch_size"], cfg["calib_images"], device)
+        return Evaluator(net, run.splits, cfg["eval_batch_size"], cfg["calib_images"], device)
 
     evaluator = evaluated_at = None  # the last per-epoch evaluation, reused by the final one
     steps_this_call = 0
@@ -599,7 +317,7 @@ def _loop(cfg, run_dir, resume_at, net, optimizer, scheduler, scaler, strategy, 
                                     "step": global_step})
                     if rank == 0 and stop.requested is not None:
                         log.warning("interrupted after %s; checkpoint saved, resume with "
-                                    "--resume %s", where, run_dir)
+                                    "--resume %s", where, folder.path)
                     return {"interrupted": global_step}
             entry = {"event": "epoch", "epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
                      "steps": count, "seconds": time.perf_counter() - start}
@@ -635,91 +353,13 @@ def _loop(cfg, run_dir, resume_at, net, optimizer, scheduler, scaler, strategy, 
     final = {"event": "final", **acc, "smallest_mflops": space.flops(smallest),
              "largest_mflops": space.flops(largest), "steps": total_steps, "world_size": world}
     run_log.record(final)
-    if rank == 0:
-        _write_text(os.path.join(run_dir, "final.json"), json.dumps(final, indent=2))
+    folder.write_final(final)
     checkpoint(epoch, step, finished=True)
     return final
 
 
-def forward_active(net: Supernet, cfg: dict, x: torch.Tensor) -> torch.Tensor:
-    """The active sub-network's logits (float32) on batch x resized to its resolution, in the
-    recipe's memory format and mixed precision."""
-    x = resize_batch(x, net.active_arch.resolution)
-    if cfg["channels_last"]:
-        x = x.contiguous(memory_format=torch.channels_last)
-    dtype = AMP_DTYPES[cfg["amp"]]
-    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
-        return net(x).float()
-
-
-def train_step(net: Supernet, cfg: dict, strategy: Strategy, largest, smallest, x, y,
-               scaler: torch.amp.GradScaler | None = None):
-    """Forward and backward of the sandwich on one batch (gradients accumulate in .grad, scaled
-    by `scaler` if given; the caller steps); the distillation is weighted by kd_weight. Returns
-    the losses [largest, smallest, mean of sampled] (detached, float64, on x's device,
-    distillation unweighted) and the encoded sub-networks trained [N, D].
-
-    Nothing here waits for the device, except the loss-scored strategies (bestup-N-loss,
-    worstup-N-loss), whose choice needs their candidates' losses on the host; the sampler's other
-    host work runs while the device still computes the previous step's work."""
-    world = dist.world_size()
-
-    @torch.no_grad()
-    def batch_losses(candidates):  # mini-batch loss of each candidate, over all ranks
-        out = []
-        with frozen_bn_stats(net):
-            saved = net.dropout, net.drop_connect
-            net.dropout = net.drop_connect = 0.0
-            try:
-                for arch in candidates:
-                    net.set_active(arch)
-                    logits = forward_active(net, cfg, x)
-                    # the largest's loss, as the published code scores candidates
-                    out.append(smoothed_cross_entropy(logits, y, cfg["label_smoothing"]))
-            finally:
-                net.dropout, net.drop_connect = saved
-        return (dist.all_reduce_sum(torch.stack(out)) / world).cpu().numpy()
-
-    kd_weight = KD_LOSSES[cfg["kd"]] if cfg["kd_weight"] is None else cfg["kd_weight"]
-    sampled = strategy.sample(cfg["num_sampled"], batch_losses) if cfg["num_sampled"] else []
-    archs = np.stack([largest, smallest, *sampled])
-    net.zero_grad(set_to_none=True)
-    losses, teacher = [], None
-    for i, arch in enumerate(archs):
-        net.set_active(arch)
-        first = i == 0
-        net.dropout = cfg["dropout"] if first else 0.0  # regularise only the largest
-        net.drop_connect = cfg["drop_connect"] if first else 0.0
-        logits = forward_active(net, cfg, x)
-        if first:
-            loss = smoothed_cross_entropy(logits, y, cfg["label_smoothing"])
-            teacher = logits.detach()
-            weighted = loss
-        else:
-            loss = distillation_loss(cfg["kd"], logits, teacher, cfg["alpha_min"],
-                                     cfg["alpha_max"], cfg["alpha_clip"])
-            weighted = kd_weight * loss
-        (weighted if scaler is None else scaler.scale(weighted)).backward()
-        losses.append(loss.detach())  # (stays on the device: no synchronisation per sub-network)
-    sampled_mean = torch.stack(losses[2:]).mean() if len(losses) > 2 else torch.zeros_like(losses[0])
-    return torch.stack([losses[0], losses[1], sampled_mean]).double(), archs
-
-
 def _show(value) -> str:
     return json.dumps(value) if value is None or isinstance(value, bool) else str(value)
-
-
-def _resumed_config(run_dir: str) -> dict:
-    path = os.path.join(run_dir, "config.yaml")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{run_dir!r} is not a run directory (no config.yaml)")
-    with open(path) as f:
-        return check_config(_with_defaults(yaml.safe_load(f)), path)
-
-
-def _with_defaults(cfg: dict) -> dict:
-    """A saved config with the keys added since it was written, at their defaults."""
-    return {**DEFAULTS, **cfg} if isinstance(cfg, dict) else cfg
 
 
 def keys_help(argv: list[str]) -> str:
@@ -732,7 +372,7 @@ def keys_help(argv: list[str]) -> str:
     overrides = [a for a in rest if "=" in a and not a.startswith("-")]
     try:
         if known.resume:
-            cfg, source = _resumed_config(known.resume), f"of the run {known.resume}"
+            cfg, source = RunDir(known.resume).read_config(), f"of the run {known.resume}"
         else:
             cfg = apply_overrides(load_recipe(known.recipe), overrides)
             source = f"of the recipe {known.recipe!r}" + (" with the overrides" if overrides else "")
@@ -788,14 +428,12 @@ def main(argv=None, prog=None) -> int:
             if args.overrides or args.run_dir:
                 raise ValueError("--resume continues a run as it was configured; it takes no "
                                  "overrides and no --run-dir")
-            cfg, run_dir = _resumed_config(args.resume), args.resume
+            cfg, run_dir = RunDir(args.resume).read_config(), args.resume
         else:
             cfg = apply_overrides(load_recipe(args.recipe), args.overrides)
             dist.init_from_env()
-            run_dir = dist.broadcast_object(args.run_dir or default_run_dir(cfg))
-            if os.path.exists(os.path.join(run_dir, "checkpoint.pt")):
-                raise FileExistsError(f"{run_dir} already holds a run; continue it with "
-                                      f"--resume {run_dir} or choose another --run-dir")
+            run_dir = dist.broadcast_object(args.run_dir or RunDir.default_path(cfg))
+            RunDir(run_dir).check_new()
         result = train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError,
             ImportError) as e:

@@ -1,0 +1,284 @@
+"""Training recipes: every key with its type, default and meaning, and loading them.
+
+A :class:`Recipe` is the typed, validated configuration of a training run. It is checked once,
+when it is made (:func:`check_config`, which names a bad key or value and what is allowed), and
+is read as attributes (``cfg.lr``) or as a mapping (``cfg["lr"]``, ``dict(cfg)``); checkpoints and
+``config.yaml`` store it as a plain dict (:meth:`Recipe.as_dict`). A new key is one field here
+(and its check in :func:`check_config` when its values are restricted).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping
+from importlib import resources
+
+import yaml
+
+from .data import DATASETS, NORMALIZATIONS
+from .losses import KD_LOSSES
+from .ops import BACKENDS
+from .sampling import parse_strategy
+
+AMP = ("none", "bf16", "fp16")  # mixed precision of the training forwards (step.AMP_DTYPES)
+
+
+def option(default, help: str):
+    """A Recipe field: its default and what it does (the --help text)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Recipe(Mapping):
+    """Every recipe key: its type, default and what it does. A recipe file or a key=value
+    override sets any. Compares equal to a mapping with the same keys and values."""
+    recipe: str = option("digits", "name of the recipe these values start from (set by --recipe)")
+    # data
+    dataset: str = option("digits",
+        "digits, fashion-mnist, cifar10 (in memory), imagefolder or imagenet (read from disk by"
+        " workers)")
+    data_dir: str | None = option(None,
+        "the dataset's directory (null: the dataset's default; digits needs none)")
+    workers: int = option(2, "imagefolder/imagenet: DataLoader processes decoding images, per rank")
+    skip_bad_images: bool = option(False,
+        "imagefolder/imagenet: leave out (and count) unreadable files instead of stopping with "
+        "an error naming the file")
+    image_size: int | None = option(None,
+        "imagefolder/imagenet: side of the random-resized training crops (null: the space's "
+        "largest resolution)")
+    holdout: float = option(0.1, "fraction of the training images held out to score sub-networks")
+    holdout_seed: int = option(0, "seed of the held-out split")
+    limit: int | None = option(None,
+        "train on a fixed subset of at most this many images (null: all)")
+    normalization: str | None = option(None,
+        "per-channel mean/std: dataset (the training split's), imagenet (ImageNet's, as the "
+        "released supernets expect) or null (imagenet for the imagenet dataset, dataset "
+        "otherwise)")
+    eval_crop: float | None = option(None,
+        "evaluation: resize to ceil(resolution / eval_crop) and centre-crop (the official "
+        "ImageNet evaluation: 0.875); null: 0.875 for imagenet, otherwise resize to the "
+        "resolution")
+    augment: bool = option(True,
+        "in memory: random crop with zero padding; folders: random-resized crop (off: the "
+        "centre view)")
+    flip: bool = option(False, "random horizontal flip (with augment)")
+    autoaugment: bool = option(False,
+        "folders: the ImageNet AutoAugment policy of the official code (with augment)")
+    # supernet
+    space: str = option("small",
+        "search space: a packaged name (small, attentive_nas) or a YAML path")
+    dropout: float = option(0.1, "dropout before the classifier, largest sub-network only")
+    drop_connect: float = option(0.1,
+        "drop-connect, largest only, as published: last two stages, block i of the supernet's n"
+        " gets drop_connect * i / n")
+    zero_init_residual: bool = option(False,
+        "start each block as its residual path (zero scale of its last BN), as the published "
+        "models do")
+    dw_backend: str = option("nasops",
+        "depthwise convolution: nasops (the kernels) or torch (reference)")
+    amp: str = option("none",
+        "mixed precision of the training forwards: none, bf16 or fp16 (autocast; fp16 with a "
+        "gradient scaler); losses and evaluation stay float32")
+    channels_last: bool = option(False,
+        "channels-last memory format for the supernet and its batches")
+    sync_bn: bool = option(True, "under torchrun: BN statistics over all ranks")
+    # optimisation
+    epochs: int = option(12, "training epochs")
+    batch_size: int = option(64, "global batch (divided among torchrun ranks)")
+    lr: float = option(0.1, "peak learning rate (SGD), for a batch of lr_batch images")
+    lr_batch: int | None = option(None,
+        "linear scaling: lr and lr_min are for this global batch and scale with batch_size / "
+        "lr_batch (published: 0.1 per 256); null: used as given")
+    lr_min: float = option(0.0, "learning rate at the end of the cosine schedule")
+    warmup_epochs: float = option(1.0, "linear warm-up over this many epochs")
+    warmup_start: float = option(0.001,
+        "the warm-up's first learning rate, as a fraction of lr (published: 0.001)")
+    momentum: float = option(0.9, "SGD momentum")
+    nesterov: bool = option(True, "Nesterov momentum")
+    weight_decay: float = option(5e-05,
+        "on conv and linear weights (not BN, not biases), once per step")
+    label_smoothing: float = option(0.1, "of the largest sub-network's cross-entropy")
+    grad_clip: float | None = option(5.0,
+        "gradient clipping threshold per step (null: no clipping)")
+    grad_clip_mode: str = option("norm",
+        "norm: the whole gradient's norm; value: each element (the published recipe: value at "
+        "1.0)")
+    # sampling
+    strategy: str = option("uniform", "how the sampled sub-networks are drawn (README: Strategies)")
+    num_sampled: int = option(2, "sub-networks per step besides the largest and the smallest")
+    target_bins: str = option("prior", "FLOPs targets from the prior, or uniform over its bins")
+    predictor: str | None = option(None, "predictor file, for the -acc and -offline strategies")
+    pool_size: int = option(1_000_000,
+        "offline strategies: uniform sub-networks predicted at start")
+    n_prior: int = option(200_000, "uniform samples the FLOPs prior and proposal are built from")
+    # distillation
+    kd: str = option("kl", "distillation of the smaller sub-networks: kl, or alpha (AlphaNet)")
+    kd_weight: float | None = option(None,
+        "weight of the distillation loss against the largest's cross-entropy (null: the loss's "
+        "default, kl 1.0 as published, alpha 0.5 as measured)")
+    alpha_min: float = option(-1.0, "kd alpha: the negative alpha of the adaptive divergence")
+    alpha_max: float = option(1.0, "kd alpha: the positive alpha of the adaptive divergence")
+    alpha_clip: float = option(5.0, "kd alpha: clip of the importance weights")
+    # bookkeeping
+    seed: int = option(0, "seed of everything: initialisation, data order, augmentation, sampling")
+    log_every: int = option(10, "steps between loss lines in metrics.jsonl")
+    eval_every: int = option(1,
+        "epochs between held-out accuracies of the smallest and largest (0: only at the end)")
+    eval_batch_size: int = option(256, "batch size of evaluation")
+    calib_images: int = option(1024, "training images for BN re-calibration before each evaluation")
+
+    def __getitem__(self, name: str):
+        if name not in _NAMES:
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def __iter__(self):
+        return iter(_NAMES)
+
+    def __len__(self) -> int:
+        return len(_NAMES)
+
+    def as_dict(self) -> dict:
+        return {name: getattr(self, name) for name in _NAMES}
+
+
+_NAMES = tuple(f.name for f in dataclasses.fields(Recipe))
+KEYS = {f.name: (f.default, f.metadata["help"]) for f in dataclasses.fields(Recipe)}
+DEFAULTS = {name: default for name, (default, _) in KEYS.items()}
+
+
+def _recipe_dir():
+    return resources.files("nasops") / "configs" / "recipes"
+
+
+def packaged_recipes() -> list[str]:
+    return sorted(e.name[:-5] for e in _recipe_dir().iterdir() if e.name.endswith(".yaml"))
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """A packaged recipe by name or a YAML file by path, merged over DEFAULTS and checked."""
+    if os.sep in name_or_path or name_or_path.endswith((".yaml", ".yml")):
+        if not os.path.isfile(name_or_path):
+            raise FileNotFoundError(f"recipe file {name_or_path!r} does not exist")
+        with open(name_or_path) as f:
+            text, source = f.read(), name_or_path
+        name = os.path.splitext(os.path.basename(name_or_path))[0]
+    else:
+        if name_or_path not in packaged_recipes():
+            raise ValueError(f"unknown recipe {name_or_path!r}; packaged recipes: "
+                             f"{packaged_recipes()} (or give a path to a YAML file)")
+        text = (_recipe_dir() / f"{name_or_path}.yaml").read_text()
+        source, name = f"recipes/{name_or_path}.yaml", name_or_path
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{source} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source} must be a mapping of recipe keys")
+    return check_config({"recipe": name, **raw}, source)
+
+
+def apply_overrides(config: Mapping, overrides: list[str]) -> Recipe:
+    """key=value strings (values parsed as YAML) applied to a config, then checked."""
+    out = dict(config)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} must look like key=value")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ValueError(f"override {item!r}: {e}") from None
+    return check_config(out, "command line")
+
+
+def check_config(cfg: Mapping, source: str = "config") -> Recipe:
+    """The Recipe of `cfg` (keys it lacks at their defaults) if every key is known and every
+    value allowed; ValueError naming the key, the value and what is allowed otherwise."""
+    if isinstance(cfg, Recipe):
+        return cfg  # (checked when it was made)
+    unknown = sorted(set(cfg) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"{source}: unknown recipe key(s) {unknown}; allowed: {sorted(DEFAULTS)}")
+    cfg = {**DEFAULTS, **cfg}
+
+    def bad(key, allowed):
+        raise ValueError(f"{source}: {key} = {cfg[key]!r} is not allowed; allowed: {allowed}")
+
+    def integer(key, lo, none=False):
+        v = cfg[key]
+        if v is None and none:
+            return
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            bad(key, f"an integer >= {lo}" + (" or null" if none else ""))
+
+    def number(key, lo, hi=math.inf, none=False, open_lo=False):
+        v = cfg[key]
+        if v is None and none:
+            return
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
+                (lo < v if open_lo else lo <= v) and v <= hi):
+            bad(key, f"a number in {'(' if open_lo else '['}{lo}, {hi}]" + (" or null" if none else ""))
+
+    def flag(key):
+        if not isinstance(cfg[key], bool):
+            bad(key, "true or false")
+
+    if cfg["dataset"] not in DATASETS:
+        bad("dataset", list(DATASETS))
+    for key in ("data_dir", "predictor"):
+        if cfg[key] is not None and not isinstance(cfg[key], str):
+            bad(key, "a path or null")
+    if not isinstance(cfg["space"], str):
+        bad("space", "a packaged space name or a YAML path")
+    for key in ("epochs", "batch_size", "num_sampled", "pool_size", "n_prior",
+                "log_every", "eval_every", "eval_batch_size", "calib_images", "workers"):
+        integer(key, 0 if key in ("num_sampled", "eval_every", "workers") else 1)
+    integer("image_size", 8, none=True)
+    integer("limit", 2, none=True)
+    for key in ("seed", "holdout_seed"):
+        integer(key, 0)
+    integer("lr_batch", 1, none=True)
+    number("holdout", 0, 1, open_lo=True)
+    for key in ("lr", "alpha_clip"):
+        number(key, 0, open_lo=True)
+    for key in ("lr_min", "warmup_epochs", "weight_decay"):
+        number(key, 0)
+    number("kd_weight", 0, none=True)
+    number("grad_clip", 0, none=True, open_lo=True)
+    number("warmup_start", 0, 1)
+    if cfg["grad_clip_mode"] not in ("norm", "value"):
+        bad("grad_clip_mode", ["norm", "value"])
+    for key in ("momentum", "dropout", "drop_connect"):
+        number(key, 0, 1)
+    number("label_smoothing", 0, 0.999)
+    number("alpha_min", -math.inf)
+    number("alpha_max", -math.inf)
+    if not cfg["alpha_min"] < 0 < cfg["alpha_max"]:
+        raise ValueError(f"{source}: alpha_min = {cfg['alpha_min']} and alpha_max = "
+                         f"{cfg['alpha_max']} must satisfy alpha_min < 0 < alpha_max")
+    for key in ("augment", "flip", "nesterov", "sync_bn", "zero_init_residual", "autoaugment",
+                "skip_bad_images"):
+        flag(key)
+    if cfg["kd"] not in KD_LOSSES:
+        bad("kd", list(KD_LOSSES))
+    if cfg["amp"] not in AMP:
+        bad("amp", list(AMP))
+    flag("channels_last")
+    if cfg["dw_backend"] not in BACKENDS:
+        bad("dw_backend", list(BACKENDS))
+    if cfg["normalization"] not in NORMALIZATIONS + (None,):
+        bad("normalization", list(NORMALIZATIONS) + [None])
+    number("eval_crop", 0, 1, none=True, open_lo=True)
+    if cfg["target_bins"] not in ("prior", "uniform"):
+        bad("target_bins", ["prior", "uniform"])
+    kind, _, _ = parse_strategy(cfg["strategy"])
+    if kind in ("acc", "offline") and cfg["predictor"] is None:
+        raise ValueError(f"{source}: strategy {cfg['strategy']!r} needs predictor = a predictor "
+                         f"file (python -m nasops.predictor makes one)")
+    if cfg["lr_min"] > cfg["lr"]:
+        raise ValueError(f"{source}: lr_min = {cfg['lr_min']} exceeds lr = {cfg['lr']}")
+    return Recipe(**cfg)
+
+

@@ -1,0 +1,108 @@
+"""A training run's directory: ``config.yaml`` (the resolved recipe), ``metrics.jsonl`` (every
+entry a line; the scalars also as TensorBoard events in ``tensorboard/`` when tensorboard is
+installed, the curves as ``curves.png`` when matplotlib is), ``checkpoint.pt`` and ``final.json``.
+Rank 0 writes (``writer``); files are replaced atomically, metrics.jsonl is appended and flushed
+line by line."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import yaml
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .plots import plot_training_curves
+from .recipe import Recipe, check_config
+
+
+def write_text(path: str, text: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+class RunDir:
+    STEP_TAGS = {"loss_largest": "loss/largest", "loss_smallest": "loss/smallest",
+                 "loss_sampled": "loss/sampled", "lr": "lr"}
+    EPOCH_TAGS = {"holdout_acc_smallest": "holdout_acc/smallest",
+                  "holdout_acc_largest": "holdout_acc/largest"}
+
+    def __init__(self, path: str, writer: bool = True):
+        self.path, self.writer = path, writer
+        self.config_path = os.path.join(path, "config.yaml")
+        self.checkpoint_path = os.path.join(path, "checkpoint.pt")
+        self.metrics_path = os.path.join(path, "metrics.jsonl")
+        self._metrics = self._events = None
+
+    @staticmethod
+    def default_path(cfg: Recipe) -> str:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        return os.path.join("runs", f"{cfg['recipe']}-{cfg['strategy']}-seed{cfg['seed']}-{stamp}")
+
+    def read_config(self) -> Recipe:
+        """The recipe of the run in this directory (to resume it)."""
+        if not os.path.isfile(self.config_path):
+            raise FileNotFoundError(f"{self.path!r} is not a run directory (no config.yaml)")
+        with open(self.config_path) as f:
+            return check_config(yaml.safe_load(f), self.config_path)
+
+    def check_new(self) -> None:
+        if os.path.exists(self.checkpoint_path):
+            raise FileExistsError(f"{self.path} already holds a run; continue it with --resume "
+                                  f"{self.path} or choose another --run-dir")
+
+    def create(self, cfg: Recipe) -> None:
+        """Makes the directory, writes config.yaml and opens the metrics (appending to those of
+        an earlier invocation of the same run)."""
+        if not self.writer:
+            return
+        os.makedirs(self.path, exist_ok=True)
+        write_text(self.config_path, yaml.safe_dump(cfg.as_dict(), sort_keys=False))
+        self._metrics = open(self.metrics_path, "a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            pass
+        else:
+            self._events = SummaryWriter(os.path.join(self.path, "tensorboard"))
+
+    def load_checkpoint(self) -> dict:
+        return load_checkpoint(self.checkpoint_path)
+
+    def save_checkpoint(self, payload: dict) -> None:
+        if self.writer:
+            save_checkpoint(self.checkpoint_path, payload)
+
+    def record(self, entry: dict) -> None:
+        """A line of metrics.jsonl (and its scalars as TensorBoard events)."""
+        if self._metrics is None:
+            return
+        self._metrics.write(json.dumps(entry) + "\n")
+        self._metrics.flush()
+        if self._events is not None and "step" in entry:
+            tags = self.EPOCH_TAGS if entry.get("event") == "epoch" else self.STEP_TAGS
+            for key, tag in tags.items():
+                if key in entry:
+                    self._events.add_scalar(tag, entry[key], entry["step"])
+            self._events.flush()
+
+    def plot(self) -> bool:
+        """curves.png from the whole metrics.jsonl (earlier invocations of a resumed run
+        included); False when matplotlib is missing."""
+        if self._metrics is None:
+            return False
+        with open(self.metrics_path) as f:
+            return plot_training_curves(os.path.join(self.path, "curves.png"),
+                                        [json.loads(line) for line in f if line.strip()])
+
+    def write_final(self, final: dict) -> None:
+        if self.writer:
+            write_text(os.path.join(self.path, "final.json"), json.dumps(final, indent=2))
+
+    def close(self) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
+        if self._events is not None:
+            self._events.close()
+        self._metrics = self._events = None

@@ -1,0 +1,87 @@
+"""One training step of the sandwich rule: the forwards, losses and backwards of the largest,
+the smallest and the sampled sub-networks on one batch (the caller averages the gradients over
+ranks, clips them and steps the optimizer). Mixed precision is decided here (forward_active)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import distributed as dist
+from .losses import KD_LOSSES, distillation_loss, smoothed_cross_entropy
+from .nn import Supernet, frozen_bn_stats, resize_batch
+from .sampling import Strategy
+
+# amp key -> autocast dtype of the training forwards
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def forward_active(net: Supernet, cfg: dict, x: torch.Tensor) -> torch.Tensor:
+    """The active sub-network's logits (float32) on batch x resized to its resolution, in the
+    recipe's memory format and mixed precision."""
+    x = resize_batch(x, net.active_arch.resolution)
+    if cfg["channels_last"]:
+        x = x.contiguous(memory_format=torch.channels_last)
+    dtype = AMP_DTYPES[cfg["amp"]]
+    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+        return net(x).float()
+
+
+def train_step(net: Supernet, cfg: dict, strategy: Strategy, largest, smallest, x, y,
+               scaler: torch.amp.GradScaler | None = None):
+    """Forward and backward of the sandwich on one batch (gradients accumulate in .grad, scaled
+    by `scaler` if given; the caller steps); the distillation is weighted by kd_weight. Returns
+    the losses [largest, smallest, mean of sampled] (detached, float64, on x's device,
+    distillation unweighted) and the encoded sub-networks trained [N, D].
+
+    Nothing here waits for the device, except the loss-scored strategies (bestup-N-loss,
+    worstup-N-loss), whose choice needs their candidates' losses on the host; the sampler's other
+    host work runs while the device still computes the previous step's work."""
+    world = dist.world_size()
+
+    @torch.no_grad()
+    def batch_losses(candidates):  # mini-batch loss of each candidate, over all ranks
+        out = []
+        with frozen_bn_stats(net):
+            saved = net.dropout, net.drop_connect
+            net.dropout = net.drop_connect = 0.0
+            try:
+                for arch in candidates:
+                    net.set_active(arch)
+                    logits = forward_active(net, cfg, x)
+                    # the largest's loss, as the published code scores candidates
+                    out.append(smoothed_cross_entropy(logits, y, cfg["label_smoothing"]))
+            finally:
+                net.dropout, net.drop_connect = saved
+        return (dist.all_reduce_sum(torch.stack(out)) / world).cpu().numpy()
+
+    kd_weight = KD_LOSSES[cfg["kd"]] if cfg["kd_weight"] is None else cfg["kd_weight"]
+    sampled = strategy.sample(cfg["num_sampled"], batch_losses) if cfg["num_sampled"] else []
+    archs = np.stack([largest, smallest, *sampled])
+    net.zero_grad(set_to_none=True)
+    losses, teacher = [], None
+    for i, arch in enumerate(archs):
+        net.set_active(arch)
+        first = i == 0
+        net.dropout = cfg["dropout"] if first else 0.0  # regularise only the largest
+        net.drop_connect = cfg["drop_connect"] if first else 0.0
+        logits = forward_active(net, cfg, x)
+        if first:
+            loss = smoothed_cross_entropy(logits, y, cfg["label_smoothing"])
+            teacher = logits.detach()
+            weighted = loss
+        else:
+            loss = distillation_loss(cfg["kd"], logits, teacher, cfg["alpha_min"],
+                                     cfg["alpha_max"], cfg["alpha_clip"])
+            weighted = kd_weight * loss
+        (weighted if scaler is None else scaler.scale(weighted)).backward()
+        losses.append(loss.detach())  # (stays on the device: no synchronisation per sub-network)
+    sampled_mean = torch.stack(losses[2:]).mean() if len(losses) > 2 else torch.zeros_like(losses[0])
+    return torch.stack([losses[0], losses[1], sampled_mean]).double(), archs
+
+
+def clip_gradients(net: torch.nn.Module, cfg: dict) -> None:
+    """grad_clip by the whole gradient's norm or by each element's value (grad_clip_mode)."""
+    if cfg["grad_clip"] is not None and cfg["grad_clip_mode"] == "value":
+        torch.nn.utils.clip_grad_value_(net.parameters(), cfg["grad_clip"])
+    elif cfg["grad_clip"] is not None:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg["grad_clip"])
