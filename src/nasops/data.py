@@ -35,7 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .folders import BadImageError, FolderSet, FolderStream  # noqa: F401 (re-exported)
+# (BadImageError and FolderStream: re-exported, nasops.data is where users look for them)
+from .folders import BadImageError, FolderSet, FolderStream, class_folders  # noqa: F401
 
 IN_MEMORY = ("digits", "fashion-mnist", "cifar10")
 FOLDERS = ("imagefolder", "imagenet")
@@ -225,7 +226,7 @@ def _folders(name: str, root: str, split: str, workers: int, skip_bad_images: bo
     test_dir = next((os.path.join(root, d) for d in (("val",) if name == "imagenet" else ("test", "val"))
                      if os.path.isdir(os.path.join(root, d))), None)
     if os.path.isdir(train_dir) and test_dir:
-        classes = FolderSet.scan(train_dir, **options).classes if split == "test" else None
+        classes = class_folders(train_dir, name) if split == "test" else None  # (not its files)
         return FolderSet.scan(train_dir if split == "train" else test_dir, classes, **options)
     if name == "imagenet":
         raise FileNotFoundError(f"imagenet: {root!r} must hold train/ and val/ folders. To get the "
