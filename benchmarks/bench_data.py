@@ -27,12 +27,13 @@ import numpy as np
 import torch
 
 import nasops
-from nasops.data import load_dataset
+from nasops.data import IMAGENET_MEAN, IMAGENET_STD, load_dataset
 from nasops.folders import FolderStream
 from nasops.train import DEFAULTS, train_step
 
+from bench_train import FixedArchs  # (this folder is on the path of a script run from it)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-IMAGENET_MEAN, IMAGENET_STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
 
 
 def write_jpegs(root, count, classes=10, seed=0):
@@ -53,8 +54,8 @@ def write_jpegs(root, count, classes=10, seed=0):
 def loader_rate(data, workers, batch, batches, repeats):
     """Median images/s of `batches` training batches, after a warm-up pass."""
     data.workers = workers
-    stream = FolderStream(data, batch, IMAGENET_MEAN, IMAGENET_STD, 224, seed=0, flip=True,
-                          autoaugment=True)
+    stream = FolderStream(data, batch, torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD),
+                          224, seed=0, flip=True, autoaugment=True)
     if stream.steps_per_epoch < batches:
         raise SystemExit(f"{len(data)} images make {stream.steps_per_epoch} batches of {batch}; "
                          f"--batches {batches} needs more (--images)")
@@ -69,14 +70,6 @@ def loader_rate(data, workers, batch, batches, repeats):
         if epoch:  # the first pass is the warm-up
             rates.append(batch * batches / seconds)
     return statistics.median(rates), rates
-
-
-class FixedArchs:
-    def __init__(self, archs):
-        self.archs = archs
-
-    def sample(self, n, loss_fn=None):
-        return self.archs[:n]
 
 
 def step_rate(device, batch, steps):

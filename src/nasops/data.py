@@ -273,13 +273,6 @@ class Splits:
     # resolution (the official ImageNet evaluation: 0.875)
     eval_crop: float | None = None
 
-    def views(self, split: str, resolution: int, batch_size: int, device, index=None):
-        """Evaluation batches of `split` (or of its images `index`), normalised on `device`."""
-        data = getattr(self, split)
-        if index is not None:
-            data = data.subset(index)
-        return data.views(resolution, batch_size, self.eval_crop, self.mean, self.std, device)
-
 
 def load_splits(name: str, root: str | None = None, holdout: float = 0.1,
                 holdout_seed: int = 0, limit: int | None = None,

@@ -50,7 +50,7 @@ class Evaluator:
             raise ValueError(f"batch_size = {batch_size!r} must be a positive integer")
         self.net, self.splits, self.batch_size, self.device = net, splits, batch_size, torch.device(device)
         order = np.random.default_rng(0).permutation(len(splits.train))[:calib_images]
-        self._calib = np.sort(order)
+        self._calib = splits.train.subset(np.sort(order))  # (once: every sub-network uses it)
         self.cache: dict[tuple, float] = {}
 
     @staticmethod
@@ -59,8 +59,9 @@ class Evaluator:
             raise ValueError(f"split {name!r} is not allowed; allowed: ['holdout', 'test', 'train']")
         return name
 
-    def _batches(self, split: str, resolution: int, index=None):
-        return self.splits.views(split, resolution, self.batch_size, self.device, index)
+    def _batches(self, data, resolution: int):
+        s = self.splits
+        return data.views(resolution, self.batch_size, s.eval_crop, s.mean, s.std, self.device)
 
     @torch.no_grad()
     def calibrate(self, arch) -> int:
@@ -68,7 +69,7 @@ class Evaluator:
         before an export). Returns its resolution."""
         self.net.set_active(arch)
         res = self.net.active_arch.resolution
-        calibrate_bn(self.net, (x for x, _ in self._batches("train", res, self._calib)))
+        calibrate_bn(self.net, (x for x, _ in self._batches(self._calib, res)))
         return res
 
     @torch.no_grad()
@@ -78,7 +79,7 @@ class Evaluator:
         was_training = net.training
         net.eval()
         correct = seen = 0
-        for x, y in self._batches(split, res):
+        for x, y in self._batches(getattr(self.splits, split), res):
             correct += (net(x).argmax(1) == y).sum()  # (on the device: one sync at the end)
             seen += len(y)
         net.train(was_training)

@@ -251,7 +251,7 @@ def _loop(run: Run, folder: RunDir, resume_at: tuple[int, int], device, progress
     epoch, step = resume_at
     steps_per_epoch, epochs = stream.steps_per_epoch, cfg["epochs"]
     total_steps = epochs * steps_per_epoch
-    ckpt_path, run_log = folder.checkpoint_path, folder
+    ckpt_path = folder.checkpoint_path
 
     def checkpoint(epoch_: int, step_: int, finished: bool = False):
         if folder.writer:
@@ -306,14 +306,14 @@ def _loop(run: Run, folder: RunDir, resume_at: tuple[int, int], device, progress
                 bar.update(1)
                 bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{finite[0]:.3f}")
                 if global_step % cfg["log_every"] == 0:
-                    run_log.record({"epoch": epoch + 1, "step": global_step,
+                    folder.record({"epoch": epoch + 1, "step": global_step,
                                     "lr": scheduler.get_last_lr()[0],
                                     "loss_largest": float(finite[0]),
                                     "loss_smallest": float(finite[1]),
                                     "loss_sampled": float(finite[2])})
                 if total[7] > 0:
                     checkpoint(epoch, step)
-                    run_log.record({"event": "interrupted", "epoch": epoch + 1,
+                    folder.record({"event": "interrupted", "epoch": epoch + 1,
                                     "step": global_step})
                     if rank == 0 and stop.requested is not None:
                         log.warning("interrupted after %s; checkpoint saved, resume with "
@@ -336,10 +336,10 @@ def _loop(run: Run, folder: RunDir, resume_at: tuple[int, int], device, progress
                 if rank == 0 and progress:
                     bar.write(f"epoch {epoch + 1}/{epochs}: held-out accuracy {acc[0]:.2%} "
                               f"(smallest), {acc[1]:.2%} (largest)", file=sys.stderr)
-            run_log.record(entry)
+            folder.record(entry)
             epoch, step = epoch + 1, 0
             checkpoint(epoch, step)
-            run_log.plot()
+            folder.plot()
     finally:
         bar.close()
         stop.restore()
@@ -352,7 +352,7 @@ def _loop(run: Run, folder: RunDir, resume_at: tuple[int, int], device, progress
             acc[f"{label}_{split}_acc"] = float(evaluator.accuracy(arch, split)[0])
     final = {"event": "final", **acc, "smallest_mflops": space.flops(smallest),
              "largest_mflops": space.flops(largest), "steps": total_steps, "world_size": world}
-    run_log.record(final)
+    folder.record(final)
     folder.write_final(final)
     checkpoint(epoch, step, finished=True)
     return final
