@@ -219,6 +219,10 @@ class SearchSpace:
         self.dim_names = [name for name, _ in self._core.dims()]
         self.choices = [np.asarray(c, dtype=np.int64) for _, c in self._core.dims()]
         self.dim = len(self.dim_names)
+        self.sizes = np.array([len(c) for c in self.choices])  # choices per dimension
+        self._table = np.zeros((self.dim, self.sizes.max()), dtype=np.int64)  # choices, padded
+        for d, c in enumerate(self.choices):
+            self._table[d, :len(c)] = c
         # where each Arch field lies in the flat encoding, read off the core's dimension names
         # ("resolution", "width[0]", ...): the core's Space is the one home of the layout
         fields = [name.split("[")[0] for name in self.dim_names]
@@ -328,6 +332,37 @@ class SearchSpace:
 
     def decode_all(self, archs) -> list[Arch]:
         return [self.decode(row) for row in self._as_rows(archs)]
+
+    def dim_groups(self) -> np.ndarray:
+        """Per dimension of the encoding, the part of the network it belongs to: 0 the input
+        resolution, 1 the stem, 2 .. S+1 the stages (width, depth, kernel size, expansion
+        ratio), S+2 the head. int64 [D]."""
+        groups = np.empty(self.dim, dtype=np.int64)
+        for d, name in enumerate(self.dim_names):
+            field, _, rest = name.partition("[")
+            i = int(rest[:-1]) if rest else 0
+            groups[d] = 0 if field == "resolution" else (i + 1 if field == "width" else i + 2)
+        return groups
+
+    def to_index(self, archs) -> np.ndarray:
+        """Each value's position among its dimension's (sorted) choices: [N, D] int64 from
+        encoded architectures [N, D] (or [D] -> [D])."""
+        rows = self._as_rows(archs)
+        index = np.stack([np.searchsorted(c, rows[:, d]) for d, c in enumerate(self.choices)], 1)
+        return index[0] if np.ndim(archs) == 1 else index
+
+    def from_index(self, index) -> np.ndarray:
+        """Encoded architectures from choice positions (the inverse of :meth:`to_index`)."""
+        index = np.asarray(index)
+        rows = np.atleast_2d(index)
+        if rows.ndim != 2 or rows.shape[1] != self.dim or rows.dtype.kind not in "iu":
+            raise ValueError(f"choice positions must be an integer array [N, {self.dim}], got "
+                             f"{index.dtype} {list(index.shape)}")
+        if ((rows < 0) | (rows >= self.sizes)).any():
+            raise ValueError(f"choice positions out of range; dimension sizes: "
+                             f"{self.sizes.tolist()}")
+        out = self._table[np.arange(self.dim), rows]
+        return out[0] if index.ndim == 1 else out
 
     def min_arch(self) -> Arch:
         return self.decode(np.asarray(self._core.min_arch(), dtype=np.int64))

@@ -1,16 +1,22 @@
-"""Stage 2: evolutionary search for the best sub-networks under FLOPs budgets.
+"""Stage 2: search for the best sub-networks under budgets, and for the whole front.
 
-The AttentiveNAS protocol (after HAT): an initial population of 512 sub-networks within the budget
-(drawn with the FLOPs-constrained sampler), then 20 generations; in each, the best
-``population - mutations - crossovers`` members are the parents and 128 mutated and 128
-crossed-over children (also within the budget) join them. Every member is evaluated once
+:func:`evolve` is the AttentiveNAS evolutionary search (after HAT): an initial population of 512
+sub-networks within the budget (drawn with the FLOPs-constrained sampler), then 20 generations; in
+each, the best ``population - mutations - crossovers`` members are the parents and 128 mutated and
+128 crossed-over children (also within the budget) join them. Every member is evaluated once
 (results are cached by architecture), so a search makes at most
 population + generations x (mutations + crossovers) = 5,632 evaluations with the defaults, fewer
-when children repeat. (The paper quotes 5,248 for the same settings without saying how it
-counts.)
+when children repeat, plus the final local search (``polish``). (The paper quotes 5,248 for the
+same settings without saying how it counts.) ``method="paper"`` keeps the protocol exactly;
+the default, ``method="repair"``, also makes the moves that a budget otherwise forbids (see
+:func:`evolve`). :func:`pareto` runs one search per budget; :func:`front` searches a FLOPs range
+at once (NSGA-II) and returns its non-dominated set.
 
 ``objective`` is any batched callable from encodings [N, D] to scores [N], higher is better: an
-:class:`~nasops.predictor.AccuracyPredictor`, :class:`SupernetAccuracy`, or the user's own.
+:class:`~nasops.predictor.AccuracyPredictor`, :class:`SupernetAccuracy`, or the user's own. The
+budget is in MFLOPs, or with ``cost=`` in that cost's unit: any callable from encodings to costs
+[N] that does not grow when a dimension shrinks, with a ``unit`` attribute (a
+:class:`~nasops.latency.LatencyTable` gives milliseconds).
 """
 from __future__ import annotations
 
@@ -23,11 +29,14 @@ from tqdm import tqdm
 from ..sampling import FlopsSampler, _check_count
 from ..space import Arch, SearchSpace, _seed64
 
+METHODS = ("repair", "paper")
+PART_MOVES = 0.5  # with method "repair": the fraction of mutations that redraw one whole part
+
 
 @dataclass
 class SearchResult:
     """The best sub-network found under one budget."""
-    budget: float          # MFLOPs
+    budget: float          # in `unit`
     encoding: np.ndarray   # int64 [D]
     arch: Arch
     score: float
@@ -35,10 +44,13 @@ class SearchResult:
     params: float          # M
     evaluations: int       # objective evaluations this search made (cache hits excluded)
     history: list = field(default_factory=list)  # per generation: best score, evaluations so far
+    cost: float | None = None  # in `unit` (= flops for FLOPs budgets)
+    unit: str = "MFLOPs"
 
     def to_dict(self) -> dict:
-        return {"budget": self.budget, "arch": self.arch.to_dict(),
+        return {"budget": self.budget, "unit": self.unit, "arch": self.arch.to_dict(),
                 "encoding": self.encoding.tolist(), "score": self.score, "flops": self.flops,
+                "cost": self.flops if self.cost is None else self.cost,
                 "params": self.params, "evaluations": self.evaluations, "history": self.history}
 
 
@@ -70,15 +82,45 @@ class _Scores:
                 self.cache[arch.tobytes()] = float(v)
         return np.array([self.cache[k] for k in keys])
 
+    def new(self, archs: np.ndarray) -> np.ndarray:
+        """Which rows have no value yet."""
+        return np.array([a.tobytes() not in self.cache for a in archs], dtype=bool)
 
-def check_budget(space: SearchSpace, budget) -> float:
+
+class _Flops:
+    """The default cost: MFLOPs."""
+    unit = "MFLOPs"
+
+    def __init__(self, space: SearchSpace):
+        self.space = space
+
+    def __call__(self, archs) -> np.ndarray:
+        return self.space.flops(archs)
+
+
+def _cost_of(space: SearchSpace, cost):
+    if cost is None:
+        return _Flops(space)
+    if not callable(cost):
+        raise TypeError(f"cost must be callable (encodings [N, D] -> costs [N]), got "
+                        f"{type(cost).__name__}")
+    return cost
+
+
+def _unit(cost) -> str:
+    return getattr(cost, "unit", "cost units")
+
+
+def check_budget(space: SearchSpace, budget, cost=None) -> float:
+    cost = _cost_of(space, cost)
+    unit = _unit(cost)
     if isinstance(budget, bool) or not isinstance(budget, (int, float, np.number)) \
             or not math.isfinite(budget):
-        raise ValueError(f"FLOPs budget {budget!r} must be a finite number of MFLOPs")
-    smallest = space.flops(space.min_arch())
+        raise ValueError(f"budget {budget!r} must be a finite number of {unit}")
+    smallest = float(np.asarray(cost(space.encode(space.min_arch())[None, :]))[0])
     if budget < smallest:
-        raise ValueError(f"FLOPs budget {budget:g} MFLOPs is below the smallest sub-network of "
-                         f"{space.name!r} ({smallest:g} MFLOPs): nothing fits")
+        raise ValueError(f"budget {budget:g} {unit} is below the smallest sub-network of "
+                         f"{space.name!r} ({smallest:g} {unit}): nothing fits")
     return float(budget)
 
 
@@ -98,12 +140,18 @@ def _unique(rows: np.ndarray) -> np.ndarray:
 
 
 def initial_population(space: SearchSpace, sampler: FlopsSampler, budget: float, size: int,
-                       rng: np.random.Generator, max_rounds: int = 50) -> np.ndarray:
+                       rng: np.random.Generator, max_rounds: int = 50, cost=None) -> np.ndarray:
     """Up to `size` distinct sub-networks within the budget: FLOPs targets from the prior
     restricted to the budget, then constrained draws at them (the smallest sub-network is always
-    included, so a feasible budget never gives an empty population)."""
-    allowed = sampler.targets <= budget
+    included, so a feasible budget never gives an empty population). With another `cost`, the
+    targets are the prior's bins where a probe of 8 draws finds one within the budget, and
+    draws over the budget are dropped."""
     found = [space.encode(space.min_arch())[None, :]]
+    if cost is None:
+        allowed = sampler.targets <= budget
+        cost = space.flops
+    else:
+        allowed = np.array([(cost(sampler.sample(t, 8)) <= budget).any() for t in sampler.targets])
     for _ in range(max_rounds):
         have = _unique(np.concatenate(found))
         if len(have) >= size:
@@ -116,98 +164,194 @@ def initial_population(space: SearchSpace, sampler: FlopsSampler, budget: float,
             draws = np.concatenate([sampler.sample(t, int(c)) for t, c in zip(targets, counts)])
         else:  # below every prior bin: uniform draws, filtered
             draws = space.sample(need * 20, seed=int(rng.integers(2**63)))
-        found.append(draws[space.flops(draws) <= budget])
+        found.append(draws[cost(draws) <= budget])
     return _unique(np.concatenate(found))[:size]
 
 
-def _children(space, parents, count, budget, rng, make, max_rounds=50):
-    """`count` distinct feasible children of `make(parents, n)`, or fewer if the budget leaves
-    too few."""
-    out = np.empty((0, space.dim), dtype=np.int64)
-    for _ in range(max_rounds):
-        if len(out) >= count:
-            break
-        cand = make(parents, 2 * (count - len(out)) + 8)
-        cand = cand[space.flops(cand) <= budget]
-        out = _unique(np.concatenate([out, cand]))
-    return out[:count]
+class _Moves:
+    """The variation operators of the searches over one space, under `cost <= budget`.
+
+    Mutation redraws each dimension with probability `mutate_prob` (the paper's move); with
+    `repair`, a fraction PART_MOVES of the mutations instead redraw every dimension of one part of
+    the network (the resolution, the stem, one stage, the head) at once, so that dimensions which
+    only pay off together can change together. Crossover takes each dimension from one of two
+    parents. A child over the budget is discarded (the paper) or, with `repair`, shrunk until it
+    fits: a random dimension that the move did not change steps one choice down, again and again
+    (then any dimension, if those are exhausted). Costs never grow when a dimension shrinks, and
+    the smallest sub-network fits, so every repair ends within the budget."""
+
+    def __init__(self, space, cost, budget, rng, mutate_prob, repair):
+        self.space, self.cost, self.budget, self.rng = space, cost, budget, rng
+        self.mutate_prob, self.repair = mutate_prob, repair
+        self.groups = space.dim_groups()
+
+    def mutate(self, parents, n):
+        rng = self.rng
+        base = parents[rng.integers(len(parents), size=n)]
+        redraw = rng.random(base.shape) < self.mutate_prob
+        pick = (rng.random(base.shape) * self.space.sizes).astype(np.int64)  # uniform per dim
+        if self.repair:
+            whole = rng.random(n) < PART_MOVES
+            part = rng.integers(self.groups.max() + 1, size=n)
+            redraw[whole] = self.groups[None, :] == part[whole, None]
+        fresh = self.space.from_index(pick)
+        child = np.where(redraw, fresh, base)
+        return child, child != base
+
+    def cross(self, parents, n):
+        rng = self.rng
+        a = parents[rng.integers(len(parents), size=n)]
+        b = parents[rng.integers(len(parents), size=n)]
+        return np.where(rng.random(a.shape) < 0.5, a, b), np.zeros(a.shape, dtype=bool)
+
+    def fit(self, archs, changed):
+        """The rows within the budget: the others discarded, or repaired."""
+        if not self.repair:
+            return archs[self.cost(archs) <= self.budget]
+        index = self.space.to_index(archs)
+        over = np.flatnonzero(self.cost(archs) > self.budget)
+        while len(over):
+            idx = index[over]
+            movable = idx > 0
+            free = movable & ~changed[over]
+            allowed = np.where(free.any(1, keepdims=True), free, movable)
+            dim = np.argmax(self.rng.random(idx.shape) * allowed, axis=1)  # a random allowed one
+            index[over, dim] -= 1
+            archs[over] = self.space.from_index(index[over])
+            over = over[self.cost(archs[over]) > self.budget]
+        return archs
+
+    def children(self, parents, count, make, max_rounds=50):
+        """`count` distinct children of `make` within the budget, or fewer if the budget leaves
+        too few."""
+        out = np.empty((0, self.space.dim), dtype=np.int64)
+        for _ in range(max_rounds):
+            if len(out) >= count:
+                break
+            out = _unique(np.concatenate([out, self.fit(*make(parents, 2 * (count - len(out)) + 8))]))
+        return out[:count]
+
+    def neighbours(self, arch):
+        """The sub-networks one move from `arch` within the budget: one dimension one choice up
+        or down, or one up and another one down (a swap, trading one dimension's cost for
+        another's)."""
+        index = self.space.to_index(arch)
+        eye = np.eye(self.space.dim, dtype=np.int64)
+        up, down = eye[index + 1 < self.space.sizes], -eye[index > 0]
+        swaps = (up[:, None, :] + down[None, :, :]).reshape(-1, self.space.dim)
+        swaps = swaps[(swaps != 0).sum(1) == 2]  # (not one dimension up and down again)
+        archs = self.space.from_index(index + np.concatenate([down, up, swaps]))
+        return archs[self.cost(archs) <= self.budget]
 
 
-def evolve(space: SearchSpace, objective, flops_budget: float, population: int = 512,
+def _local_search(moves, scores, ranked, arch, value, evaluations):
+    """First-improvement local search from `arch`: its neighbours in random order, in batches of
+    32, moving to the best of the first batch that improves (a higher score, or the same score
+    at a lower cost, which frees room for the next move), until a whole neighbourhood does not
+    improve or `evaluations` new objective values are spent."""
+    start = scores.calls
+    cost = float(moves.cost(arch[None, :])[0])
+    moved = True
+    while moved and scores.calls - start < evaluations:
+        near = moves.neighbours(arch)
+        near, moved = near[moves.rng.permutation(len(near))], False
+        for lo in range(0, len(near), 32):
+            left = evaluations - (scores.calls - start)
+            if left <= 0:
+                break
+            batch = near[lo:lo + 32]
+            new = scores.new(batch)
+            batch = batch[~new | (np.cumsum(new) <= left)]
+            values = scores(batch)
+            i = int(ranked(batch, values)[0])
+            batch_cost = float(moves.cost(batch[i][None, :])[0])
+            if (values[i], -batch_cost) > (value, -cost):
+                arch, value, cost, moved = batch[i], float(values[i]), batch_cost, True
+                break
+    return arch, value
+
+
+def _check_probability(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"{name} = {value!r} must be in (0, 1]")
+    return float(value)
+
+
+def evolve(space: SearchSpace, objective, budget: float, population: int = 512,
            mutations: int = 128, crossovers: int = 128, generations: int = 20,
            mutate_prob: float = 0.1, seed: int | None = 0, sampler: FlopsSampler | None = None,
-           cache: dict | None = None, progress: bool = False) -> SearchResult:
-    """Evolutionary search for the sub-network with the best objective within `flops_budget`
-    (MFLOPs; among equal scores, the one with fewer FLOPs). Every member, initial or child, is
-    within the budget. `cache` (a dict) shares
-    objective values between searches; `sampler` shares a FlopsSampler."""
-    budget = check_budget(space, flops_budget)
+           cache: dict | None = None, progress: bool = False, method: str = "repair",
+           polish: int = 256, cost=None) -> SearchResult:
+    """Evolutionary search for the sub-network with the best objective within `budget` (MFLOPs,
+    or the unit of `cost`; among equal scores, the cheaper). Every member, initial or child, is
+    within the budget. `cache` (a dict) shares objective values between searches; `sampler`
+    shares a FlopsSampler.
+
+    ``method="paper"``: the AttentiveNAS protocol exactly; children over the budget are
+    discarded. Under a tight budget that traps it: a member that fills the budget cannot take a
+    step that needs room (a higher resolution fits only if several other dimensions shrink at
+    once), so every such child is discarded. ``method="repair"`` (the default) makes those moves:
+    children over the budget are repaired and half the mutations redraw a whole part of the
+    network (:class:`_Moves`), and after the generations a local search spends up to `polish`
+    more evaluations moving the best member to a better neighbour (one dimension up or down, or
+    a swap of two) while one exists."""
+    cost_fn = _cost_of(space, cost)
+    budget = check_budget(space, budget, cost_fn)
+    if method not in METHODS:
+        raise ValueError(f"method = {method!r} is not allowed; allowed: {list(METHODS)}")
     population = _check_count("population", population, 2)
     mutations = _check_count("mutations", mutations, 0)
     crossovers = _check_count("crossovers", crossovers, 0)
     generations = _check_count("generations", generations, 0)
+    polish = _check_count("polish", polish, 0)
     n_parents = population - mutations - crossovers
     if n_parents < 1:
         raise ValueError(f"population = {population} must exceed mutations + crossovers = "
                          f"{mutations + crossovers} (the rest are the parents)")
-    if isinstance(mutate_prob, bool) or not isinstance(mutate_prob, (int, float)) \
-            or not 0 < mutate_prob <= 1:
-        raise ValueError(f"mutate_prob = {mutate_prob!r} must be in (0, 1]")
+    mutate_prob = _check_probability("mutate_prob", mutate_prob)
     rng = np.random.default_rng(_seed64(seed))
     if sampler is None:
         sampler = FlopsSampler(space, n_prior=50_000, seed=int(rng.integers(2**63)))
     scores = _Scores(objective, cache)
-    choices = space.choices
+    moves = _Moves(space, cost_fn, budget, rng, mutate_prob, repair=method == "repair")
 
-    sizes = np.array([len(c) for c in choices])
-    table = np.zeros((len(choices), sizes.max()), dtype=np.int64)  # choices, padded
-    for i, c in enumerate(choices):
-        table[i, :len(c)] = c
+    def ranked(members, values):  # best first; ties: the cheaper
+        return np.lexsort((cost_fn(members), -values))
 
-    def mutate(parents, n):
-        base = parents[rng.integers(len(parents), size=n)]
-        redraw = rng.random(base.shape) < mutate_prob
-        pick = (rng.random(base.shape) * sizes).astype(np.int64)  # a uniform choice per dim
-        fresh = table[np.arange(len(choices)), pick]
-        return np.where(redraw, fresh, base)
-
-    def cross(parents, n):
-        a = parents[rng.integers(len(parents), size=n)]
-        b = parents[rng.integers(len(parents), size=n)]
-        return np.where(rng.random(a.shape) < 0.5, a, b)
-
-    members = initial_population(space, sampler, budget, population, rng)
+    members = initial_population(space, sampler, budget, population, rng,
+                                 cost=None if cost is None else cost_fn)
     values = scores(members)
     history = []
-    bar = tqdm(range(generations), desc=f"evolve <= {budget:g} MFLOPs", disable=not progress)
+    bar = tqdm(range(generations), desc=f"evolve <= {budget:g} {_unit(cost_fn)}",
+               disable=not progress)
     for gen in bar:
-        order = np.lexsort((space.flops(members), -values))  # best first; ties: fewer FLOPs
+        order = ranked(members, values)
         parents, parent_values = members[order[:n_parents]], values[order[:n_parents]]
         history.append({"generation": gen, "best": float(parent_values[0]),
                         "evaluations": scores.calls})
-        kids = [k for k in (
-            _children(space, parents, mutations, budget, rng, mutate) if mutations else None,
-            _children(space, parents, crossovers, budget, rng, cross) if crossovers else None)
-            if k is not None]
+        kids = [moves.children(parents, n, make)
+                for n, make in ((mutations, moves.mutate), (crossovers, moves.cross)) if n]
         members = _unique(np.concatenate([parents, *kids]))
         values = scores(members)
         bar.set_postfix(best=f"{values.max():.4g}")
-    best = int(np.lexsort((space.flops(members), -values))[0])
-    history.append({"generation": generations, "best": float(values[best]),
-                    "evaluations": scores.calls})
-    enc = members[best]
-    return SearchResult(budget, enc, space.decode(enc), float(values[best]), space.flops(enc),
-                        space.params(enc), scores.calls, history)
+    best = int(ranked(members, values)[0])
+    enc, value = members[best], float(values[best])
+    if moves.repair and polish:
+        enc, value = _local_search(moves, scores, ranked, enc, value, polish)
+    history.append({"generation": generations, "best": value, "evaluations": scores.calls})
+    return SearchResult(budget, enc, space.decode(enc), value, space.flops(enc),
+                        space.params(enc), scores.calls, history,
+                        float(cost_fn(enc[None, :])[0]), _unit(cost_fn))
 
 
 def pareto(space: SearchSpace, objective, budgets, seed: int | None = 0, **kwargs) -> list[SearchResult]:
     """One :func:`evolve` per budget (ascending), sharing the objective cache and the sampler.
     Each budget's result is the best architecture evaluated under it by any of the searches (the
-    one with fewer FLOPs among equal scores), so the front's scores never decrease with the
-    budget."""
+    cheaper among equal scores), so the front's scores never decrease with the budget."""
     if not isinstance(budgets, (list, tuple, np.ndarray)) or len(budgets) == 0:
-        raise ValueError(f"budgets must be a non-empty list of MFLOPs, got {budgets!r}")
-    budgets = sorted(check_budget(space, b) for b in budgets)
+        raise ValueError(f"budgets must be a non-empty list, got {budgets!r}")
+    cost_fn = _cost_of(space, kwargs.get("cost"))
+    budgets = sorted(check_budget(space, b, cost_fn) for b in budgets)
     cache = kwargs.pop("cache", None)
     cache = {} if cache is None else cache
     sampler = kwargs.pop("sampler", None) or FlopsSampler(space, n_prior=50_000,
@@ -216,15 +360,185 @@ def pareto(space: SearchSpace, objective, budgets, seed: int | None = 0, **kwarg
                       sampler=sampler, cache=cache, **kwargs) for i, b in enumerate(budgets)]
     keys = list(cache)
     encs = np.stack([np.frombuffer(k, dtype=np.int64) for k in keys])
-    flops, values = space.flops(encs), np.array([cache[k] for k in keys])
+    costs, values = cost_fn(encs), np.array([cache[k] for k in keys])
     for r in results:
-        feasible = np.flatnonzero(flops <= r.budget)
-        best = feasible[np.lexsort((flops[feasible], -values[feasible]))[0]]
-        if (values[best], -flops[best]) > (r.score, -r.flops):  # found by another budget's search
+        feasible = np.flatnonzero(costs <= r.budget)
+        best = feasible[np.lexsort((costs[feasible], -values[feasible]))[0]]
+        if (values[best], -costs[best]) > (r.score, -r.cost):  # found by another budget's search
             r.encoding = encs[best].copy()
             r.arch, r.score = space.decode(r.encoding), float(values[best])
-            r.flops, r.params = float(flops[best]), space.params(r.encoding)
+            r.flops, r.params = space.flops(r.encoding), space.params(r.encoding)
+            r.cost = float(costs[best])
     return results
+
+
+# -- the whole front at once --------------------------------------------------------------------
+def non_dominated(costs, scores) -> np.ndarray:
+    """Indices of the points that no other point dominates (lower or equal cost and higher or
+    equal score, one of them strictly), by increasing cost. Of identical points, the first."""
+    costs, scores = np.asarray(costs, dtype=np.float64), np.asarray(scores, dtype=np.float64)
+    order = np.lexsort((np.arange(len(costs)), -scores, costs))  # cost up; among equal, best first
+    best = -np.inf
+    keep = []
+    for i in order:
+        if scores[i] > best:
+            keep.append(i)
+            best = scores[i]
+    return np.array(keep, dtype=np.int64)
+
+
+def _fronts(costs, scores) -> np.ndarray:
+    """Non-dominated rank of each point (0: the front; 1: the front without rank 0; ...)."""
+    rank = np.full(len(costs), -1)
+    left = np.arange(len(costs))
+    r = 0
+    while len(left):
+        # a point is in this front if no remaining point dominates it
+        c, s = costs[left], scores[left]
+        dominated = ((c[None, :] <= c[:, None]) & (s[None, :] >= s[:, None])
+                     & ((c[None, :] < c[:, None]) | (s[None, :] > s[:, None]))).any(1)
+        rank[left[~dominated]] = r
+        left, r = left[dominated], r + 1
+    return rank
+
+
+def _crowding(costs, scores) -> np.ndarray:
+    """NSGA-II's crowding distance within one front (the ends: infinite)."""
+    n = len(costs)
+    distance = np.zeros(n)
+    for values in (costs, scores):
+        order = np.argsort(values, kind="stable")
+        span = values[order[-1]] - values[order[0]]
+        distance[order[[0, -1]]] = np.inf
+        if n > 2 and span > 0:
+            distance[order[1:-1]] += (values[order[2:]] - values[order[:-2]]) / span
+    return distance
+
+
+def hypervolume(costs, scores, cost_range, reference: float) -> float:
+    """The area that the points dominate in (cost, score) over cost in `cost_range` = (lo, hi)
+    and score above `reference`: the integral over c from lo to hi of (the best score of a point
+    costing at most c) - reference, where that exceeds 0. A point below lo counts as costing lo.
+    Larger is better; 0 for no point within the range."""
+    lo, hi = (float(v) for v in cost_range)
+    costs = np.maximum(np.asarray(costs, dtype=np.float64), lo)
+    scores = np.asarray(scores, dtype=np.float64)
+    inside = costs <= hi
+    area, best, at = 0.0, reference, lo
+    for i in np.lexsort((-scores[inside], costs[inside])):
+        c, s = costs[inside][i], scores[inside][i]
+        area += (c - at) * (best - reference)
+        at, best = c, max(best, s)
+    return area + (hi - at) * (best - reference)
+
+
+@dataclass
+class FrontResult:
+    """The non-dominated sub-networks (score vs FLOPs) found within a FLOPs range, by
+    increasing FLOPs."""
+    space: SearchSpace = field(repr=False)
+    flops_range: tuple
+    encodings: np.ndarray  # int64 [M, D]
+    scores: np.ndarray     # [M]
+    flops: np.ndarray      # [M], MFLOPs
+    params: np.ndarray     # [M], M
+    evaluations: int
+    history: list = field(default_factory=list)  # per generation: evaluations, front size
+
+    def best_under(self, budget: float) -> SearchResult:
+        """The front's best sub-network within `budget` MFLOPs, as a :class:`SearchResult`."""
+        fits = np.flatnonzero(self.flops <= budget)
+        if len(fits) == 0:
+            raise ValueError(f"no sub-network of the front fits {budget:g} MFLOPs; the front "
+                             f"starts at {self.flops.min():g}")
+        i = fits[-1]  # (by increasing FLOPs, so also by increasing score)
+        enc = self.encodings[i]
+        return SearchResult(float(budget), enc, self.space.decode(enc), float(self.scores[i]),
+                            float(self.flops[i]), float(self.params[i]), self.evaluations,
+                            cost=float(self.flops[i]))
+
+    def to_dict(self) -> dict:
+        return {"flops_range": list(self.flops_range), "encodings": self.encodings.tolist(),
+                "scores": self.scores.tolist(), "flops": self.flops.tolist(),
+                "params": self.params.tolist(), "evaluations": self.evaluations,
+                "history": self.history}
+
+
+def front(space: SearchSpace, objective, flops_range, evaluations: int = 5000,
+          population: int = 256, mutate_prob: float = 0.1, seed: int | None = 0,
+          cache: dict | None = None, progress: bool = False) -> FrontResult:
+    """The whole accuracy-FLOPs front within `flops_range` = (lo, hi) MFLOPs in one run: NSGA-II
+    (Deb et al., 2002) with the repairing moves of :func:`evolve`, stopped after `evaluations`
+    objective evaluations. Members stay within hi; FLOPs below lo count as lo, so the search
+    spends nothing on the front below the range. Each generation, parents chosen by binary
+    tournament (lower rank, then larger crowding distance) make `population` children, half
+    mutated and half crossed over; parents and children are ranked into non-dominated fronts and
+    the best `population` kept (the last front by crowding distance). Returns the non-dominated
+    set of everything evaluated with FLOPs in the range."""
+    if not isinstance(flops_range, (tuple, list, np.ndarray)) or len(flops_range) != 2:
+        raise ValueError(f"flops_range must be (lo, hi) in MFLOPs, got {flops_range!r}")
+    hi = check_budget(space, flops_range[1])
+    lo = flops_range[0]
+    if isinstance(lo, bool) or not isinstance(lo, (int, float, np.number)) \
+            or not math.isfinite(lo) or not lo < hi:
+        raise ValueError(f"flops_range = {tuple(flops_range)!r}: lo must be a number below hi")
+    lo = float(lo)
+    evaluations = _check_count("evaluations", evaluations, 1)
+    population = _check_count("population", population, 4)
+    mutate_prob = _check_probability("mutate_prob", mutate_prob)
+    rng = np.random.default_rng(_seed64(seed))
+    sampler = FlopsSampler(space, n_prior=50_000, seed=int(rng.integers(2**63)))
+    scores = _Scores(objective, cache)
+    moves = _Moves(space, _Flops(space), hi, rng, mutate_prob, repair=True)
+
+    def select(members, values, size):
+        """Indices of the `size` best by (front rank, crowding); with rank and crowding."""
+        costs = np.maximum(space.flops(members), lo)
+        rank = _fronts(costs, values)
+        crowd = np.zeros(len(members))
+        for r in np.unique(rank):
+            at = np.flatnonzero(rank == r)
+            crowd[at] = _crowding(costs[at], values[at])
+        order = np.lexsort((-crowd, rank))[:size]
+        return order, rank[order], crowd[order]
+
+    def budgeted(children):
+        """The children while evaluations last (cached ones are free)."""
+        new = scores.new(children)
+        return children[~new | (np.cumsum(new) <= evaluations - scores.calls)]
+
+    members = budgeted(initial_population(space, sampler, hi, population, rng))
+    values = scores(members)
+    keep, rank, crowd = select(members, values, population)
+    members, values = members[keep], values[keep]
+    history = []
+    with tqdm(total=evaluations, desc=f"front {lo:g}-{hi:g} MFLOPs", disable=not progress) as bar:
+        bar.update(scores.calls)
+        while scores.calls < evaluations:
+            # binary tournaments: the lower rank wins, then the larger crowding distance
+            a, b = rng.integers(len(members), size=(2, population))
+            a_wins = (rank[a] < rank[b]) | ((rank[a] == rank[b]) & (crowd[a] >= crowd[b]))
+            pool = members[np.where(a_wins, a, b)]
+            kids = [moves.children(pool, population // 2, moves.mutate),
+                    moves.children(pool, population - population // 2, moves.cross)]
+            before = scores.calls
+            kids = budgeted(_unique(np.concatenate(kids)))
+            both = _unique(np.concatenate([members, kids]))
+            both_values = scores(both)
+            keep, rank, crowd = select(both, both_values, population)
+            members, values = both[keep], both_values[keep]
+            bar.update(scores.calls - before)
+            history.append({"evaluations": scores.calls, "front": int((rank == 0).sum())})
+            if scores.calls == before:  # nothing new left to try
+                break
+    encs = np.stack([np.frombuffer(k, dtype=np.int64) for k in scores.cache])
+    flops = space.flops(encs)
+    inside = np.flatnonzero((flops >= lo) & (flops <= hi))
+    all_values = np.array([scores.cache[encs[i].tobytes()] for i in inside])
+    nd = inside[non_dominated(flops[inside], all_values)]
+    return FrontResult(space, (lo, hi), encs[nd].copy(),
+                       np.array([scores.cache[encs[i].tobytes()] for i in nd]), flops[nd],
+                       space.params(encs[nd]), scores.calls, history)
 
 
 class SupernetAccuracy:

@@ -1,0 +1,181 @@
+"""Search quality: the traps that the paper's evolution falls into and the repairing search
+escapes (measured against the exhaustive optimum of the small space), the whole front in one run
+(NSGA-II), and the helpers they rest on (hypervolume, non-dominated sets, choice positions)."""
+import itertools
+
+import numpy as np
+import pytest
+
+import nasops
+from nasops.search import evolve, front, hypervolume, non_dominated
+from nasops.search.synthetic import Interacting, NarrowOptimum, ResolutionTrap, exhaustive
+
+SETTINGS = dict(population=128, mutations=32, crossovers=32)  # a quarter of the paper's
+
+
+@pytest.fixture(scope="module")
+def small():
+    return nasops.SearchSpace.load("small")
+
+
+class Recording:
+    """Wraps an objective; keeps every row it was asked to score."""
+
+    def __init__(self, objective):
+        self.objective, self.rows = objective, []
+
+    def __call__(self, archs):
+        self.rows.append(archs.copy())
+        return self.objective(archs)
+
+
+def peak_near(space, mflops):
+    """The sub-network of a fixed random pool whose FLOPs are closest to `mflops`."""
+    pool = space.sample(4000, seed=7)
+    return pool[np.argmin(np.abs(space.flops(pool) - mflops))]
+
+
+TRAPS = {  # name: (objective maker, budget in MFLOPs)
+    "resolution trap": (lambda s: ResolutionTrap(s), 3.9),
+    "narrow optimum": (lambda s: NarrowOptimum(s, peak_near(s, 0.97 * 9.0)), 9.0),
+    "interacting dimensions": (lambda s: Interacting(s), 6.0),
+}
+
+
+@pytest.mark.parametrize("trap", list(TRAPS))
+def test_the_paper_protocol_falls_into_each_trap_and_the_repairing_search_escapes(small, trap):
+    make, budget = TRAPS[trap]
+    objective = make(small)
+    _, optimum = exhaustive(small, objective, budget)
+    solved, evaluations = {}, {}
+    for method, generations in (("repair", 20), ("paper", 60)):  # the paper: more evaluations
+        solved[method], evaluations[method] = 0, []
+        for seed in range(4):
+            recorded = Recording(objective)
+            r = evolve(small, recorded, budget, generations=generations, seed=seed,
+                       method=method, **SETTINGS)
+            evaluated = np.concatenate(recorded.rows)
+            assert (small.flops(evaluated) <= budget).all()  # no member ever over the budget
+            assert len(np.unique(evaluated, axis=0)) == len(evaluated) == r.evaluations
+            assert r.score <= optimum + 1e-12 and r.flops <= budget
+            solved[method] += r.score >= optimum - 1e-12
+            evaluations[method].append(r.evaluations)
+    assert min(evaluations["paper"]) > max(evaluations["repair"])
+    assert solved["repair"] == 4, solved
+    assert solved["paper"] <= 2, solved
+
+
+def test_exhaustive_is_the_best_of_every_sub_network(tiny):
+    space = nasops.SearchSpace.load(tiny)
+    every = np.array([list(v) for v in itertools.product(*space.choices)], dtype=np.int64)
+    objective = ResolutionTrap(space)
+    for budget in (space.flops(space.min_arch()), 3.0, 1e9):
+        fits = every[space.flops(every) <= budget]
+        scores = objective(fits)
+        best = scores.max()
+        cheapest = fits[scores == best][np.argmin(space.flops(fits[scores == best]))]
+        arch, score = exhaustive(space, objective, budget, chunk=100)
+        assert score == best
+        np.testing.assert_array_equal(arch, cheapest)
+    with pytest.raises(ValueError, match="exhaustive search enumerates at most"):
+        exhaustive(nasops.SearchSpace.load("attentive_nas"), objective, 500)
+
+
+def test_synthetic_objectives_have_the_structure_they_claim(small):
+    u_min, u_max = small.encode(small.min_arch()), small.encode(small.max_arch())
+    trap = ResolutionTrap(small, weight=3.0)
+    assert trap(u_min[None])[0] == 0 and trap(u_max[None])[0] == 4.0
+    peak = peak_near(small, 8.0)
+    narrow = NarrowOptimum(small, peak, height=2.0)
+    assert narrow.radius == 6  # a third of the 18 searchable dimensions
+    index = small.to_index(peak)
+    far = index.copy()
+    changed = np.flatnonzero(small.sizes > 1)[:6]
+    far[changed] = (far[changed] + 1) % small.sizes[changed]  # six dimensions differ
+    slope = lambda i: (i / np.maximum(small.sizes - 1, 1))[small.sizes > 1].mean()
+    assert narrow(peak[None])[0] == pytest.approx(2.0 + slope(index))
+    assert narrow(small.from_index(far)[None])[0] == pytest.approx(slope(far))  # off the peak
+    inter = Interacting(small, stage=1)
+    d, e = small.dim_names.index("depth[1]"), small.dim_names.index("expand_ratio[1]")
+    base = small.to_index(u_min)
+    one, both = base.copy(), base.copy()
+    one[d] = small.sizes[d] - 1
+    both[[d, e]] = small.sizes[[d, e]] - 1
+    s = inter(small.from_index(np.stack([base, one, both])))
+    assert s[1] < s[0] < s[2]  # alone it costs, together it pays
+    with pytest.raises(ValueError, match="stage = 9 must be in"):
+        Interacting(small, stage=9)
+
+
+def test_choice_positions_round_trip(small):
+    archs = small.sample(50, seed=3)
+    index = small.to_index(archs)
+    assert index.min() == 0 and (index < small.sizes).all()
+    np.testing.assert_array_equal(small.from_index(index), archs)
+    np.testing.assert_array_equal(small.from_index(index[0]), archs[0])
+    with pytest.raises(ValueError, match="out of range"):
+        small.from_index(small.sizes[None, :])
+    groups = small.dim_groups()
+    assert groups[0] == 0 and groups[small.dim_names.index("width[0]")] == 1
+    for field in ("width[2]", "depth[1]", "kernel_size[1]", "expand_ratio[1]"):
+        assert groups[small.dim_names.index(field)] == 3  # all of the second stage
+    assert groups[small.dim_names.index("width[5]")] == small.num_stages + 2  # the head
+
+
+def test_non_dominated_and_hypervolume_against_brute_force():
+    g = np.random.default_rng(0)
+    costs, scores = g.integers(0, 20, 200).astype(float), g.integers(0, 30, 200).astype(float)
+    nd = non_dominated(costs, scores)
+    dominated = [any((costs[j] <= costs[i] and scores[j] >= scores[i]) and
+                     (costs[j] < costs[i] or scores[j] > scores[i]) for j in range(200))
+                 for i in range(200)]
+    # every non-dominated (cost, score) pair once, none dominated
+    assert {(costs[i], scores[i]) for i in nd} == \
+        {(costs[i], scores[i]) for i in range(200) if not dominated[i]}
+    assert len(nd) == len({(costs[i], scores[i]) for i in nd})
+    # the area, by a fine grid: for each cost c, the best score at cost <= c above the reference
+    lo, hi, ref = 3.0, 17.0, 5.0
+    grid = np.linspace(lo, hi, 140_001)[:-1] + 0.5 * (hi - lo) / 140_000
+    best = np.array([max([ref] + [s for c, s in zip(np.maximum(costs, lo), scores) if c <= x])
+                     for x in grid[::100]])
+    area = (best - ref).mean() * (hi - lo)
+    assert hypervolume(costs, scores, (lo, hi), ref) == pytest.approx(area, rel=2e-3)
+    assert hypervolume([], [], (lo, hi), ref) == 0.0
+
+
+def test_front_is_non_dominated_within_its_range_and_reproducible(small):
+    objective = Recording(Interacting(small))
+    lo, hi = 3.0, 12.0
+    a = front(small, objective, (lo, hi), evaluations=1500, population=64, seed=1)
+    assert 1400 <= a.evaluations <= 1500
+    evaluated = np.concatenate(objective.rows)
+    assert (small.flops(evaluated) <= hi).all() and len(evaluated) == a.evaluations
+    assert ((a.flops >= lo) & (a.flops <= hi)).all()
+    np.testing.assert_allclose(a.flops, small.flops(a.encodings))
+    np.testing.assert_allclose(a.scores, objective.objective(a.encodings))
+    assert (np.diff(a.flops) > 0).all() and (np.diff(a.scores) > 0).all()  # no point dominated
+    inside = evaluated[(small.flops(evaluated) >= lo)]  # nothing evaluated beats the front
+    for f, s in zip(small.flops(inside), objective.objective(inside)):
+        assert ((a.flops <= f) & (a.scores >= s)).any()
+    b = front(small, Interacting(small), (lo, hi), evaluations=1500, population=64, seed=1)
+    np.testing.assert_array_equal(a.encodings, b.encodings)
+    pick = a.best_under(8.0)
+    assert pick.flops <= 8.0 and pick.score == a.scores[a.flops <= 8.0].max()
+    with pytest.raises(ValueError, match="no sub-network of the front fits"):
+        a.best_under(a.flops.min() - 0.5)
+
+
+def test_bad_search_arguments_raise(small):
+    obj = lambda archs: np.zeros(len(archs))
+    with pytest.raises(ValueError, match="method = 'hat' is not allowed; allowed: \\['repair', 'paper'\\]"):
+        evolve(small, obj, 10, method="hat")
+    with pytest.raises(ValueError, match="polish = -1 must be an integer >= 0"):
+        evolve(small, obj, 10, polish=-1)
+    with pytest.raises(ValueError, match="flops_range must be \\(lo, hi\\)"):
+        front(small, obj, 10)
+    with pytest.raises(ValueError, match="lo must be a number below hi"):
+        front(small, obj, (12, 10))
+    with pytest.raises(ValueError, match="below the smallest sub-network"):
+        front(small, obj, (0, 1))
+    with pytest.raises(ValueError, match="evaluations = 0 must be an integer >= 1"):
+        front(small, obj, (3, 10), evaluations=0)
