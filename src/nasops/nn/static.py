@@ -33,6 +33,9 @@ class StaticNet(nn.Module):
         self.classifier = classifier
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.last(self.blocks(self.stem(x)))
-        h = self.head(F.adaptive_avg_pool2d(h, 1))
+        return self.classify(self.blocks(self.stem(x)))
+
+    def classify(self, h: torch.Tensor) -> torch.Tensor:
+        """The head on the last block's output: last conv, pooling, head conv, classifier."""
+        h = self.head(F.adaptive_avg_pool2d(self.last(h), 1))
         return self.classifier(torch.flatten(h, 1))

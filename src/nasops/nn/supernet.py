@@ -267,9 +267,24 @@ class Supernet(nn.Module):
         return self.classifier(h)
 
 
-def cost_tables(cfg: Mapping) -> dict:
+def macs_and_weights(cfg: Mapping, part: str, **sizes) -> tuple[int, int]:
+    """(MACs, weights) of one part of the network: ``part`` "stem" (resolution, width), "block"
+    (stage, n, c_in, c_out, kernel, expand, stride; n the input size) or "head" (n, c,
+    head_width), from the definitions above."""
+    if part == "stem":
+        return Supernet.stem_cost(cfg, sizes["resolution"], sizes["width"])
+    if part == "block":
+        return DynamicMBConv.cost(sizes["n"], sizes["c_in"], sizes["c_out"], sizes["kernel"],
+                                  sizes["expand"], sizes["stride"],
+                                  cfg["stages"][sizes["stage"]]["se"])
+    return Supernet.head_cost(cfg, sizes["n"], sizes["c"], sizes["head_width"])
+
+
+def cost_tables(cfg: Mapping, cost=macs_and_weights) -> dict:
     """The cost of every part of the network at every combination of its choices, for the C++
-    cost model (int64 arrays, last axis (MACs, weights)), computed from the definitions above:
+    cost model (int64 arrays, last axis two numbers that add up over the parts: by default
+    (MACs, weights), :func:`macs_and_weights`; ``cost(cfg, part, **sizes)`` with the same
+    arguments gives another model, such as measured latencies):
 
     stem ``[res][stem width]``; per stage ``first[res][prev width][width][kernel][expand]`` (the
     stage's first block: it sees the previous width and carries the stride) and
@@ -284,19 +299,22 @@ def cost_tables(cfg: Mapping) -> dict:
                          f"and expand ratio: too many for the cost tables (at most 2,000,000)")
     tables = {"stem": [], "first": [[] for _ in stages], "rest": [[] for _ in stages], "head": []}
     for res in cfg["resolution"]:
-        tables["stem"].append([Supernet.stem_cost(cfg, res, w) for w in cfg["stem"]["width"]])
+        tables["stem"].append([cost(cfg, "stem", resolution=res, width=w)
+                               for w in cfg["stem"]["width"]])
         n = out_size(res, cfg["stem"]["stride"])
         prev = cfg["stem"]["width"]
         for s, stage in enumerate(stages):
             n_out = out_size(n, stage["stride"])
             k_e = [(k, e) for k in stage["kernel_size"] for e in stage["expand_ratio"]]
-            tables["first"][s].append([[[DynamicMBConv.cost(n, c_in, c, k, e, stage["stride"], stage["se"])
+            tables["first"][s].append([[[cost(cfg, "block", stage=s, n=n, c_in=c_in, c_out=c,
+                                              kernel=k, expand=e, stride=stage["stride"])
                                          for k, e in k_e] for c in stage["width"]] for c_in in prev])
-            tables["rest"][s].append([[DynamicMBConv.cost(n_out, c, c, k, e, 1, stage["se"])
+            tables["rest"][s].append([[cost(cfg, "block", stage=s, n=n_out, c_in=c, c_out=c,
+                                            kernel=k, expand=e, stride=1)
                                        for k, e in k_e] for c in stage["width"]])
             n, prev = n_out, stage["width"]
-        tables["head"].append([[Supernet.head_cost(cfg, n, c, h) for h in cfg["head"]["width"]]
-                               for c in prev])
+        tables["head"].append([[cost(cfg, "head", n=n, c=c, head_width=h)
+                                for h in cfg["head"]["width"]] for c in prev])
     as_array = lambda t: np.ascontiguousarray(np.asarray(t, dtype=np.int64).reshape(-1, 2))  # noqa: E731
     return {"stem": as_array(tables["stem"]), "head": as_array(tables["head"]),
             "first": [as_array(t) for t in tables["first"]],
