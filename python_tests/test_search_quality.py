@@ -2,6 +2,7 @@
 escapes (measured against the exhaustive optimum of the small space), the whole front in one run
 (NSGA-II), and the helpers they rest on (hypervolume, non-dominated sets, choice positions)."""
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -179,3 +180,52 @@ def test_bad_search_arguments_raise(small):
         front(small, obj, (0, 1))
     with pytest.raises(ValueError, match="evaluations = 0 must be an integer >= 1"):
         front(small, obj, (3, 10), evaluations=0)
+
+
+def test_search_command_front_and_latency_modes(tiny, tmp_path, capsys):
+    from nasops.latency import LatencyTable
+    from nasops.predictor import AccuracyPredictor
+    from nasops.search.__main__ import main
+    space = nasops.SearchSpace.load(tiny)
+    X = space.sample(300, seed=0)
+    y = 0.5 + 0.1 * np.log(space.flops(X)) + np.random.default_rng(0).normal(0, 0.01, 300)
+    AccuracyPredictor(space, n_estimators=10, max_depth=6).fit(X, y).save(tmp_path / "p.npz")
+    common = ["--predictor", str(tmp_path / "p.npz"), "--space", tiny, "--no-progress",
+              "--cloud", "16"]
+    # the whole front in one run; each budget's pick taken from it
+    assert main(common + ["--front", "--evaluations", "400", "--budgets", "1", "2",
+                          "--out", str(tmp_path / "front")]) == 0
+    doc = json.loads((tmp_path / "front" / "pareto.json").read_text())
+    assert doc["search"] == "front" and doc["constraint"]["kind"] == "flops"
+    f = doc["front"]
+    assert f["evaluations"] <= 400 and np.all(np.diff(f["flops"]) > 0) and np.all(np.diff(f["scores"]) > 0)
+    for entry in doc["results"]:
+        assert entry["flops"] <= entry["budget"]
+        fits = np.array(f["flops"]) <= entry["budget"]
+        assert entry["score"] == max(np.array(f["scores"])[fits])
+    assert "one front search (NSGA-II" in capsys.readouterr().out
+    # latency budgets, with a table measured here
+    table = LatencyTable.measure(space, repeats=2, warmup=1)
+    table.save(str(tmp_path / "t.json"))
+    budgets = np.quantile(table(space.sample(100, seed=1)), [0.3, 0.7]).round(3).tolist()
+    assert main(common + ["--constraint", "latency", "--latency-table", str(tmp_path / "t.json"),
+                          "--latency-device", "cpu", "--latency-threads", "1", "--generations", "3",
+                          "--population", "32", "--mutations", "8", "--crossovers", "8",
+                          "--budgets", *map(str, budgets), "--out", str(tmp_path / "lat")]) == 0
+    doc = json.loads((tmp_path / "lat" / "pareto.json").read_text())
+    assert doc["constraint"]["kind"] == "latency" and doc["constraint"]["unit"] == "ms"
+    for entry, budget in zip(doc["results"], budgets):
+        assert entry["unit"] == "ms" and entry["budget"] == budget
+        assert entry["cost"] <= budget
+        assert entry["cost"] == pytest.approx(float(table(np.array(entry["encoding"]))[0]))
+    out = capsys.readouterr().out
+    assert f"<= {budgets[0]:g} ms:" in out and " ms, " in out
+    # refused: a table measured with other threads; latency without a table; --front on latency
+    assert main(common + ["--constraint", "latency", "--latency-table", str(tmp_path / "t.json"),
+                          "--latency-threads", "2", "--budgets", "1"]) == 1
+    assert "measured with threads 1, but threads 2 is expected" in capsys.readouterr().err
+    assert main(common + ["--constraint", "latency", "--budgets", "1"]) == 1
+    assert "needs --latency-table" in capsys.readouterr().err
+    assert main(common + ["--constraint", "latency", "--latency-table", str(tmp_path / "t.json"),
+                          "--front", "--budgets", "1"]) == 1
+    assert "--front searches the accuracy-FLOPs front" in capsys.readouterr().err

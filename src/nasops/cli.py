@@ -13,11 +13,13 @@ import sys
 COMMANDS = {
     "train": ("nasops.train", "nasops-train", "stage 1: train one supernet"),
     "search": ("nasops.search.__main__", "nasops-search",
-               "stage 2: evolutionary search under FLOPs budgets, export of the picks"),
+               "stage 2: evolutionary search under FLOPs or latency budgets, export of the picks"),
     "evaluate": ("nasops.evaluate", "nasops-evaluate",
                  "measure random sub-networks of a trained supernet (the predictor's data)"),
     "predictor": ("nasops.predictor.__main__", "nasops-predictor",
                   "fit the accuracy predictor on those measurements (search --predictor)"),
+    "latency": ("nasops.latency", "nasops-latency",
+                "measure a latency lookup table (search --constraint latency)"),
     "convert": ("nasops.convert", "nasops-convert",
                 "a released AttentiveNAS/AlphaNet supernet as a nasops checkpoint"),
 }
@@ -26,6 +28,7 @@ STAGES = """\
 the stages of two-stage NAS (each command takes --help):
   1. nasops-train        train one supernet: python -m nasops.train
   2. nasops-search       search it under FLOPs budgets, export the picks: python -m nasops.search
+     nasops-latency      for latency budgets instead: measure a table: python -m nasops.latency
      optional, between the two, for searching by a predictor:
      nasops-evaluate     measure random sub-networks: python -m nasops.evaluate
      nasops-predictor    fit the accuracy predictor on them: python -m nasops.predictor

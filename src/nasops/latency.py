@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from . import _C
+from .cli import STAGES, prog as prog_name
 from .nn import Supernet
 from .nn.supernet import cost_tables
 from .sampling import _check_count
@@ -276,13 +277,14 @@ def check(table: LatencyTable, n: int = 100, seed: int = 0, repeats: int = 10, r
 
 def main(argv=None, prog=None) -> int:
     parser = argparse.ArgumentParser(
-        prog=prog or "python -m nasops.latency",
+        prog=prog or prog_name("latency"),
         description="Measure a latency lookup table for a search space (every part of every "
                     "sub-network, timed on this device), or check one against end-to-end "
                     "measurements of random sub-networks.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  python -m nasops.latency --space attentive_nas --device cpu --batch 1 "
-               "--threads 1 --out table.json\n  python -m nasops.latency --check table.json -n 100")
+               "--threads 1 --out table.json\n  python -m nasops.latency --check table.json -n 100"
+               "\n\n" + STAGES)
     parser.add_argument("--space", help=f"search space: {', '.join(packaged_spaces())} or a "
                                         f"YAML file")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

@@ -23,41 +23,48 @@ def _save(fig, path: str) -> None:
     os.replace(tmp, path)
 
 
-def plot_front(path: str, cloud_flops, cloud_scores, results, ylabel: str, title: str,
-               cloud_intervals=None, front_intervals=None) -> bool:
-    """The searched front over a cloud of random sub-networks, a dotted line per budget.
-    `*_intervals` are (low, high) arrays of each point's 95% interval, drawn as error bars when
-    given (held-out accuracy is a binomial measurement). False when matplotlib is missing."""
+def plot_front(path: str, cloud_costs, cloud_scores, results, ylabel: str, title: str,
+               cloud_intervals=None, front_intervals=None, unit: str = "MFLOPs",
+               front=None) -> bool:
+    """The searched picks over a cloud of random sub-networks, a dotted line per budget; x is
+    each result's cost in `unit`. `*_intervals` are (low, high) arrays of each point's 95%
+    interval, drawn as error bars when given (held-out accuracy is a binomial measurement).
+    `front`: (MFLOPs, scores) of a whole front (``nasops.search.front``), drawn as steps. False
+    when matplotlib is missing."""
     fig = _figure(figsize=(7, 4.5), dpi=120)
     if fig is None:
         return False
     ax = fig.subplots()
-    if len(cloud_flops):
+    if len(cloud_costs):
         if cloud_intervals is not None:
             lo, hi = cloud_intervals
-            ax.vlines(cloud_flops, lo, hi, colors="0.85", lw=0.6, zorder=1)
-        ax.scatter(cloud_flops, cloud_scores, s=6, c="0.55", zorder=2,
-                   label=f"{len(cloud_flops)} random sub-networks")
-    flops, scores = [r.flops for r in results], [r.score for r in results]
+            ax.vlines(cloud_costs, lo, hi, colors="0.85", lw=0.6, zorder=1)
+        ax.scatter(cloud_costs, cloud_scores, s=6, c="0.55", zorder=2,
+                   label=f"{len(cloud_costs)} random sub-networks")
+    if front is not None:
+        ax.step(front[0], front[1], where="post", c="C2", lw=1, zorder=2,
+                label=f"front found in one run ({len(front[0])} sub-networks)")
+    short = "MF" if unit == "MFLOPs" else f" {unit}"
+    flops, scores = [r.flops if r.cost is None else r.cost for r in results], [r.score for r in results]
     if front_intervals is not None:
         lo, hi = front_intervals
         ax.errorbar(flops, scores, yerr=[[s - l for s, l in zip(scores, lo)],
                                          [h - s for s, h in zip(scores, hi)]],
-                    fmt="o-", c="C3", capsize=3, zorder=3, label="searched front (95% interval)")
+                    fmt="o-", c="C3", capsize=3, zorder=3, label="picks (95% interval)")
     else:
-        ax.plot(flops, scores, "o-", c="C3", zorder=3, label="searched front")
+        ax.plot(flops, scores, "o-", c="C3", zorder=3, label="picks")
     for r in results:
         ax.axvline(r.budget, c="C0", lw=0.8, ls=":", zorder=0)
-        ax.annotate(f"<= {r.budget:g} MF", (r.budget, 1.0), xycoords=("data", "axes fraction"),
+        ax.annotate(f"<= {r.budget:g}{short}", (r.budget, 1.0), xycoords=("data", "axes fraction"),
                     xytext=(-2, -4), textcoords="offset points", rotation=90, ha="right",
                     va="top", fontsize=7, color="C0")
     picks = {}  # one label per picked sub-network, naming every budget that picked it
     for r in results:
-        picks.setdefault((r.flops, r.score), []).append(f"{r.budget:g}")
-    for (flops_, score), budgets in picks.items():
-        ax.annotate(f"pick for <= {', '.join(budgets)} MF", (flops_, score), xytext=(6, -10),
+        picks.setdefault((r.flops if r.cost is None else r.cost, r.score), []).append(f"{r.budget:g}")
+    for (x, score), budgets in picks.items():
+        ax.annotate(f"pick for <= {', '.join(budgets)}{short}", (x, score), xytext=(6, -10),
                     textcoords="offset points", fontsize=7, color="C3")
-    ax.set_xlabel("MFLOPs")
+    ax.set_xlabel(unit if unit != "ms" else "predicted latency (ms)")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.legend(loc="lower right", fontsize=7)

@@ -1,12 +1,16 @@
 """python -m nasops.search --checkpoint RUN/checkpoint.pt --budgets 5 10 20
 
-Evolutionary search of a trained supernet under each FLOPs budget (MFLOPs). The objective is the
+Evolutionary search of a trained supernet under each FLOPs budget (MFLOPs), or with --constraint
+latency --latency-table TABLE under each latency budget (milliseconds, predicted by the table of
+python -m nasops.latency), or with --front for the whole accuracy-FLOPs front up to the largest
+budget in one run (NSGA-II), from which each budget's pick is taken. The objective is the
 BN-calibrated held-out accuracy of the supernet, or with --predictor FILE the predictor's
 accuracy. Writes to --out (default RUN/search): pareto.json (per budget: the architecture, FLOPs,
-params, objective, and with a checkpoint the measured held-out and test accuracy with their 95%
-intervals), pareto.png (the front over a cloud of random sub-networks) and, with a checkpoint,
-each chosen sub-network exported as a static network (net_<budget>MF/: TorchScript, ONNX when
-onnx and onnxscript are installed, state_dict, meta.json).
+params, cost, objective, and with a checkpoint the measured held-out and test accuracy with their
+95% intervals; with --front, the whole front), pareto.png (the front over a cloud of random
+sub-networks) and, with a checkpoint, each chosen sub-network exported as a static network
+(net_<budget>MF/ or net_<budget>ms/: TorchScript, ONNX when onnx and onnxscript are installed,
+state_dict, meta.json).
 """
 import argparse
 import json
@@ -17,12 +21,13 @@ import time
 
 import numpy as np
 
-from . import SupernetAccuracy, pareto
+from . import METHODS, SupernetAccuracy, front, pareto
 from .. import distributed as dist
 from ..checkpoint import load_trained
 from ..cli import STAGES, prog as prog_name
 from ..evaluate import Evaluator, binomial_interval
 from ..export import export_subnet
+from ..latency import LatencyTable
 from ..plots import MISSING as PLOTS_MISSING, plot_front
 from ..predictor import AccuracyPredictor
 from ..space import SearchSpace
@@ -36,9 +41,29 @@ def main(argv=None, prog=None) -> int:
     parser.add_argument("--predictor", help="predictor file: search by predicted accuracy")
     parser.add_argument("--space", help="search space, when searching with --predictor and no "
                                         "--checkpoint")
-    parser.add_argument("--budgets", type=float, nargs="+", required=True, help="MFLOPs")
+    parser.add_argument("--budgets", type=float, nargs="+", required=True,
+                        help="MFLOPs, or milliseconds with --constraint latency")
+    parser.add_argument("--constraint", choices=["flops", "latency"], default="flops")
+    parser.add_argument("--latency-table", help="with --constraint latency: the table "
+                                                "(python -m nasops.latency)")
+    parser.add_argument("--latency-device",
+                        help="refuse a latency table not measured on this device (cpu, cuda, or "
+                             "the table's full device name)")
+    parser.add_argument("--latency-threads", type=int,
+                        help="refuse a latency table not measured with this many threads")
+    parser.add_argument("--front", action="store_true",
+                        help="search the whole front up to the largest budget in one run "
+                             "(NSGA-II) and pick each budget's sub-network from it")
+    parser.add_argument("--evaluations", type=int, default=5000,
+                        help="with --front: objective evaluations (default 5000)")
+    parser.add_argument("--method", choices=METHODS, default="repair",
+                        help="repair (default): children over the budget are repaired, and a "
+                             "local search polishes the result; paper: the AttentiveNAS protocol")
+    parser.add_argument("--polish", type=int, default=256,
+                        help="evaluations of the final local search (method repair)")
     parser.add_argument("--out", help="output directory (default: RUN/search, or ./search)")
-    parser.add_argument("--population", type=int, default=512)
+    parser.add_argument("--population", type=int,
+                        help="default 512 (256 with --front)")
     parser.add_argument("--mutations", type=int, default=128)
     parser.add_argument("--crossovers", type=int, default=128)
     parser.add_argument("--generations", type=int, default=20)
@@ -75,12 +100,38 @@ def main(argv=None, prog=None) -> int:
             ylabel = "held-out accuracy (BN-calibrated)"
         if args.cloud is None:
             args.cloud = 256 if args.predictor else 64
+        cost, unit, constraint = None, "MFLOPs", {"kind": "flops", "unit": "MFLOPs"}
+        if args.constraint == "latency":
+            if not args.latency_table:
+                raise ValueError("--constraint latency needs --latency-table (measure one with "
+                                 "python -m nasops.latency)")
+            if args.front:
+                raise ValueError("--front searches the accuracy-FLOPs front; with --constraint "
+                                 "latency, search per budget (leave out --front)")
+            cost = LatencyTable.load(args.latency_table, space, args.latency_device,
+                                     args.latency_threads)
+            unit = cost.unit
+            constraint = {"kind": "latency", "unit": unit, "table": args.latency_table,
+                          "device": cost.device, "threads": cost.threads, "batch": cost.batch}
+        elif args.latency_table:
+            raise ValueError("--latency-table is for --constraint latency")
+        suffix = "MF" if cost is None else unit
         out = args.out or os.path.join(os.path.dirname(args.checkpoint or ""), "search")
         start = time.perf_counter()
-        results = pareto(space, objective, args.budgets, seed=args.seed,
-                         population=args.population, mutations=args.mutations,
-                         crossovers=args.crossovers, generations=args.generations,
-                         mutate_prob=args.mutate_prob, progress=not args.no_progress)
+        found = None
+        if args.front:
+            smallest = space.flops(space.min_arch())
+            found = front(space, objective, (smallest, max(args.budgets)),
+                          evaluations=args.evaluations, population=args.population or 256,
+                          mutate_prob=args.mutate_prob, seed=args.seed,
+                          progress=not args.no_progress)
+            results = [found.best_under(b) for b in sorted(args.budgets)]
+        else:
+            results = pareto(space, objective, args.budgets, seed=args.seed,
+                             population=args.population or 512, mutations=args.mutations,
+                             crossovers=args.crossovers, generations=args.generations,
+                             mutate_prob=args.mutate_prob, method=args.method,
+                             polish=args.polish, cost=cost, progress=not args.no_progress)
         searched = time.perf_counter() - start
         cloud = space.sample(args.cloud, seed=args.seed + 1) if args.cloud > 0 else np.zeros((0, space.dim), np.int64)
         if isinstance(objective, SupernetAccuracy):
@@ -101,7 +152,7 @@ def main(argv=None, prog=None) -> int:
                     extra = {"holdout_acc": entry["holdout_acc"], "test_acc": entry["test_acc"],
                              "checkpoint": args.checkpoint}
                     entry["export"] = export_subnet(net, r.encoding,
-                                                    os.path.join(out, f"net_{r.budget:g}MF"),
+                                                    os.path.join(out, f"net_{r.budget:g}{suffix}"),
                                                     splits, extra)
                     if "onnx_skipped" in entry["export"]:
                         skipped.add(f"model.onnx ({entry['export']['onnx_skipped']})")
@@ -112,10 +163,14 @@ def main(argv=None, prog=None) -> int:
     if dist.rank() == 0:
         os.makedirs(out, exist_ok=True)
         measured = evaluator is not None and not args.predictor
-        doc = {"space": space.name, "objective": ylabel,
+        cloud_cost = (space.flops(cloud) if cost is None else cost(cloud)) if len(cloud) else []
+        doc = {"space": space.name, "objective": ylabel, "constraint": constraint,
+               "search": "front" if args.front else args.method,
                "source": args.checkpoint or args.predictor, "results": entries,
                "cloud": {"encodings": cloud.tolist(), "mflops": space.flops(cloud).tolist() if len(cloud) else [],
-                         "scores": cloud_scores.tolist()}}
+                         "cost": np.asarray(cloud_cost).tolist(), "scores": cloud_scores.tolist()}}
+        if found is not None:
+            doc["front"] = found.to_dict()
         if measured:
             cloud_ci = binomial_interval(cloud_scores, len(splits.holdout))
             doc["cloud"]["ci95"] = np.stack(cloud_ci, 1).tolist()
@@ -123,7 +178,8 @@ def main(argv=None, prog=None) -> int:
         with open(path + ".tmp", "w") as f:
             json.dump(doc, f, indent=2)
         os.replace(path + ".tmp", path)
-        title = f"{space.name}: the best sub-network found under each FLOPs budget"
+        title = (f"{space.name}: the best sub-network found under each "
+                 f"{'FLOPs' if cost is None else 'latency'} budget")
         intervals = {}
         if measured:
             ylabel = f"held-out accuracy, {len(splits.holdout)} images (BN re-calibrated)"
@@ -131,23 +187,28 @@ def main(argv=None, prog=None) -> int:
             intervals = {"cloud_intervals": cloud_ci,
                          "front_intervals": ([e["holdout_ci95"][0] for e in entries],
                                              [e["holdout_ci95"][1] for e in entries])}
-        plotted = plot_front(os.path.join(out, "pareto.png"),
-                             space.flops(cloud) if len(cloud) else [], cloud_scores, results,
-                             ylabel, title, **intervals)
+        if found is not None:
+            intervals["front"] = (found.flops, found.scores)
+        plotted = plot_front(os.path.join(out, "pareto.png"), cloud_cost, cloud_scores, results,
+                             ylabel, title, unit=unit, **intervals)
         if not plotted:
             skipped.add(f"pareto.png ({PLOTS_MISSING})")
-        print(f"searched {len(entries)} budget{'s' * (len(entries) > 1)}: "
-              f"{sum(r.evaluations for r in results)} sub-networks evaluated in {searched:.0f} s")
+        evaluations = found.evaluations if found is not None else sum(r.evaluations for r in results)
+        how = f"one front search (NSGA-II, {len(found.flops)} sub-networks on the front)" \
+            if found is not None else f"method {args.method}"
+        print(f"searched {len(entries)} budget{'s' * (len(entries) > 1)}, {how}: "
+              f"{evaluations} sub-networks evaluated in {searched:.0f} s")
         for e in entries:
             extra = ""
             if "test_acc" in e:
                 extra = (f", held-out {e['holdout_acc']:.4f} [{e['holdout_ci95'][0]:.3f}, "
                          f"{e['holdout_ci95'][1]:.3f}], test {e['test_acc']:.4f}")
-            print(f"<= {e['budget']:g} MFLOPs: {e['flops']:.3f} MFLOPs, {e['params']:.3f} M params, "
-                  f"objective {e['score']:.4f}{extra}")
+            latency = f", {e['cost']:.2f} ms" if cost is not None else ""
+            print(f"<= {e['budget']:g} {unit}: {e['flops']:.3f} MFLOPs{latency}, "
+                  f"{e['params']:.3f} M params, objective {e['score']:.4f}{extra}")
         written = ["pareto.json"] + (["pareto.png"] if plotted else [])
         if evaluator is not None and not args.no_export:
-            nets = ", ".join(f"net_{e['budget']:g}MF" for e in entries)
+            nets = ", ".join(f"net_{e['budget']:g}{suffix}" for e in entries)
             onnx = all("onnx" in e["export"] for e in entries)
             formats = "TorchScript, " + ("ONNX, " if onnx else "") + "state dict, meta.json"
             written.append(f"the exported networks {nets} ({formats})")
