@@ -1,15 +1,25 @@
-"""Evolutionary search speed: the paper's full search with a predictor objective, and the rate of
-supernet-accuracy evaluations.
+"""Search: what it finds, how fast, and under which constraint.
 
-1. attentive_nas, one thread: evolve() with the paper's settings (population 512, 128 mutations,
-   128 crossovers, 20 generations) under a 600 MFLOPs budget, scored by a 100-tree, depth-15
-   AccuracyPredictor fitted on 1,024 synthetic (architecture, accuracy) pairs. Total time, the
-   time spent inside the objective, and the rest (the search's own overhead). Median of repeats.
-   Then the same with scikit-learn's predict of the same forest settings as the objective.
-2. small space on digits: BN-calibrated held-out accuracy of sub-networks of a supernet
-   (calibration on 1,024 training images, then the held-out split), evaluations per second.
+1. traps (small space, exhaustive optimum): the paper's evolution (method "paper", 60
+   generations) and the repairing search (method "repair", 20 generations; both a quarter of the
+   paper's population) on the three synthetic traps, 12 seeds each: how often each reaches the
+   optimum, the evaluations it took, and the evaluations each made in all. Then the resolution
+   trap on attentive_nas at the paper's settings (no exhaustive optimum there: the resolution
+   and score each method ends at).
+2. front vs per-budget: at equal evaluations, the hypervolume of nasops.search.front (one
+   NSGA-II run over the range) against that of everything pareto() evaluated for 5 budgets,
+   and each budget's pick of the two; and front() with a fifth of those evaluations (the cost
+   of one of the five searches).
+3. latency (attentive_nas, cpu, batch 1, 1 thread): the time to measure the table, predicted vs
+   measured end-to-end latency of 100 random sub-networks, and where the FLOPs and latency
+   searches pick differently.
+4. speed: evolve() with the paper's settings under 600 MFLOPs scored by a 100-tree, depth-15
+   AccuracyPredictor fitted on 1,024 synthetic pairs (one thread; median of repeats), with both
+   methods, and the same scored by scikit-learn's predict; and supernet-accuracy evaluations per
+   second on the small space (digits; calibration on 1,024 images, accuracy on the held-out
+   split).
 
-    python benchmarks/bench_search.py [--repeats 3] [--supernet-archs 8]
+    python benchmarks/bench_search.py [--parts traps,front,latency,speed] [--repeats 3]
 """
 import argparse
 import json
@@ -25,7 +35,9 @@ import nasops
 from nasops.data import load_splits
 from nasops.evaluate import Evaluator
 from nasops.predictor import AccuracyPredictor
-from nasops.search import evolve
+from nasops.latency import LatencyTable, check
+from nasops.search import evolve, front, hypervolume, non_dominated, pareto
+from nasops.search.synthetic import Interacting, NarrowOptimum, ResolutionTrap, exhaustive
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,7 +55,141 @@ class Timed:
         return out
 
 
-def predictor_search(repeats, library="nasops"):
+class BestSoFar:
+    """Wraps an objective: after how many evaluations the best score first reached a value."""
+
+    def __init__(self, fn):
+        self.fn, self.best, self.count, self.reached = fn, -np.inf, 0, []
+
+    def __call__(self, archs):
+        values = np.asarray(self.fn(archs), dtype=float)
+        running = np.maximum.accumulate(np.r_[self.best, values])[1:]
+        self.reached += list(zip(self.count + np.arange(1, len(values) + 1), running))
+        self.best, self.count = running[-1], self.count + len(values)
+        return values
+
+    def evaluations_to(self, value):
+        return next((n for n, best in self.reached if best >= value - 1e-12), None)
+
+
+def peak_near(space, mflops):
+    pool = space.sample(4000, seed=7)
+    return pool[np.argmin(np.abs(space.flops(pool) - mflops))]
+
+
+TRAPS = {  # as in python_tests/test_search_quality.py
+    "resolution trap": (lambda s: ResolutionTrap(s), 3.9),
+    "narrow optimum": (lambda s: NarrowOptimum(s, peak_near(s, 0.97 * 9.0)), 9.0),
+    "interacting dimensions": (lambda s: Interacting(s), 6.0),
+}
+SETTINGS = dict(population=128, mutations=32, crossovers=32)
+
+
+def traps(seeds):
+    space = nasops.SearchSpace.load("small")
+    out = {}
+    for name, (make, budget) in TRAPS.items():
+        objective = make(space)
+        _, optimum = exhaustive(space, objective, budget)
+        row = {"budget_mflops": budget, "optimum": optimum}
+        for method, generations in (("paper", 60), ("repair", 20)):
+            solved, to_optimum, total, gaps = 0, [], [], []
+            for seed in range(seeds):
+                wrapped = BestSoFar(objective)
+                r = evolve(space, wrapped, budget, generations=generations, seed=seed,
+                           method=method, **SETTINGS)
+                hit = wrapped.evaluations_to(optimum)
+                solved += hit is not None
+                if hit is not None:
+                    to_optimum.append(hit)
+                total.append(r.evaluations)
+                gaps.append(optimum - r.score)
+            row[method] = {"generations": generations, "solved": solved, "seeds": seeds,
+                           "median_evaluations_to_optimum": statistics.median(to_optimum) if to_optimum else None,
+                           "median_evaluations": statistics.median(total),
+                           "mean_gap": float(np.mean(gaps))}
+        out[name] = row
+    # the measured trap: attentive_nas at tight budgets, the paper's settings
+    space = nasops.SearchSpace.load("attentive_nas")
+    objective = ResolutionTrap(space)
+    big = {}
+    for budget in (280.0, 320.0, 360.0):
+        row = {}
+        for method in ("paper", "repair"):
+            runs = [evolve(space, objective, budget, seed=seed, method=method) for seed in range(4)]
+            row[method] = {"resolutions": [r.arch.resolution for r in runs],
+                           "scores": [r.score for r in runs],
+                           "evaluations": [r.evaluations for r in runs]}
+        big[f"{budget:g}"] = row
+    out["attentive_nas resolution trap"] = big
+    return out
+
+
+def fronts():
+    """At equal evaluations: one front() run against 5 per-budget searches."""
+    out = {}
+    setups = [("small", (3.0, 14.0), [3.5, 5, 7, 10, 14], dict(generations=20, **SETTINGS)),
+              ("attentive_nas", (250.0, 1000.0), [300, 400, 550, 750, 1000], {})]
+    for space_name, (lo, hi), budgets, kw in setups:
+        space = nasops.SearchSpace.load(space_name)
+        objectives = {"resolution trap": ResolutionTrap(space),
+                      "interacting dimensions": Interacting(space),
+                      "log params": lambda a, s=space: np.log(s.params(a))}
+        for name, objective in objectives.items():
+            ref = float(objective(space.encode(space.min_arch())[None])[0])
+            cache = {}
+            start = time.perf_counter()
+            picks = pareto(space, objective, budgets, cache=cache, **kw)
+            per_budget_s = time.perf_counter() - start
+            encs = np.stack([np.frombuffer(k, dtype=np.int64) for k in cache])
+            values = np.array(list(cache.values()))
+            flops = space.flops(encs)
+            nd = non_dominated(flops, values)
+            start = time.perf_counter()
+            f = front(space, objective, (lo, hi), evaluations=len(cache))
+            front_s = time.perf_counter() - start
+            fifth = front(space, objective, (lo, hi), evaluations=len(cache) // len(budgets))
+            out[f"{space_name}: {name}"] = {
+                "evaluations": len(cache), "range_mflops": [lo, hi], "reference": ref,
+                "hypervolume_per_budget": hypervolume(flops[nd], values[nd], (lo, hi), ref),
+                "hypervolume_front": hypervolume(f.flops, f.scores, (lo, hi), ref),
+                "hypervolume_front_fifth_evaluations": hypervolume(fifth.flops, fifth.scores,
+                                                                   (lo, hi), ref),
+                "picks_per_budget": [r.score for r in picks],
+                "picks_front": [f.best_under(b).score for b in budgets], "budgets": budgets,
+                "seconds_per_budget": per_budget_s, "seconds_front": front_s}
+    return out
+
+
+def latency_study(n):
+    space = nasops.SearchSpace.load("attentive_nas")
+    start = time.perf_counter()
+    table = LatencyTable.measure(space, device="cpu", batch=1, threads=1)
+    table_s = time.perf_counter() - start
+    result = check(table, n=n)
+    # FLOPs vs latency budgets: a predictor objective whose accuracy grows with FLOPs
+    X = space.sample(1024, seed=0)
+    g = np.random.default_rng(0)
+    y = 0.6 + 0.15 * np.log(space.flops(X) / 200) + g.normal(0, 0.01, len(X))
+    predictor = AccuracyPredictor(space).fit(X, y)
+    differ = []
+    for budget in (300.0, 450.0, 600.0):
+        by_flops = evolve(space, predictor, budget, seed=0)
+        ms = float(table(by_flops.encoding[None])[0])
+        by_latency = evolve(space, predictor, ms, seed=0, cost=table)
+        differ.append({"flops_budget": budget, "flops_pick": {
+                           "mflops": by_flops.flops, "ms": ms, "score": by_flops.score,
+                           "resolution": by_flops.arch.resolution},
+                       "latency_budget_ms": ms, "latency_pick": {
+                           "mflops": by_latency.flops, "ms": by_latency.cost,
+                           "score": by_latency.score, "resolution": by_latency.arch.resolution},
+                       "same": bool((by_flops.encoding == by_latency.encoding).all())})
+    return {"table_seconds": table_s, "parts": int(sum(len(t) for t in [table.tables["stem"], table.tables["head"], *table.tables["first"], *table.tables["rest"]])),
+            "device": table.device, "check": {k: v for k, v in result.items() if k not in ("encodings",)},
+            "flops_vs_latency": differ}
+
+
+def predictor_search(repeats, library="nasops", method="paper"):
     """library "nasops": the AccuracyPredictor's C++ forest; "sklearn": the same forest settings
     evaluated by scikit-learn's RandomForestRegressor.predict, for comparison."""
     space = nasops.SearchSpace.load("attentive_nas")
@@ -60,7 +206,7 @@ def predictor_search(repeats, library="nasops"):
     for r in range(repeats + 1):  # the first is a warm-up
         objective = Timed(predictor)
         start = time.perf_counter()
-        result = evolve(space, objective, 600.0, seed=r)
+        result = evolve(space, objective, 600.0, seed=r, method=method)
         total = time.perf_counter() - start
         rows.append({"total_s": total, "objective_s": objective.seconds,
                      "overhead_s": total - objective.seconds, "evaluations": result.evaluations})
@@ -89,35 +235,93 @@ def supernet_evaluations(n_archs):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", default="traps,front,latency,speed")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=12, help="seeds per trap and method")
+    parser.add_argument("--latency-archs", type=int, default=100)
     parser.add_argument("--supernet-archs", type=int, default=8)
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "bench_search.json"))
     args = parser.parse_args()
+    parts = args.parts.split(",")
+    results = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__}
+    if os.path.exists(args.out):  # parts not run this time keep their last results
+        with open(args.out) as f:
+            results = {**json.load(f), **results}
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    search = predictor_search(args.repeats)
-    search_sklearn = predictor_search(args.repeats, "sklearn")
-    torch.set_num_threads(threads)
-    supernet = supernet_evaluations(args.supernet_archs)
-    results = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-               "predictor_search_1_thread": search,
-               "sklearn_predictor_search_1_thread": search_sklearn, f"supernet_eval_{threads}_threads": supernet}
-    print(f"attentive_nas, 1 thread, predictor objective, budget 600 MFLOPs "
-          f"(median of {args.repeats}):")
-    print(f"  {search['evaluations']:.0f} evaluations in {search['total_s']:.2f} s: objective "
-          f"{search['objective_s']:.2f} s, search overhead {search['overhead_s']:.2f} s "
-          f"({100 * search['overhead_fraction']:.0f}% of the total)")
-    sk = search_sklearn
-    print(f"  the same search scored by scikit-learn's predict: {sk['evaluations']:.0f} evaluations "
-          f"in {sk['total_s']:.2f} s: objective {sk['objective_s']:.2f} s, search overhead "
-          f"{sk['overhead_s']:.2f} s ({100 * sk['overhead_fraction']:.0f}%)")
-    print(f"small space on digits, {threads} threads: {supernet['evaluations_per_s']:.2f} "
-          f"supernet-accuracy evaluations/s ({supernet['archs']} sub-networks, mean "
-          f"{supernet['mean_mflops']:.1f} MFLOPs; calibration on {supernet['calib_images']} images, "
-          f"accuracy on {supernet['holdout_images']})")
+    if "traps" in parts:
+        results["traps"] = t = traps(args.seeds)
+        print(f"traps, small space, {args.seeds} seeds each (paper: 60 generations; repair: 20):")
+        for name, row in t.items():
+            if name.startswith("attentive_nas"):
+                continue
+            cells = []
+            for m in ("paper", "repair"):
+                r = row[m]
+                hit = r["median_evaluations_to_optimum"]
+                cells.append(f"{m} {r['solved']}/{r['seeds']} solved"
+                             f"{f' (median {hit:.0f} evaluations to the optimum)' if hit else ''}, "
+                             f"{r['median_evaluations']:.0f} evaluations")
+            print(f"  {name} <= {row['budget_mflops']:g} MFLOPs: " + "; ".join(cells))
+        print("attentive_nas, resolution trap, paper settings, 4 seeds (resolution reached):")
+        for budget, row in t["attentive_nas resolution trap"].items():
+            print(f"  <= {budget} MFLOPs: " + "; ".join(
+                f"{m} {row[m]['resolutions']} score {np.mean(row[m]['scores']):.3f} "
+                f"({np.median(row[m]['evaluations']):.0f} evaluations)" for m in ("paper", "repair")))
+    if "front" in parts:
+        results["front_vs_per_budget"] = fr = fronts()
+        print("hypervolume at equal evaluations: front() vs pareto() over 5 budgets (all it evaluated):")
+        for name, r in fr.items():
+            picks = sum(a > b + 1e-12 for a, b in zip(r["picks_front"], r["picks_per_budget"]))
+            worse = sum(a < b - 1e-12 for a, b in zip(r["picks_front"], r["picks_per_budget"]))
+            print(f"  {name}: {r['evaluations']} evaluations; hypervolume front "
+                  f"{r['hypervolume_front']:.4g} vs per-budget {r['hypervolume_per_budget']:.4g} "
+                  f"({100 * (r['hypervolume_front'] / r['hypervolume_per_budget'] - 1):+.2f}%); "
+                  f"budget picks: front better at {picks}, worse at {worse} of 5; front with a "
+                  f"fifth of the evaluations: "
+                  f"{100 * (r['hypervolume_front_fifth_evaluations'] / r['hypervolume_per_budget'] - 1):+.2f}%")
+    if "latency" in parts:
+        torch.set_num_threads(1)
+        results["latency"] = lat = latency_study(args.latency_archs)
+        torch.set_num_threads(threads)
+        c = lat["check"]
+        print(f"latency table, attentive_nas, {lat['device']}, batch 1, 1 thread: {lat['parts']} "
+              f"parts in {lat['table_seconds']:.0f} s; predicted vs measured end-to-end on "
+              f"{c['n']} random sub-networks: median |error| {100 * c['median_abs_error']:.1f}%, "
+              f"90th percentile {100 * c['p90_abs_error']:.1f}%, mean {100 * c['mean_error']:+.1f}%")
+        for d in lat["flops_vs_latency"]:
+            a, b = d["flops_pick"], d["latency_pick"]
+            print(f"  <= {d['flops_budget']:g} MFLOPs picks {a['mflops']:.0f} MFLOPs at "
+                  f"{a['ms']:.1f} ms (res {a['resolution']}, score {a['score']:.4f}); <= "
+                  f"{d['latency_budget_ms']:.1f} ms picks {b['mflops']:.0f} MFLOPs at {b['ms']:.1f} ms "
+                  f"(res {b['resolution']}, score {b['score']:.4f}){' (the same)' if d['same'] else ''}")
+    if "speed" in parts:
+        torch.set_num_threads(1)
+        search = {m: predictor_search(args.repeats, method=m) for m in ("paper", "repair")}
+        search_sklearn = predictor_search(args.repeats, "sklearn")
+        torch.set_num_threads(threads)
+        supernet = supernet_evaluations(args.supernet_archs)
+        results.update({"predictor_search_1_thread": search,
+                        "sklearn_predictor_search_1_thread": search_sklearn,
+                        f"supernet_eval_{threads}_threads": supernet})
+        print(f"attentive_nas, 1 thread, predictor objective, budget 600 MFLOPs "
+              f"(median of {args.repeats}):")
+        for m, r in search.items():
+            print(f"  method {m}: {r['evaluations']:.0f} evaluations in {r['total_s']:.2f} s: "
+                  f"objective {r['objective_s']:.2f} s, search overhead {r['overhead_s']:.2f} s "
+                  f"({100 * r['overhead_fraction']:.0f}% of the total)")
+        sk = search_sklearn
+        print(f"  method paper scored by scikit-learn's predict: {sk['evaluations']:.0f} "
+              f"evaluations in {sk['total_s']:.2f} s: objective {sk['objective_s']:.2f} s, search "
+              f"overhead {sk['overhead_s']:.2f} s ({100 * sk['overhead_fraction']:.0f}%)")
+        print(f"small space on digits, {threads} threads: {supernet['evaluations_per_s']:.2f} "
+              f"supernet-accuracy evaluations/s ({supernet['archs']} sub-networks, mean "
+              f"{supernet['mean_mflops']:.1f} MFLOPs; calibration on {supernet['calib_images']} "
+              f"images, accuracy on {supernet['holdout_images']})")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
         json.dump(results, f, indent=2)
+    os.replace(tmp, args.out)
     print(f"wrote {args.out}")
 
 

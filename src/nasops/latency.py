@@ -38,6 +38,7 @@ from .sampling import _check_count
 from .space import SearchSpace, packaged_spaces
 
 FORMAT = "nasops-latency-1"
+CALIBRATION_SEED = 0x1A7E  # the end-to-end networks a table is calibrated on (check draws seed 0)
 
 
 def device_name(device: str | torch.device) -> str:
@@ -93,16 +94,22 @@ class LatencyTable:
     unit = "ms"
 
     def __init__(self, space: SearchSpace, tables: dict, device: str, threads: int, batch: int,
-                 settings: dict | None = None):
+                 settings: dict | None = None, scale: float = 1.0, offset_ms: float = 0.0):
         self.space, self.tables = space, tables
         self.device, self.threads, self.batch = device, threads, batch
         self.settings = dict(settings or {})
+        self.scale, self.offset_ms = float(scale), float(offset_ms)
         self._core = _C.Space(space.config, tables)  # (checks the tables' shapes)
 
-    def __call__(self, archs) -> np.ndarray:
-        """Predicted milliseconds of each encoded architecture [N, D] (float64 [N])."""
+    def parts(self, archs) -> np.ndarray:
+        """The sum of each sub-network's parts' measured milliseconds (float64 [N])."""
         rows = self.space._as_rows(np.atleast_2d(np.asarray(archs)), check_values=False)
         return self._core.cost(rows)[0] / 1e6
+
+    def __call__(self, archs) -> np.ndarray:
+        """Predicted milliseconds of each encoded architecture [N, D] (float64 [N]):
+        scale x the sum of its parts + offset_ms (see :meth:`measure`)."""
+        return self.scale * self.parts(archs) + self.offset_ms
 
     def __repr__(self) -> str:
         return (f"LatencyTable({self.space.name!r}, {self.device!r}, threads={self.threads}, "
@@ -110,10 +117,16 @@ class LatencyTable:
 
     @classmethod
     def measure(cls, space: SearchSpace, device: str = "cpu", batch: int = 1, threads: int = 1,
-                repeats: int = 20, warmup: int = 5, seed: int = 0,
+                repeats: int = 20, warmup: int = 5, seed: int = 0, calibrate: int = 20,
                 progress: bool = False) -> "LatencyTable":
         """Times every part of every sub-network of `space` (the median of `repeats` calls after
-        `warmup`) with `threads` CPU threads at batch size `batch`."""
+        `warmup`) with `threads` CPU threads at batch size `batch`. Then times `calibrate` random
+        sub-networks end to end (:func:`measure_networks`; seed `CALIBRATION_SEED`, not the
+        seed :func:`check` draws with) and fits end-to-end = scale x the sum of the parts +
+        offset by least squares: a part timed alone runs with its weights and input already in
+        the caches and without the rest of the network's calls around it, and the whole network
+        runs slower than its parts added up (measured in the README); 0 keeps scale 1, offset
+        0."""
         batch, threads = _check_count("batch", batch), _check_count("threads", threads)
         repeats, warmup = _check_count("repeats", repeats), _check_count("warmup", warmup, 0)
         name = device_name(device)
@@ -165,15 +178,30 @@ class LatencyTable:
 
         tables = cost_tables(cfg, part)
         bar.close()
-        return cls(space, tables, name, threads, batch,
-                   {"repeats": repeats, "warmup": warmup, "seed": seed,
-                    "torch": torch.__version__})
+        table = cls(space, tables, name, threads, batch,
+                    {"repeats": repeats, "warmup": warmup, "seed": seed, "calibrate": calibrate,
+                     "torch": torch.__version__})
+        calibrate = _check_count("calibrate", calibrate, 0)
+        if calibrate:
+            archs = space.sample(calibrate, seed=CALIBRATION_SEED)
+            whole = measure_networks(space, archs, device, batch, threads, seed=seed,
+                                     progress=progress)
+            parts = table.parts(archs)
+            if calibrate >= 2 and np.ptp(parts) > 0:
+                scale, offset = np.polyfit(parts, whole, 1)
+            else:
+                scale, offset = float(np.median(whole / parts)), 0.0
+            if scale <= 0:  # (noise swamped the spread of the calibration networks)
+                scale, offset = float(np.median(whole / parts)), 0.0
+            table.scale, table.offset_ms = float(scale), float(offset)
+        return table
 
     # -- files ------------------------------------------------------------------------------
     def save(self, path: str) -> None:
         """JSON: the format, the space, where it was measured and the tables (nanoseconds)."""
         doc = {"format": FORMAT, "space": self.space.config, "device": self.device,
                "threads": self.threads, "batch": self.batch, "settings": self.settings,
+               "scale": self.scale, "offset_ms": self.offset_ms,
                "tables": {"stem": self.tables["stem"][:, 0].tolist(),
                           "head": self.tables["head"][:, 0].tolist(),
                           "first": [t[:, 0].tolist() for t in self.tables["first"]],
@@ -203,7 +231,8 @@ class LatencyTable:
             tables = {"stem": ns(t["stem"]), "head": ns(t["head"]),
                       "first": [ns(v) for v in t["first"]], "rest": [ns(v) for v in t["rest"]]}
             table = cls(table_space, tables, str(doc["device"]), int(doc["threads"]),
-                        int(doc["batch"]), doc.get("settings"))
+                        int(doc["batch"]), doc.get("settings"), float(doc["scale"]),
+                        float(doc["offset_ms"]))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, RuntimeError) as e:
             raise ValueError(f"{path} is not a nasops latency table: {e}") from None
         if space is not None and space.config != table.space.config:
@@ -267,8 +296,12 @@ def check(table: LatencyTable, n: int = 100, seed: int = 0, repeats: int = 10, r
                                 rounds, progress=progress)
     predicted = table(archs)
     error = predicted / measured - 1
+    parts_error = table.parts(archs) / measured - 1
     return {"n": n, "device": table.device, "threads": table.threads, "batch": table.batch,
+            "scale": table.scale, "offset_ms": table.offset_ms,
             "median_abs_error": float(np.median(np.abs(error))),
+            "median_abs_error_parts_only": float(np.median(np.abs(parts_error))),
+            "mean_error_parts_only": float(parts_error.mean()),
             "p90_abs_error": float(np.quantile(np.abs(error), 0.9)),
             "mean_error": float(error.mean()), "encodings": archs.tolist(),
             "mflops": table.space.flops(archs).tolist(), "predicted_ms": predicted.tolist(),
@@ -306,7 +339,8 @@ def main(argv=None, prog=None) -> int:
                   f"{table.batch}: predicted vs measured end-to-end latency of {args.n} random "
                   f"sub-networks: median |error| {100 * result['median_abs_error']:.1f}%, 90th "
                   f"percentile {100 * result['p90_abs_error']:.1f}%, mean error "
-                  f"{100 * result['mean_error']:+.1f}%")
+                  f"{100 * result['mean_error']:+.1f}% (the parts' sum alone: median |error| "
+                  f"{100 * result['median_abs_error_parts_only']:.1f}%)")
             if args.check_out:
                 tmp = args.check_out + ".tmp"
                 with open(tmp, "w") as f:
