@@ -4,6 +4,7 @@ evaluates its share whole, with local BN statistics) and the results are gathere
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -18,6 +19,7 @@ from .cli import STAGES, prog as prog_name
 from .data import Splits
 from .nn import Supernet, calibrate_bn
 from .nn.layers import DynamicBatchNorm2d
+from .ops import dw_backend_as
 from .space import SearchSpace
 
 
@@ -40,10 +42,18 @@ class Evaluator:
 
     Calibration uses the first `calib_images` training images of a fixed permutation, without
     augmentation, in batches of `batch_size`: every sub-network sees the same ones. Results are
-    cached by (architecture, split), so nothing is evaluated twice."""
+    cached by (architecture, split), so nothing is evaluated twice.
+
+    On CPU, ``channels_last=True`` (what the search and evaluate commands use) converts the
+    supernet's weights to channels-last and runs the evaluation on channels-last batches with
+    PyTorch's depthwise convolution: batch norm in training mode, the heart of re-calibration,
+    runs about twice as fast on that layout, and the accuracies are the same image for image
+    (tested). The resized batches of each split are kept per resolution while they fit in
+    `cache_bytes` (default 1 GiB), so that sub-networks at one resolution share them."""
 
     def __init__(self, net: Supernet, splits: Splits, batch_size: int = 256,
-                 calib_images: int = 2048, device: torch.device | str = "cpu"):
+                 calib_images: int = 2048, device: torch.device | str = "cpu",
+                 channels_last: bool = False, cache_bytes: int = 1 << 30):
         if isinstance(calib_images, bool) or not isinstance(calib_images, int) or calib_images < 1:
             raise ValueError(f"calib_images = {calib_images!r} must be a positive integer")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -52,6 +62,11 @@ class Evaluator:
         order = np.random.default_rng(0).permutation(len(splits.train))[:calib_images]
         self._calib = splits.train.subset(np.sort(order))  # (once: every sub-network uses it)
         self.cache: dict[tuple, float] = {}
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            net.to(memory_format=torch.channels_last)
+        self._stored: dict[tuple, list] = {}  # (split id, resolution) -> its batches
+        self._stored_bytes, self.cache_bytes = 0, int(cache_bytes)
 
     @staticmethod
     def _check_split(name: str) -> str:
@@ -60,8 +75,26 @@ class Evaluator:
         return name
 
     def _batches(self, data, resolution: int):
+        key = (id(data), resolution)
+        if key in self._stored:
+            return self._stored[key]
         s = self.splits
-        return data.views(resolution, self.batch_size, s.eval_crop, s.mean, s.std, self.device)
+        batches = data.views(resolution, self.batch_size, s.eval_crop, s.mean, s.std, self.device)
+        if self.channels_last:
+            batches = ((x.contiguous(memory_format=torch.channels_last), y) for x, y in batches)
+        size = len(data) * data.channels * resolution * resolution * 4
+        if self._stored_bytes + size > self.cache_bytes:
+            return batches
+        self._stored[key] = list(batches)
+        self._stored_bytes += size
+        return self._stored[key]
+
+    def _dw_backend(self):
+        """PyTorch's depthwise convolution for channels-last batches (nasops' CPU kernels read
+        NCHW and would copy each one)."""
+        if self.channels_last:
+            return dw_backend_as("torch")
+        return contextlib.nullcontext()
 
     @torch.no_grad()
     def calibrate(self, arch) -> int:
@@ -69,7 +102,8 @@ class Evaluator:
         before an export). Returns its resolution."""
         self.net.set_active(arch)
         res = self.net.active_arch.resolution
-        calibrate_bn(self.net, (x for x, _ in self._batches(self._calib, res)))
+        with self._dw_backend():
+            calibrate_bn(self.net, (x for x, _ in self._batches(self._calib, res)))
         return res
 
     @torch.no_grad()
@@ -79,9 +113,10 @@ class Evaluator:
         was_training = net.training
         net.eval()
         correct = seen = 0
-        for x, y in self._batches(getattr(self.splits, split), res):
-            correct += (net(x).argmax(1) == y).sum()  # (on the device: one sync at the end)
-            seen += len(y)
+        with self._dw_backend():
+            for x, y in self._batches(getattr(self.splits, split), res):
+                correct += (net(x).argmax(1) == y).sum()  # (on the device: one sync at the end)
+                seen += len(y)
         net.train(was_training)
         return int(correct) / seen
 
@@ -134,7 +169,8 @@ def main(argv=None, prog=None) -> int:
         device = dist.init_from_env()
         cfg, splits, net = load_trained(args.checkpoint, device)
         archs = net.space.sample(args.n, seed=args.seed)
-        acc = Evaluator(net, splits, cfg["eval_batch_size"], cfg["calib_images"], device).accuracy(
+        acc = Evaluator(net, splits, cfg["eval_batch_size"], cfg["calib_images"], device,
+                        channels_last=True).accuracy(
             archs, args.split, progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)

@@ -8,6 +8,7 @@ weight gradient at the full shared shape, zero outside the active window.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -34,6 +35,16 @@ def set_dw_backend(name: str) -> str:
 
 def dw_backend() -> str:
     return _backend
+
+
+@contextlib.contextmanager
+def dw_backend_as(name: str):
+    """Within the block, the depthwise backend is `name`; then the one before."""
+    previous = set_dw_backend(name)
+    try:
+        yield
+    finally:
+        set_dw_backend(previous)
 
 
 def _out_size(n, stride):

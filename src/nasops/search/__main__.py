@@ -87,7 +87,8 @@ def main(argv=None, prog=None) -> int:
             cfg, splits, net = load_trained(args.checkpoint, device)
             space = net.space
             evaluator = Evaluator(net, splits, cfg["eval_batch_size"],
-                                  args.calib_images or cfg["calib_images"], device)
+                                  args.calib_images or cfg["calib_images"], device,
+                                  channels_last=True)
         elif args.predictor and args.space:
             space = SearchSpace.load(args.space)
         else:
