@@ -217,7 +217,7 @@ def predictor_search(repeats, library="nasops", method="paper"):
     return med
 
 
-def supernet_evaluations(n_archs):
+def supernet_evaluations(n_archs, profile=False):
     """Evaluations per second of the Evaluator as the search and evaluate commands run it
     (channels-last, batches kept per resolution) and as it ran before (NCHW, nasops' depthwise
     kernels, batches resized for each sub-network), on the same sub-networks, alternating, after
@@ -235,6 +235,13 @@ def supernet_evaluations(n_archs):
         start = time.perf_counter()
         acc = evaluator.accuracy(archs[1:])
         seconds = time.perf_counter() - start
+        if profile and fast:  # where the time goes, by operator (self time)
+            import cProfile
+            import pstats
+            evaluator.cache.clear()
+            profiler = cProfile.Profile()
+            profiler.runcall(evaluator.accuracy, archs[1:])
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(6)
         out[name] = {"seconds": seconds, "evaluations_per_s": n_archs / seconds,
                      "accuracy": acc.tolist()}
     out["speedup"] = out["after"]["evaluations_per_s"] / out["before"]["evaluations_per_s"]
@@ -249,6 +256,8 @@ def main():
     parser.add_argument("--seeds", type=int, default=12, help="seeds per trap and method")
     parser.add_argument("--latency-archs", type=int, default=100)
     parser.add_argument("--supernet-archs", type=int, default=8)
+    parser.add_argument("--profile", action="store_true",
+                        help="with speed: print where the channels-last evaluation spends its time")
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "bench_search.json"))
     args = parser.parse_args()
     parts = args.parts.split(",")
@@ -296,7 +305,10 @@ def main():
         print(f"latency table, attentive_nas, {lat['device']}, batch 1, 1 thread: {lat['parts']} "
               f"parts in {lat['table_seconds']:.0f} s; predicted vs measured end-to-end on "
               f"{c['n']} random sub-networks: median |error| {100 * c['median_abs_error']:.1f}%, "
-              f"90th percentile {100 * c['p90_abs_error']:.1f}%, mean {100 * c['mean_error']:+.1f}%")
+              f"90th percentile {100 * c['p90_abs_error']:.1f}%, mean {100 * c['mean_error']:+.1f}% "
+              f"(the parts' sum alone: median {100 * c['median_abs_error_parts_only']:.1f}%; one "
+              f"pass of {c['rounds']} strays from their median by "
+              f"{100 * c['median_abs_pass_deviation']:.1f}%)")
         for d in lat["flops_vs_latency"]:
             a, b = d["flops_pick"], d["latency_pick"]
             print(f"  <= {d['flops_budget']:g} MFLOPs picks {a['mflops']:.0f} MFLOPs at "
@@ -308,7 +320,7 @@ def main():
         search = {m: predictor_search(args.repeats, method=m) for m in ("paper", "repair")}
         search_sklearn = predictor_search(args.repeats, "sklearn")
         torch.set_num_threads(threads)
-        supernet = supernet_evaluations(args.supernet_archs)
+        supernet = supernet_evaluations(args.supernet_archs, args.profile)
         results.update({"predictor_search_1_thread": search,
                         "sklearn_predictor_search_1_thread": search_sklearn,
                         f"supernet_eval_{threads}_threads": supernet})

@@ -1,6 +1,7 @@
 """Latency lookup tables: each entry times the right part, a prediction is the sum of a
 sub-network's parts, tables round-trip through their file and refuse to be used where they were
 not measured, and the search keeps every member within a latency budget."""
+import itertools
 import json
 
 import numpy as np
@@ -12,6 +13,13 @@ import nasops
 from nasops import latency
 from nasops.latency import LatencyTable, device_name
 from nasops.search import evolve
+
+
+def mmacs(fn, x, repeats, warmup):
+    """A stand-in clock: the millions of multiply-adds of fn(x) (torch's FLOP counter / 2)."""
+    with FlopCounterMode(display=False) as counter:
+        fn(x)
+    return counter.get_total_flops() / 2 / 1e6
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +36,9 @@ def test_every_entry_times_the_part_it_stands_for(space, monkeypatch):
     """With the clock replaced by torch's FLOP counter on the module it is given (multiply-adds
     = FLOPs / 2, 'milliseconds' = MMACs), the table must predict each sub-network's MFLOPs: so
     every entry ran the part of the right shape, and the prediction adds up the right parts."""
-    def macs(fn, x, repeats, warmup):
-        with FlopCounterMode(display=False) as counter:
-            fn(x)
-        return counter.get_total_flops() / 2 / 1e6
-    monkeypatch.setattr(latency, "time_module", macs)
+    monkeypatch.setattr(latency, "time_module", mmacs)
     table = LatencyTable.measure(space, repeats=1, warmup=0)
-    archs = np.array([list(v) for v in __import__("itertools").product(*space.choices)])
+    archs = np.array([list(v) for v in itertools.product(*space.choices)])
     np.testing.assert_allclose(table(archs), space.flops(archs), rtol=0, atol=1e-8)
     big = nasops.SearchSpace.load("small")
     archs = big.sample(64, seed=0)
@@ -91,12 +95,9 @@ def test_search_under_a_latency_budget_never_exceeds_it(space, measured):
 def test_end_to_end_measurement_times_the_extracted_network(space, monkeypatch):
     """measure_networks gives each sub-network its own time: with the clock replaced by the
     FLOP counter, the 'latency' of each is its MFLOPs."""
-    def macs(fn, x, repeats, warmup):
-        with FlopCounterMode(display=False) as counter:
-            fn(x)
-        return counter.get_total_flops() / 2 / 1e6
-    monkeypatch.setattr(latency, "time_module", macs)
+    monkeypatch.setattr(latency, "time_module", mmacs)
     archs = space.sample(5, seed=3)
-    np.testing.assert_allclose(latency.measure_networks(space, archs, rounds=2),
-                               space.flops(archs), rtol=1e-12)
+    measured, passes = latency.measure_networks(space, archs, rounds=2)
+    np.testing.assert_allclose(measured, space.flops(archs), rtol=1e-12)
+    assert passes.shape == (2, 5)
     assert torch.get_num_threads() >= 1  # (threads restored after timing)

@@ -184,8 +184,8 @@ class LatencyTable:
         calibrate = _check_count("calibrate", calibrate, 0)
         if calibrate:
             archs = space.sample(calibrate, seed=CALIBRATION_SEED)
-            whole = measure_networks(space, archs, device, batch, threads, seed=seed,
-                                     progress=progress)
+            whole, _ = measure_networks(space, archs, device, batch, threads, seed=seed,
+                                        progress=progress)
             parts = table.parts(archs)
             if calibrate >= 2 and np.ptp(parts) > 0:
                 scale, offset = np.polyfit(parts, whole, 1)
@@ -260,11 +260,11 @@ def _flat(tables: dict) -> list:
 @torch.no_grad()
 def measure_networks(space: SearchSpace, archs, device: str = "cpu", batch: int = 1,
                      threads: int = 1, repeats: int = 10, rounds: int = 3, warmup: int = 3,
-                     seed: int = 0, progress: bool = False) -> np.ndarray:
+                     seed: int = 0, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """End-to-end latency (milliseconds) of each sub-network extracted as a static network: what
-    a table predicts. `rounds` passes over all of them, `repeats` timed calls each; the result
-    is the median over the rounds of each pass's median, so that a slow spell of a shared
-    machine does not fall on one network alone."""
+    a table predicts. `rounds` passes over all of them, `repeats` timed calls each. Returns the
+    median over the rounds of each pass's median (so that a slow spell of a shared machine does
+    not fall on one network alone), [N], and every pass's median, [rounds, N]."""
     torch.manual_seed(seed)
     net = Supernet(space).eval()
     rows = space._as_rows(np.asarray(archs))
@@ -279,7 +279,7 @@ def measure_networks(space: SearchSpace, archs, device: str = "cpu", batch: int 
                 times[r, i] = time_module(static, x, repeats, warmup)
             bar.update()
     bar.close()
-    return np.median(times, axis=0)
+    return np.median(times, axis=0), times
 
 
 def check(table: LatencyTable, n: int = 100, seed: int = 0, repeats: int = 10, rounds: int = 3,
@@ -292,15 +292,19 @@ def check(table: LatencyTable, n: int = 100, seed: int = 0, repeats: int = 10, r
         raise ValueError(f"the latency table was measured on {table.device!r}; this machine is "
                          f"{device_name(device)!r}: measured latencies here would not compare")
     archs = table.space.sample(_check_count("n", n), seed=seed)
-    measured = measure_networks(table.space, archs, device, table.batch, table.threads, repeats,
-                                rounds, progress=progress)
+    measured, passes = measure_networks(table.space, archs, device, table.batch, table.threads,
+                                        repeats, rounds, progress=progress)
     predicted = table(archs)
     error = predicted / measured - 1
     parts_error = table.parts(archs) / measured - 1
-    return {"n": n, "device": table.device, "threads": table.threads, "batch": table.batch,
+    # how far one pass's measurement strays from the median of the passes: the machine's noise
+    pass_error = np.abs(passes / measured - 1)
+    return {"n": n, "rounds": rounds, "device": table.device, "threads": table.threads,
+            "batch": table.batch,
             "scale": table.scale, "offset_ms": table.offset_ms,
             "median_abs_error": float(np.median(np.abs(error))),
             "median_abs_error_parts_only": float(np.median(np.abs(parts_error))),
+            "median_abs_pass_deviation": float(np.median(pass_error)),
             "mean_error_parts_only": float(parts_error.mean()),
             "p90_abs_error": float(np.quantile(np.abs(error), 0.9)),
             "mean_error": float(error.mean()), "encodings": archs.tolist(),
@@ -340,7 +344,9 @@ def main(argv=None, prog=None) -> int:
                   f"sub-networks: median |error| {100 * result['median_abs_error']:.1f}%, 90th "
                   f"percentile {100 * result['p90_abs_error']:.1f}%, mean error "
                   f"{100 * result['mean_error']:+.1f}% (the parts' sum alone: median |error| "
-                  f"{100 * result['median_abs_error_parts_only']:.1f}%)")
+                  f"{100 * result['median_abs_error_parts_only']:.1f}%; one pass of the "
+                  f"measurement strays from the median of {result['rounds']} by "
+                  f"{100 * result['median_abs_pass_deviation']:.1f}% (median))")
             if args.check_out:
                 tmp = args.check_out + ".tmp"
                 with open(tmp, "w") as f:
