@@ -39,8 +39,8 @@ _LAZY_NAMES = {"AccuracyPredictor": "predictor", "Arch": "space", "FlopsSampler"
                "SearchSpace": "space", "Supernet": "nn", "calibrate_bn": "nn",
                "official_state_dict": "official", "packaged_spaces": "space",
                "resize_batch": "nn"}
-_SUBMODULES = ("checkpoint", "convert", "data", "distributed", "evaluate", "export", "losses",
-               "nn", "official", "predictor", "sampling", "search", "space", "train")
+_SUBMODULES = ("checkpoint", "convert", "data", "distributed", "evaluate", "export", "latency",
+               "losses", "nn", "official", "predictor", "sampling", "search", "space", "train")
 
 __all__ = ["ops", *sorted(_LAZY_NAMES)]
 __version__ = "0.2.0"

@@ -550,3 +550,6 @@ class SupernetAccuracy:
 
     def __call__(self, archs: np.ndarray) -> np.ndarray:
         return self.evaluator.accuracy(archs, self.split, progress=self.progress)
+
+
+from . import synthetic  # noqa: E402,F401  (nasops.search.synthetic without an import of its own)
