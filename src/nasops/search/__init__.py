@@ -281,7 +281,7 @@ def evolve(space: SearchSpace, objective, budget: float, population: int = 512,
            mutations: int = 128, crossovers: int = 128, generations: int = 20,
            mutate_prob: float = 0.1, seed: int | None = 0, sampler: FlopsSampler | None = None,
            cache: dict | None = None, progress: bool = False, method: str = "repair",
-           polish: int = 256, cost=None) -> SearchResult:
+           polish: int | None = None, cost=None) -> SearchResult:
     """Evolutionary search for the sub-network with the best objective within `budget` (MFLOPs,
     or the unit of `cost`; among equal scores, the cheaper). Every member, initial or child, is
     within the budget. `cache` (a dict) shares objective values between searches; `sampler`
@@ -293,8 +293,9 @@ def evolve(space: SearchSpace, objective, budget: float, population: int = 512,
     once), so every such child is discarded. ``method="repair"`` (the default) makes those moves:
     children over the budget are repaired and half the mutations redraw a whole part of the
     network (:class:`_Moves`), and after the generations a local search spends up to `polish`
-    more evaluations moving the best member to a better neighbour (one dimension up or down, or
-    a swap of two) while one exists."""
+    more evaluations (default: a quarter of the evolution's at most, population + generations x
+    (mutations + crossovers)) moving the best member to a better neighbour (one dimension up or
+    down, or a swap of two) while one exists."""
     cost_fn = _cost_of(space, cost)
     budget = check_budget(space, budget, cost_fn)
     if method not in METHODS:
@@ -303,6 +304,8 @@ def evolve(space: SearchSpace, objective, budget: float, population: int = 512,
     mutations = _check_count("mutations", mutations, 0)
     crossovers = _check_count("crossovers", crossovers, 0)
     generations = _check_count("generations", generations, 0)
+    if polish is None:
+        polish = (population + generations * (mutations + crossovers)) // 4
     polish = _check_count("polish", polish, 0)
     n_parents = population - mutations - crossovers
     if n_parents < 1:

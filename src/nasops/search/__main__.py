@@ -59,8 +59,9 @@ def main(argv=None, prog=None) -> int:
     parser.add_argument("--method", choices=METHODS, default="repair",
                         help="repair (default): children over the budget are repaired, and a "
                              "local search polishes the result; paper: the AttentiveNAS protocol")
-    parser.add_argument("--polish", type=int, default=256,
-                        help="evaluations of the final local search (method repair)")
+    parser.add_argument("--polish", type=int,
+                        help="at most this many evaluations in the final local search (method "
+                             "repair; default: a quarter of the evolution's)")
     parser.add_argument("--out", help="output directory (default: RUN/search, or ./search)")
     parser.add_argument("--population", type=int,
                         help="default 512 (256 with --front)")
