@@ -77,7 +77,8 @@ def test_a_table_round_trips_and_refuses_other_devices_threads_and_spaces(space,
 
 
 def test_search_under_a_latency_budget_never_exceeds_it(space, measured):
-    budget = float(np.median(measured(space.sample(200, seed=2))))
+    smallest = float(measured(space.encode(space.min_arch()))[0])  # (noisy table: stay above it)
+    budget = max(float(np.median(measured(space.sample(200, seed=2)))), 1.2 * smallest)
     seen = []
 
     def objective(archs):
