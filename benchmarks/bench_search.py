@@ -168,9 +168,7 @@ def latency_study(n):
     table_s = time.perf_counter() - start
     result = check(table, n=n)
     # FLOPs vs latency budgets: a predictor objective whose accuracy grows with FLOPs
-    X = space.sample(1024, seed=0)
-    g = np.random.default_rng(0)
-    y = 0.6 + 0.15 * np.log(space.flops(X) / 200) + g.normal(0, 0.01, len(X))
+    X, y = synthetic_pairs(space)
     predictor = AccuracyPredictor(space).fit(X, y)
     differ = []
     for budget in (300.0, 450.0, 600.0):
@@ -184,18 +182,23 @@ def latency_study(n):
                            "mflops": by_latency.flops, "ms": by_latency.cost,
                            "score": by_latency.score, "resolution": by_latency.arch.resolution},
                        "same": bool((by_flops.encoding == by_latency.encoding).all())})
-    return {"table_seconds": table_s, "parts": int(sum(len(t) for t in [table.tables["stem"], table.tables["head"], *table.tables["first"], *table.tables["rest"]])),
+    return {"table_seconds": table_s, "parts": table.num_parts,
             "device": table.device, "check": {k: v for k, v in result.items() if k not in ("encodings",)},
             "flops_vs_latency": differ}
+
+
+def synthetic_pairs(space):
+    """1,024 (architecture, accuracy) pairs whose accuracy grows with log FLOPs, plus noise."""
+    X = space.sample(1024, seed=0)
+    g = np.random.default_rng(0)
+    return X, 0.6 + 0.15 * np.log(space.flops(X) / 200) + g.normal(0, 0.01, len(X))
 
 
 def predictor_search(repeats, library="nasops", method="paper"):
     """library "nasops": the AccuracyPredictor's C++ forest; "sklearn": the same forest settings
     evaluated by scikit-learn's RandomForestRegressor.predict, for comparison."""
     space = nasops.SearchSpace.load("attentive_nas")
-    X = space.sample(1024, seed=0)
-    g = np.random.default_rng(0)
-    y = 0.6 + 0.15 * np.log(space.flops(X) / 200) + g.normal(0, 0.01, len(X))  # synthetic
+    X, y = synthetic_pairs(space)
     if library == "nasops":
         predictor = AccuracyPredictor(space).fit(X, y)
     else:

@@ -111,6 +111,11 @@ class LatencyTable:
         scale x the sum of its parts + offset_ms (see :meth:`measure`)."""
         return self.scale * self.parts(archs) + self.offset_ms
 
+    @property
+    def num_parts(self) -> int:
+        """How many parts the table timed (entries of every table)."""
+        return sum(len(t) for t in _flat(self.tables))
+
     def __repr__(self) -> str:
         return (f"LatencyTable({self.space.name!r}, {self.device!r}, threads={self.threads}, "
                 f"batch={self.batch})")
@@ -363,7 +368,7 @@ def main(argv=None, prog=None) -> int:
         table = LatencyTable.measure(space, args.device, args.batch, args.threads, args.repeats,
                                      progress=not args.no_progress)
         table.save(args.out)
-        print(f"measured {sum(len(t) for t in _flat(table.tables))} parts of {space.name} on "
+        print(f"measured {table.num_parts} parts of {space.name} on "
               f"{table.device} ({table.threads} threads, batch {table.batch}) in "
               f"{time.perf_counter() - start:.0f} s; wrote {args.out}")
     except (ValueError, FileNotFoundError) as e:
