@@ -227,3 +227,145 @@ def test_cuda_autocast_runs_in_the_autocast_dtype(dtype):
         out = torch.ops.nasops.dw_conv2d(x, weight, k, s)
     assert out.dtype == dtype
     assert rel_err(out, reference(x.to(dtype), weight.to(dtype), k, s)) < 2e-2
+
+
+# The fused batch norm + activation of BN re-calibration and evaluation (ops.batch_norm_act_).
+BN_SHAPES = [(2, 5, 3, 3), (3, 19, 7, 5), (1, 40, 4, 4), (64, 96, 6, 6)]  # C % 8: tail, mixed
+BN_ACTS = ["identity", "relu", "silu", "hardswish"]
+
+
+def bn_act_reference(x, weight, bias, mean, var, training, momentum, eps, act):
+    """float64, the formulas written out: the biased batch variance normalises, the unbiased one
+    is averaged into the running variance."""
+    x, weight, bias, mean, var = (t.double() for t in (x, weight, bias, mean, var))
+    if training:
+        n = x.numel() // x.shape[1]
+        batch_mean = x.mean((0, 2, 3))
+        batch_var = ((x - batch_mean.view(1, -1, 1, 1)) ** 2).mean((0, 2, 3))
+        mean_used, var_used = batch_mean, batch_var
+        mean = (1 - momentum) * mean + momentum * batch_mean
+        var = (1 - momentum) * var + momentum * batch_var * n / (n - 1)
+    else:
+        mean_used, var_used = mean, var
+    y = ((x - mean_used.view(1, -1, 1, 1)) / torch.sqrt(var_used.view(1, -1, 1, 1) + eps)
+         * weight.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1))
+    y = {"identity": y, "relu": y.clamp(min=0), "silu": y / (1 + torch.exp(-y)),
+         "hardswish": y * (y + 3).clamp(0, 6) / 6}[act]
+    return y, mean, var
+
+
+def make_bn(shape, scale=2.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    c = shape[1]
+    x = (torch.randn(shape, generator=g) * scale + 0.5).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.rand(c, generator=g) + 0.5, torch.randn(c, generator=g)
+    mean, var = torch.randn(c, generator=g) * 0.1, torch.rand(c, generator=g) + 0.5
+    return x, weight, bias, mean, var
+
+
+def close(got, expected, tol):
+    return ((got.double() - expected).abs() <= tol * (1 + expected.abs())).all()
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("act", BN_ACTS)
+@pytest.mark.parametrize("shape", BN_SHAPES)
+def test_batch_norm_act_matches_float64(isa, shape, act, training):
+    x, weight, bias, mean, var = make_bn(shape, scale=40.0 if act == "silu" else 2.0)
+    y_ref, mean_ref, var_ref = bn_act_reference(x, weight, bias, mean, var, training, 0.3, 1e-5, act)
+    y = x.clone(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.ops.nasops.batch_norm_act_(y, weight, bias, mean, var, training, 0.3, 1e-5, act)
+    assert close(y, y_ref, 2e-6)
+    assert close(mean, mean_ref, 1e-6) and close(var, var_ref, 1e-6)
+
+
+def test_batch_norm_act_does_not_depend_on_the_thread_count():
+    x, weight, bias, mean, var = make_bn((32, 24, 9, 9))
+    results = []
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            y, m, v = x.clone(memory_format=torch.channels_last), mean.clone(), var.clone()
+            torch.ops.nasops.batch_norm_act_(y, weight, bias, m, v, True, 0.1, 1e-5, "silu")
+            results.append((y, m, v))
+    finally:
+        torch.set_num_threads(previous)
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
+def test_batch_norm_act_wrapper_overwrites_only_without_autograd():
+    """ops.batch_norm_act_ runs the fused operator over x under no_grad on a channels-last
+    float32 tensor, and PyTorch's ops (x untouched) otherwise; the results agree."""
+    from torch import nn
+    x, weight, bias, mean, var = make_bn((4, 12, 5, 5))
+    expected, _, _ = bn_act_reference(x, weight, bias, mean, var, False, 0.1, 1e-5, "silu")
+    for grad, layout in ((True, torch.channels_last), (False, torch.contiguous_format),
+                         (False, torch.channels_last)):
+        x_in = x.contiguous(memory_format=layout).clone(memory_format=layout)
+        with torch.set_grad_enabled(grad):
+            y = ops.batch_norm_act_(x_in, weight, bias, mean, var, False, 0.1, 1e-5, nn.SiLU())
+        fused = not grad and layout == torch.channels_last
+        assert (y.data_ptr() == x_in.data_ptr()) == fused
+        assert torch.equal(x_in, x) != fused
+        assert close(y, expected, 2e-6)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda x, w, b, m, v: (x.contiguous(), w, b, m, v, True, 0.1, 1e-5, "silu"),
+     ValueError, "x must be a channels-last"),
+    (lambda x, w, b, m, v: (x.double(), w, b, m, v, True, 0.1, 1e-5, "silu"),
+     TypeError, "x has dtype Double; allowed: float32"),
+    (lambda x, w, b, m, v: (x, w[:3], b, m, v, True, 0.1, 1e-5, "silu"),
+     ValueError, r"weight must be contiguous with C = 5 values, got shape \[3\]"),
+    (lambda x, w, b, m, v: (x, w, b, m, v.double(), True, 0.1, 1e-5, "silu"),
+     TypeError, "running_var must be a float32 CPU tensor"),
+    (lambda x, w, b, m, v: (x, w, b, m, v, True, 0.1, 1e-5, "gelu"),
+     ValueError, "act = 'gelu' is not supported; allowed: identity, relu, silu, hardswish"),
+    (lambda x, w, b, m, v: (x[:1, :, :1, :1].contiguous(memory_format=torch.channels_last), w, b,
+                            m, v, True, 0.1, 1e-5, "silu"),
+     ValueError, "training mode needs more than one value per channel"),
+])
+def test_batch_norm_act_bad_inputs_raise(call, error, message):
+    args = call(*make_bn((2, 5, 3, 3)))
+    with pytest.raises(error, match=message), torch.no_grad():
+        torch.ops.nasops.batch_norm_act_(*args)
+
+
+def test_batch_norm_act_refuses_autograd():
+    x, weight, bias, mean, var = make_bn((2, 5, 3, 3))
+    x.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="has no gradient; call it under torch.no_grad"):
+        torch.ops.nasops.batch_norm_act_(x, weight, bias, mean, var, True, 0.1, 1e-5, "silu")
+
+
+def test_fused_calibration_and_evaluation_match_pytorch():
+    """A supernet re-calibrated and evaluated channels-last (the fused operator) against the
+    same supernet on NCHW tensors (PyTorch's batch norm and activations): the same running
+    statistics and logits, to float32 rounding."""
+    from nasops.nn import calibrate_bn
+    space = nasops.SearchSpace.load("small", in_channels=1)
+    torch.manual_seed(0)
+    nets = [nasops.Supernet(space), nasops.Supernet(space)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    nets[1].to(memory_format=torch.channels_last)
+    arch = space.sample(1, seed=3)[0]
+    outputs, stats, fused = [], [], []
+    for net, layout in zip(nets, (torch.contiguous_format, torch.channels_last)):
+        net.set_active(arch)
+        r = net.active_arch.resolution
+        batches = [torch.randn(32, 1, r, r, generator=torch.Generator().manual_seed(i))
+                   .contiguous(memory_format=layout) for i in range(3)]
+        with ops.dw_backend_as("torch"), torch.profiler.profile() as profile:
+            calibrate_bn(net, batches)
+            net.eval()
+            with torch.no_grad():
+                outputs.append(net(batches[0]))
+        stats.append(torch.cat([m.running_var for m in net.modules()
+                                if isinstance(m, torch.nn.BatchNorm2d)]))
+        fused.append(any(e.name == "nasops::batch_norm_act_" for e in profile.events()))
+    assert fused == [False, True]
+    assert torch.allclose(stats[0], stats[1], rtol=1e-5, atol=1e-6)
+    assert torch.allclose(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)

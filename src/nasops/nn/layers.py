@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import dw_conv2d
+from ..ops import batch_norm_act_, dw_conv2d
 
 
 def make_divisible(v: int, divisor: int = 8) -> int:
@@ -136,7 +136,9 @@ class DynamicBatchNorm2d(nn.BatchNorm2d):
     process_group = None
     frozen = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _statistics(self, x: torch.Tensor):
+        """(running_mean, running_var, momentum) for a forward of x; counts the batch when it
+        updates the running statistics."""
         c = x.shape[1]
         track = self.training and not self.frozen
         if track:
@@ -145,10 +147,24 @@ class DynamicBatchNorm2d(nn.BatchNorm2d):
         momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked.clamp(min=1))
         running_mean = self.running_mean[:c] if track or not self.training else None
         running_var = self.running_var[:c] if track or not self.training else None
+        return running_mean, running_var, momentum
+
+    def forward(self, x: torch.Tensor, act: nn.Module | None = None,
+                overwrite: bool = False) -> torch.Tensor:
+        """act(batch norm of x) (act None: no activation). overwrite=True says that the caller
+        no longer needs x (a conv's output, say): without autograd the result may then be
+        computed over x in place, by one fused operator (ops.batch_norm_act_)."""
+        c = x.shape[1]
+        running_mean, running_var, momentum = self._statistics(x)
         if self.training and self.process_group is not None:
-            return self._synced(x, running_mean, running_var, momentum)
-        return F.batch_norm(x, running_mean, running_var, self.weight[:c], self.bias[:c],
-                            self.training, momentum, self.eps)
+            y = self._synced(x, running_mean, running_var, momentum)
+        elif overwrite:
+            return batch_norm_act_(x, self.weight[:c], self.bias[:c], running_mean, running_var,
+                                   self.training, momentum, self.eps, act)
+        else:
+            y = F.batch_norm(x, running_mean, running_var, self.weight[:c], self.bias[:c],
+                             self.training, momentum, self.eps)
+        return y if act is None else act(y)
 
     def export(self, channels: int) -> nn.BatchNorm2d:
         bn = _on_meta(nn.BatchNorm2d, channels, eps=self.eps, momentum=self.momentum)

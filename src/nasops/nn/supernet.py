@@ -72,11 +72,12 @@ class DynamicMBConv(nn.Module):
         c_in = x.shape[1]
         h = x
         if expand_ratio != 1:
-            h = self.act(self.expand_bn(self.expand(h, self.hidden_width(c_in, expand_ratio))))
-        h = self.act(self.depthwise_bn(self.depthwise(h, kernel_size, self.stride)))
+            h = self.expand(h, self.hidden_width(c_in, expand_ratio))
+            h = self.expand_bn(h, self.act, overwrite=True)
+        h = self.depthwise_bn(self.depthwise(h, kernel_size, self.stride), self.act, overwrite=True)
         if self.se is not None:
             h = self.se(h)
-        h = self.project_bn(self.project(h, out_channels))
+        h = self.project_bn(self.project(h, out_channels), overwrite=True)
         identity = self.stride == 1 and c_in == out_channels
         # as published: never on a block whose residual pools or projects
         if self.training and drop_connect > 0 and identity:
@@ -253,13 +254,14 @@ class Supernet(nn.Module):
             raise ValueError(f"input of shape {list(x.shape)} does not fit the active "
                              f"sub-network: expected [N, {', '.join(map(str, expected))}] "
                              f"(resize the batch with nasops.resize_batch)")
-        h = self.stem_act(self.stem_bn(self.stem(x, a.width[0])))
+        h = self.stem_bn(self.stem(x, a.width[0]), self.stem_act, overwrite=True)
         for s, blocks in enumerate(self.stages):
             for b in range(a.depth[s]):
                 h = blocks[b](h, a.width[s + 1], a.kernel_size[s], a.expand_ratio[s],
                               self.drop_connect_rate(s, b))
         c = h.shape[1]
-        h = self.head_act(self.last_bn(self.last_conv(h, self.head_expand_ratio * c)))
+        h = self.last_conv(h, self.head_expand_ratio * c)
+        h = self.last_bn(h, self.head_act, overwrite=True)
         h = F.adaptive_avg_pool2d(h, 1)
         h = self.head_act(self.head_conv(h, a.width[-1])).flatten(1)
         if self.training and self.dropout > 0:
