@@ -33,7 +33,7 @@ import torch
 
 import nasops
 from nasops.data import load_splits
-from nasops.evaluate import Evaluator
+from nasops.evaluate import Evaluator, keep_freed_memory
 from nasops.predictor import AccuracyPredictor
 from nasops.latency import LatencyTable, check
 from nasops.search import evolve, front, hypervolume, non_dominated, pareto
@@ -222,15 +222,19 @@ def predictor_search(repeats, library="nasops", method="paper"):
 
 def supernet_evaluations(n_archs, profile=False):
     """Evaluations per second of the Evaluator as the search and evaluate commands run it
-    (channels-last, batches kept per resolution) and as it ran before (NCHW, nasops' depthwise
-    kernels, batches resized for each sub-network), on the same sub-networks, alternating, after
-    a warm-up; with the accuracies of both."""
+    (channels-last, fused batch norm + activation, batches kept per resolution, glibc keeping
+    freed memory) and as it ran before (NCHW, nasops' depthwise kernels, PyTorch's batch norm,
+    batches resized for each sub-network), on the same sub-networks, one after the other, each
+    after a warm-up; with the accuracies of both. With `profile`, the seconds per evaluation of
+    the operators that take the most."""
     space = nasops.SearchSpace.load("small", in_channels=1)
     splits = load_splits("digits", holdout=0.2)
     archs = space.sample(n_archs + 1, seed=0)
     out = {"archs": n_archs, "calib_images": 1024, "holdout_images": len(splits.holdout),
            "mean_mflops": float(space.flops(archs[1:]).mean())}
     for name, fast in (("before", False), ("after", True)):
+        if fast:  # (process-wide, so after "before" has run; what the CLIs do)
+            out["allocator_tuned"] = keep_freed_memory()
         torch.manual_seed(0)
         evaluator = Evaluator(nasops.Supernet(space), splits, batch_size=256, calib_images=1024,
                               channels_last=fast, cache_bytes=(1 << 30) if fast else 0)
@@ -244,7 +248,10 @@ def supernet_evaluations(n_archs, profile=False):
             evaluator.cache.clear()
             profiler = cProfile.Profile()
             profiler.runcall(evaluator.accuracy, archs[1:])
-            pstats.Stats(profiler).sort_stats("tottime").print_stats(6)
+            stats = pstats.Stats(profiler)
+            stats.sort_stats("tottime").print_stats(6)
+            top = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:4]  # (by own time)
+            out["profile_s_per_evaluation"] = {key[2]: row[2] / n_archs for key, row in top}
         out[name] = {"seconds": seconds, "evaluations_per_s": n_archs / seconds,
                      "accuracy": acc.tolist()}
     out["speedup"] = out["after"]["evaluations_per_s"] / out["before"]["evaluations_per_s"]

@@ -280,6 +280,13 @@ def test_batch_norm_act_matches_float64(isa, shape, act, training):
     assert close(mean, mean_ref, 1e-6) and close(var, var_ref, 1e-6)
 
 
+def test_batch_norm_act_opcheck():
+    for training in (True, False):
+        x, weight, bias, mean, var = make_bn((3, 10, 4, 5))
+        torch.library.opcheck(torch.ops.nasops.batch_norm_act_.default,
+                              (x, weight, bias, mean, var, training, 0.1, 1e-5, "silu"))
+
+
 def test_batch_norm_act_does_not_depend_on_the_thread_count():
     x, weight, bias, mean, var = make_bn((32, 24, 9, 9))
     results = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import os
 import sys
@@ -148,6 +149,22 @@ class Evaluator:
         return np.array([self.cache[k] for k in keys], dtype=np.float64)
 
 
+def keep_freed_memory(threshold_bytes: int = 256 << 20, retained_bytes: int = 1 << 30) -> bool:
+    """Asks glibc's allocator to serve blocks below `threshold_bytes` from its heap and to keep
+    up to `retained_bytes` of freed memory for reuse. Each forward pass allocates its activations
+    anew; by default each large one is mapped fresh from the kernel and zeroed page by page,
+    which cost about a fifth of an evaluation's time here (benchmarks/bench_search.py). It
+    changes the whole process, so the evaluate and search commands call it, not the library.
+    Returns whether it applied (glibc only)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold_bytes))
+                and libc.mallopt(M_TRIM_THRESHOLD, int(retained_bytes)))
+
+
 def main(argv=None, prog=None) -> int:
     """python -m nasops.evaluate --checkpoint RUN/checkpoint.pt -n 256 --out evals.json"""
     parser = argparse.ArgumentParser(prog=prog or prog_name("evaluate"),
@@ -169,6 +186,7 @@ def main(argv=None, prog=None) -> int:
         device = dist.init_from_env()
         cfg, splits, net = load_trained(args.checkpoint, device)
         archs = net.space.sample(args.n, seed=args.seed)
+        keep_freed_memory()
         acc = Evaluator(net, splits, cfg["eval_batch_size"], cfg["calib_images"], device,
                         channels_last=True).accuracy(
             archs, args.split, progress=not args.no_progress)

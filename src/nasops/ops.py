@@ -72,6 +72,11 @@ def _grad_weight_fake(grad_output, input, weight, kernel_size, stride):
     return weight.new_empty(weight.shape)
 
 
+@torch.library.register_fake("nasops::batch_norm_act_")
+def _batch_norm_act_fake(x, weight, bias, running_mean, running_var, training, momentum, eps, act):
+    return None  # (in place)
+
+
 def _setup_context(ctx, inputs, output):
     input, weight, kernel_size, stride = inputs
     ctx.save_for_backward(input, weight)

@@ -25,7 +25,7 @@ from . import METHODS, SupernetAccuracy, front, pareto
 from .. import distributed as dist
 from ..checkpoint import load_trained
 from ..cli import STAGES, prog as prog_name
-from ..evaluate import Evaluator, binomial_interval
+from ..evaluate import Evaluator, binomial_interval, keep_freed_memory
 from ..export import export_subnet
 from ..latency import LatencyTable
 from ..plots import MISSING as PLOTS_MISSING, plot_front
@@ -87,6 +87,7 @@ def main(argv=None, prog=None) -> int:
         if args.checkpoint:
             cfg, splits, net = load_trained(args.checkpoint, device)
             space = net.space
+            keep_freed_memory()
             evaluator = Evaluator(net, splits, cfg["eval_batch_size"],
                                   args.calib_images or cfg["calib_images"], device,
                                   channels_last=True)
