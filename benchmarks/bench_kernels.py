@@ -7,6 +7,8 @@ interleaved on the same data after warm-up; medians; the ratio; and achieved GB/
 and gradients counted once each) against a measured plain copy. Prints a table, writes JSON.
 
     python benchmarks/bench_kernels.py [--device cpu|cuda] [--dtype float32 ...] [--repeats 7]
+    python benchmarks/bench_kernels.py --gpu-traffic   (no timing: the CUDA kernels' predicted
+                                                        global-memory traffic on the same layers)
 """
 import argparse
 import json
@@ -82,6 +84,73 @@ def fresh_output_bandwidth(shape, device, dtype, repeats):
     return 2 * x.numel() * x.element_size() / t / 1e9
 
 
+# The CUDA kernels' tiles (csrc/kernels/cuda/dw_conv2d_kernels.cuh: kTileH x kTileW outputs per
+# block for the forward and the input gradient, GradWeight::kH x kW per step of the weight
+# gradient).
+FORWARD_TILE, WEIGHT_TILE = (8, 32), (4, 32)
+
+
+def _in_bounds(starts, length, size):
+    """Sum over tiles of how many of the `length` indices from each start lie in [0, size)."""
+    return sum(max(0, min(a + length, size) - max(a, 0)) for a in starts)
+
+
+def _tiles(outputs, tile, s, k, p):
+    """Start indices of the read window of each tile along one axis, for a window of
+    (tile - 1) * s + k inputs starting at out0 * s - p."""
+    return [o * s - p for o in range(0, outputs, tile)], (tile - 1) * s + k
+
+
+def gpu_traffic(shape):
+    """Elements each CUDA kernel reads and writes in global memory for one layer (in-bounds loads
+    only, as the kernels skip the rest), and the minimum (every input, output, gradient and
+    window tap once). Halo re-reads are counted each time: L2 hits on a GPU, so an upper bound
+    on DRAM traffic."""
+    _, n, c, _, h, k, _, s = shape
+    p, ho = k // 2, -(-h // s)
+    planes, taps = n * c, c * k * k
+    th, tw = FORWARD_TILE
+    rows, rl = _tiles(ho, th, s, k, p)
+    cols, cl = _tiles(ho, tw, s, k, p)
+    blocks = len(rows) * len(cols) * planes
+    forward = planes * _in_bounds(rows, rl, h) * _in_bounds(cols, cl, h) + blocks * k * k + planes * ho * ho
+    # input gradient: tiles of input pixels; output-gradient rows first .. first + span
+    span = lambda t: (t - 1 + k - 1) // s + 2  # noqa: E731
+    first = lambda i0: -((-(i0 + p - (k - 1))) // s)  # noqa: E731  (ceil division)
+    grows = [first(i) for i in range(0, h, th)]
+    gcols = [first(i) for i in range(0, h, tw)]
+    gblocks = len(grows) * len(gcols) * planes
+    grad_input = (planes * _in_bounds(grows, span(th), ho) * _in_bounds(gcols, span(tw), ho)
+                  + gblocks * k * k + planes * h * h)
+    wh, ww = WEIGHT_TILE
+    wrows, wrl = _tiles(ho, wh, s, k, p)
+    wcols, wcl = _tiles(ho, ww, s, k, p)
+    grad_weight = planes * (ho * ho + _in_bounds(wrows, wrl, h) * _in_bounds(wcols, wcl, h)) + taps
+    return {"forward": forward, "forward_min": planes * (h * h + ho * ho) + taps,
+            "grad_input": grad_input, "grad_input_min": planes * (ho * ho + h * h) + taps,
+            "grad_weight": grad_weight, "grad_weight_min": planes * (ho * ho + h * h) + taps}
+
+
+def print_gpu_traffic(shapes, out_path):
+    rows = []
+    print("predicted global-memory traffic of the CUDA kernels, float32 MB (ratio to the minimum)")
+    print(f"{'layer':<9} {'C':>5} {'HxW':>7} {'k':>2} {'s':>2} | {'forward':>14} {'grad_input':>14} "
+          f"{'grad_weight':>14}")
+    for shape in shapes:
+        t = gpu_traffic(shape)
+        row = {"layer": shape[0], "N": shape[1], "C": shape[2], "H": shape[4], "k": shape[5],
+               "stride": shape[7], **{key: 4 * v / 1e6 for key, v in t.items()}}
+        rows.append(row)
+        cells = [f"{row[kind]:7.2f} ({row[kind] / row[kind + '_min']:.2f}x)"
+                 for kind in ("forward", "grad_input", "grad_weight")]
+        print(f"{row['layer']:<9} {row['C']:>5} {row['H']:>3}x{row['H']:<3} {row['k']:>2} "
+              f"{row['stride']:>2} | " + " ".join(f"{c:>14}" for c in cells))
+    with open(out_path, "w") as f:
+        json.dump({"batch": shapes[0][1], "tiles": {"forward_and_grad_input": FORWARD_TILE,
+                                                    "grad_weight": WEIGHT_TILE}, "rows": rows}, f, indent=2)
+    print(f"wrote {out_path}")
+
+
 def bench_shape(shape, device, dtype, repeats):
     label, n, c, c_max, h, k, k_max, s = shape
     g = torch.Generator(device=device).manual_seed(0)
@@ -130,7 +199,13 @@ def main():
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--gpu-traffic", action="store_true",
+                        help="print the CUDA kernels' predicted global-memory traffic and exit")
     args = parser.parse_args()
+    if args.gpu_traffic:
+        print_gpu_traffic(attentive_shapes(args.batch), args.out or os.path.join(
+            ROOT, "benchmarks", "results", "bench_kernels_gpu_traffic.json"))
+        return
     out_path = args.out or os.path.join(ROOT, "benchmarks", "results", f"bench_kernels_{args.device}.json")
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
     results = {"device": device_name, "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -177,6 +177,84 @@ def test_backend_environment_variable():
     assert out.returncode != 0 and "NASOPS_DW_BACKEND = 'fast' is not allowed" in out.stderr
 
 
+# The CUDA kernels' source run by the host grid emulator (csrc/kernels/cuda/dw_conv2d_emulated.cpp):
+# every block and thread, phase by phase, shared memory starting as NaN, threads in either order.
+EMULATED = [(torch.float32, 1e-5, False, "contiguous"), (torch.float32, 1e-5, True, "channels_last"),
+            (torch.float64, 1e-12, False, "contiguous"), (torch.float64, 1e-12, True, "strided"),
+            (torch.float16, 2e-3, False, "contiguous"), (torch.bfloat16, 1.6e-2, True, "channels_last")]
+
+
+@pytest.mark.parametrize("dtype, tol, reverse, layout", EMULATED)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_emulated_cuda_kernels_match_float64(shape, dtype, tol, reverse, layout):
+    x, weight, k, s = make(shape, layout=layout, dtype=dtype)
+    xr = x.double().requires_grad_(True)
+    wr = weight.double().requires_grad_(True)
+    expected = reference(xr, wr, k, s)
+    grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    expected.backward(grad.double())
+    ops_ = torch.ops.nasops
+    out = ops_.emulated_dw_conv2d(x, weight, k, s, reverse)
+    grad_input = ops_.emulated_dw_conv2d_grad_input(grad, x, weight, k, s, reverse)
+    grad_weight = ops_.emulated_dw_conv2d_grad_weight(grad, x, weight, k, s, reverse)
+    assert out.dtype == grad_input.dtype == grad_weight.dtype == dtype
+    assert rel_err(out, expected.detach()) < tol
+    assert rel_err(grad_input, xr.grad) < tol
+    assert rel_err(grad_weight, wr.grad) < tol
+    window = torch.zeros_like(weight, dtype=torch.bool)
+    start = (weight.shape[-1] - k) // 2
+    window[:x.shape[1], :, start:start + k, start:start + k] = True
+    assert (grad_weight[~window] == 0).all()  # exactly zero outside the active window
+
+
+def test_emulated_cuda_kernels_large_layer():
+    """More tiles than one block row and one tile column, 147 (image, tile) steps per channel in
+    the weight gradient."""
+    x, weight, k, s = make((3, 10, 16, 56, 70, 5, 7, 1))
+    xr, wr = x.double().requires_grad_(True), weight.double().requires_grad_(True)
+    expected = reference(xr, wr, k, s)
+    grad = torch.randn(expected.shape, generator=torch.Generator().manual_seed(2))
+    expected.backward(grad.double())
+    assert rel_err(torch.ops.nasops.emulated_dw_conv2d(x, weight, k, s), expected.detach()) < 1e-5
+    assert rel_err(torch.ops.nasops.emulated_dw_conv2d_grad_input(grad, x, weight, k, s), xr.grad) < 1e-5
+    assert rel_err(torch.ops.nasops.emulated_dw_conv2d_grad_weight(grad, x, weight, k, s), wr.grad) < 1e-5
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: torch.ops.nasops.emulated_dw_conv2d(torch.randn(1, 4, 9, 9), torch.randn(8, 1, 11, 11), 11, 1),
+     ValueError, "kernel_size = 11 is larger than the CUDA kernels' limit of 9"),
+    (lambda: torch.ops.nasops.emulated_dw_conv2d(torch.randn(1, 9, 5, 5), torch.randn(8, 1, 3, 3), 3, 1),
+     ValueError, "input has C = 9 channels but the weight holds only C_max = 8"),
+    (lambda: torch.ops.nasops.emulated_dw_conv2d(torch.randn(1, 4, 5, 5).half(), torch.randn(8, 1, 3, 3), 3, 1),
+     TypeError, "input dtype Half differs from weight dtype Float"),
+    (lambda: torch.ops.nasops.emulated_dw_conv2d_grad_input(torch.randn(1, 4, 2, 2), torch.randn(1, 4, 5, 5), torch.randn(8, 1, 5, 5), 3, 1),
+     ValueError, "grad_output has shape"),
+])
+def test_emulated_cuda_kernels_check_their_inputs(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_auto_backend_uses_the_nasops_kernels_on_cpu_only():
+    """The default depthwise backend runs the nasops kernels on CPU and PyTorch's path on CUDA
+    (until the CUDA kernels have run on a GPU); "nasops" and "torch" hold on every device."""
+    assert os.environ.get("NASOPS_DW_BACKEND") or ops.dw_backend() == "auto"
+    expected = {"auto": (True, False), "nasops": (True, True), "torch": (False, False)}
+    previous = ops.dw_backend()
+    try:
+        for backend, (cpu, cuda) in expected.items():
+            ops.set_dw_backend(backend)
+            assert ops.uses_nasops_kernels("cpu") == cpu
+            assert ops.uses_nasops_kernels("cuda:1") == cuda
+            x, weight, k, s = make((2, 5, 8, 9, 9, 3, 7, 1))
+            with torch.profiler.profile() as profile:
+                ops.dw_conv2d(x, weight, k, s)
+            ran = any(e.name == "nasops::dw_conv2d" for e in profile.events())
+            assert ran == cpu
+    finally:
+        ops.set_dw_backend(previous)
+
+
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.float16, 2e-3), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("shape", SHAPES)

@@ -21,21 +21,28 @@ from torch import nn
 
 from . import _C  # noqa: F401  (registers the operators)
 
-BACKENDS = ("nasops", "torch")
-_backend = os.environ.get("NASOPS_DW_BACKEND", "nasops")
+BACKENDS = ("auto", "nasops", "torch")
+_backend = os.environ.get("NASOPS_DW_BACKEND", "auto")
 if _backend not in BACKENDS:
     raise ValueError(f"NASOPS_DW_BACKEND = {_backend!r} is not allowed; allowed: {list(BACKENDS)}")
 
 
 def set_dw_backend(name: str) -> str:
     """Selects the depthwise implementation the dynamic layers use: "nasops" (the custom
-    kernels, default) or "torch" (slice + F.conv2d, for comparison and debugging). Returns the
-    previous one. The environment variable NASOPS_DW_BACKEND sets the initial value."""
+    kernels), "torch" (slice + F.conv2d, for comparison and debugging) or "auto" (the default:
+    the nasops kernels on CPU, PyTorch's on CUDA, where the nasops kernels have been verified
+    only through the host emulator, never on a GPU). Returns the previous one. The environment
+    variable NASOPS_DW_BACKEND sets the initial value."""
     global _backend
     if name not in BACKENDS:
         raise ValueError(f"depthwise backend {name!r} is not allowed; allowed: {list(BACKENDS)}")
     previous, _backend = _backend, name
     return previous
+
+
+def uses_nasops_kernels(device) -> bool:
+    """Whether :func:`dw_conv2d` runs the nasops kernels on `device` under the current backend."""
+    return _backend == "nasops" or (_backend == "auto" and torch.device(device).type != "cuda")
 
 
 def dw_backend() -> str:
@@ -109,7 +116,7 @@ def dw_conv2d_reference(input, weight, kernel_size: int, stride: int):
 def dw_conv2d(input, weight, kernel_size: int, stride: int):
     """Depthwise convolution with the active channels and window of a shared weight, by the
     backend selected with :func:`set_dw_backend`."""
-    if _backend == "torch":
+    if not uses_nasops_kernels(input.device):
         return dw_conv2d_reference(input, weight, kernel_size, stride)
     return torch.ops.nasops.dw_conv2d(input, weight, kernel_size, stride)
 

@@ -75,8 +75,9 @@ class Recipe(Mapping):
     zero_init_residual: bool = option(False,
         "start each block as its residual path (zero scale of its last BN), as the published "
         "models do")
-    dw_backend: str = option("nasops",
-        "depthwise convolution: nasops (the kernels) or torch (reference)")
+    dw_backend: str = option("auto",
+        "depthwise convolution: nasops (the kernels), torch (reference) or auto (the kernels on "
+        "CPU, torch on CUDA, where the nasops kernels have not run on a GPU yet)")
     amp: str = option("none",
         "mixed precision of the training forwards: none, bf16 or fp16 (autocast; fp16 with a "
         "gradient scaler); losses and evaluation stay float32")
