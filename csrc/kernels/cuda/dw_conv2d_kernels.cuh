@@ -67,6 +67,27 @@ NASOPS_HD inline int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, 
 constexpr int kTileH = 8, kTileW = 32, kTileThreads = kTileH * kTileW;
 NASOPS_HD inline int64_t halo(int64_t tile, const Geometry& g) { return (tile - 1) * g.s + g.k; }
 
+// The block's threads copy rows x cols values of a height x width plane, from (row0, col0) on,
+// into `dst` as acc_t, zeros outside the plane; consecutive threads read consecutive addresses.
+template <typename T, typename acc_t>
+NASOPS_HD inline void stage(const T* plane, int64_t height, int64_t width, int64_t row0,
+                            int64_t col0, int64_t rows, int64_t cols, acc_t* dst, const Index& ix) {
+  for (int64_t e = ix.thread; e < rows * cols; e += ix.threads) {
+    const int64_t r = row0 + e / cols, c = col0 + e % cols;
+    dst[e] = (r >= 0 && r < height && c >= 0 && c < width) ? static_cast<acc_t>(plane[r * width + c])
+                                                          : acc_t(0);
+  }
+}
+
+// The block's threads copy channel c's centred k x k window of the shared weight into `dst`.
+template <typename T, typename acc_t>
+NASOPS_HD inline void stage_window(const T* weight, int64_t c, const Geometry& g, acc_t* dst,
+                                   const Index& ix) {
+  const T* wc = weight + c * g.K * g.K + g.window_offset;
+  for (int64_t e = ix.thread; e < g.k * g.k; e += ix.threads)
+    dst[e] = static_cast<acc_t>(wc[(e / g.k) * g.K + e % g.k]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward: a block per (plane, output tile). Phase 0 stages the input tile with its halo (zeros
 // outside the map) and the k x k window; phase 1 computes one output pixel per thread.
@@ -102,15 +123,8 @@ struct Forward {
     acc_t* x = reinterpret_cast<acc_t*>(shared);
     acc_t* w = x + rows * cols;
     if (phase == 0) {
-      const T* in = a.in + plane * g.H * g.W;
-      for (int64_t e = ix.thread; e < rows * cols; e += ix.threads) {
-        const int64_t ih = ih0 + e / cols, iw = iw0 + e % cols;
-        x[e] = (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W)
-                   ? static_cast<acc_t>(in[ih * g.W + iw]) : acc_t(0);
-      }
-      const T* wc = a.w + (plane % g.C) * g.K * g.K + g.window_offset;
-      for (int64_t e = ix.thread; e < g.k * g.k; e += ix.threads)
-        w[e] = static_cast<acc_t>(wc[(e / g.k) * g.K + e % g.k]);
+      stage(a.in + plane * g.H * g.W, g.H, g.W, ih0, iw0, rows, cols, x, ix);
+      stage_window(a.w, plane % g.C, g, w, ix);
       return;
     }
     const int64_t r = ix.thread / kTileW, c = ix.thread % kTileW;
@@ -167,15 +181,8 @@ struct GradInput {
     acc_t* go = reinterpret_cast<acc_t*>(shared);
     acc_t* w = go + rows * cols;
     if (phase == 0) {
-      const T* grad = a.grad_out + plane * g.Ho * g.Wo;
-      for (int64_t e = ix.thread; e < rows * cols; e += ix.threads) {
-        const int64_t oh = oh0 + e / cols, ow = ow0 + e % cols;
-        go[e] = (oh >= 0 && oh < g.Ho && ow >= 0 && ow < g.Wo)
-                    ? static_cast<acc_t>(grad[oh * g.Wo + ow]) : acc_t(0);
-      }
-      const T* wc = a.w + (plane % g.C) * g.K * g.K + g.window_offset;
-      for (int64_t e = ix.thread; e < g.k * g.k; e += ix.threads)
-        w[e] = static_cast<acc_t>(wc[(e / g.k) * g.K + e % g.k]);
+      stage(a.grad_out + plane * g.Ho * g.Wo, g.Ho, g.Wo, oh0, ow0, rows, cols, go, ix);
+      stage_window(a.w, plane % g.C, g, w, ix);
       return;
     }
     const int64_t ih = ih0 + ix.thread / kTileW, iw = iw0 + ix.thread % kTileW;
@@ -253,17 +260,9 @@ struct GradWeight {
       acc_t* x = s + kH * kW;
       const int64_t plane = n * g.C + c;
       if (phase % 2 == 0) {
-        for (int64_t e = ix.thread; e < kH * kW; e += ix.threads) {
-          const int64_t oh = oh0 + e / kW, ow = ow0 + e % kW;
-          go[e] = (oh < g.Ho && ow < g.Wo)
-                      ? static_cast<acc_t>(a.grad_out[(plane * g.Ho + oh) * g.Wo + ow]) : acc_t(0);
-        }
-        const int64_t ih0 = oh0 * g.s - g.p, iw0 = ow0 * g.s - g.p;
-        for (int64_t e = ix.thread; e < rows * cols; e += ix.threads) {
-          const int64_t ih = ih0 + e / cols, iw = iw0 + e % cols;
-          x[e] = (ih >= 0 && ih < g.H && iw >= 0 && iw < g.W)
-                     ? static_cast<acc_t>(a.in[(plane * g.H + ih) * g.W + iw]) : acc_t(0);
-        }
+        stage(a.grad_out + plane * g.Ho * g.Wo, g.Ho, g.Wo, oh0, ow0, kH, kW, go, ix);
+        stage(a.in + plane * g.H * g.W, g.H, g.W, oh0 * g.s - g.p, ow0 * g.s - g.p, rows, cols,
+              x, ix);
         return;
       }
       const int64_t r = ix.thread / kW, col = ix.thread % kW;
