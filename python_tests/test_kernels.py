@@ -12,14 +12,17 @@ CUDA = torch.cuda.is_available()
 ISAS = nasops._C.cpu_isas()
 
 # (N, C, C_max, H, W, k, K_max, stride): odd sizes, strides 1 and 2, k cropped from larger K_max,
-# C not a multiple of 8, batch 1, tiny maps where the kernel overhangs every side.
+# C not a multiple of 8 or 16, batch 1, tiny maps where the kernel overhangs every side. Layers
+# with Ho * Wo * k * k < 1024 run the channel-group kernels, the others the flat-grid ones.
 SHAPES = [
     (2, 5, 8, 9, 9, 3, 7, 1), (1, 13, 16, 11, 7, 5, 7, 2), (3, 24, 24, 8, 8, 7, 7, 1),
     (2, 17, 40, 15, 13, 3, 5, 2), (1, 1, 1, 1, 1, 3, 3, 1), (2, 9, 9, 2, 3, 7, 7, 2),
     (4, 33, 64, 14, 14, 5, 5, 1), (2, 7, 8, 28, 27, 7, 9, 2), (1, 3, 3, 5, 5, 1, 3, 2),
-    # output rows of 16 or more run the row kernels (the ones above, the channel-group kernels)
+    # wide maps (flat grid; so do the 8 x 8 k = 7 and 14 x 14 k = 5 layers above)
     (2, 5, 8, 37, 35, 3, 7, 1), (1, 6, 6, 41, 40, 5, 5, 2), (2, 3, 4, 33, 64, 7, 7, 2),
     (1, 2, 2, 16, 17, 1, 1, 1), (1, 3, 5, 20, 67, 3, 5, 2), (3, 11, 12, 13, 13, 5, 7, 2),
+    # stride 3: flat grid, then channel groups
+    (2, 4, 4, 20, 19, 5, 5, 3), (1, 3, 3, 10, 10, 3, 3, 3),
 ]
 
 

@@ -14,41 +14,38 @@ void check_dw_conv2d(const at::Tensor& input, const at::Tensor& weight, int64_t 
 // Output size of a stride-s convolution with 'same' padding on n pixels: ceil(n / s).
 inline int64_t dw_out_size(int64_t n, int64_t stride) { return (n + stride - 1) / stride; }
 
-// CPU kernels over a group of up to kDwGroup channels of one image, vectorised across the
-// channels of the group (the group is interleaved in a scratch buffer, so every multiply-add is a
-// full vector whatever the map size). Pointers are to the group's first channel: planes of
-// H x W (input) or Ho x Wo (output) one after another; w points at the first channel's window
-// top-left tap inside the shared weight, whose channels are wc apart and rows ws apart.
-constexpr int64_t kDwGroup = 8;
-
-// Layers whose output rows are at least this wide run plane by plane, vectorised along the rows
-// (no interleaving needed); narrower ones run in channel groups.
-constexpr int64_t kDwRowsMinWidth = 32;
-
+// The CPU kernels (cpu/dw_conv2d_kernel.h). A call covers planes [begin, end) of the N x C
+// planes, image-major: input planes H x W, output planes Ho x Wo (the reverse for the input
+// gradient); plane's window starts at w + (plane % C) * wc, its rows ws apart (w points at the
+// top-left tap of channel 0's centred window inside the shared weight).
 template <typename T>
 struct DwKernels {
-  void (*forward)(const T* in, const T* w, int64_t wc, int64_t ws, T* out, int64_t channels,
-                  int64_t H, int64_t W, int64_t k, int64_t s);
-  void (*grad_input)(const T* grad_out, const T* w, int64_t wc, int64_t ws, T* grad_in,
-                     int64_t channels, int64_t H, int64_t W, int64_t k, int64_t s);
-  // Adds, per channel c < channels and tap, the sum of grad_out * shifted input to
-  // acc[c * k * k + tap] (double accumulators).
-  void (*grad_weight)(const T* grad_out, const T* in, double* acc, int64_t channels, int64_t H,
-                      int64_t W, int64_t k, int64_t s);
-  // The same three on a single plane (channels = 1), vectorised along the rows; w points at the
-  // plane's window top-left tap, rows ws apart.
-  void (*forward_rows)(const T* in, const T* w, int64_t ws, T* out, int64_t H, int64_t W, int64_t k,
-                       int64_t s);
-  void (*grad_input_rows)(const T* grad_out, const T* w, int64_t ws, T* grad_in, int64_t H,
-                          int64_t W, int64_t k, int64_t s);
-  void (*grad_weight_rows)(const T* grad_out, const T* in, double* acc, int64_t H, int64_t W,
-                           int64_t k, int64_t s);
+  int64_t lanes;  // values per vector in this build: the channel-group width
+  void (*forward)(const T* in, const T* w, int64_t wc, int64_t ws, T* out, int64_t C, int64_t H,
+                  int64_t W, int64_t k, int64_t s, int64_t begin, int64_t end);
+  void (*grad_input)(const T* grad_out, const T* w, int64_t wc, int64_t ws, T* grad_in, int64_t C,
+                     int64_t H, int64_t W, int64_t k, int64_t s, int64_t begin, int64_t end);
+  // acc[tap] = the weight gradient of channel c's tap, summed over the N images in double.
+  void (*grad_weight)(const T* grad_out, const T* in, double* acc, int64_t N, int64_t C, int64_t H,
+                      int64_t W, int64_t k, int64_t s, int64_t c);
+  // Narrow maps: a group of `channels` <= lanes channels of one image, vectorised across
+  // them. Pointers are to the group's first plane; acc[c * k * k + tap] is added to.
+  void (*forward_group)(const T* in, const T* w, int64_t wc, int64_t ws, T* out, int64_t channels,
+                        int64_t H, int64_t W, int64_t k, int64_t s);
+  void (*grad_input_group)(const T* grad_out, const T* w, int64_t wc, int64_t ws, T* grad_in,
+                           int64_t channels, int64_t H, int64_t W, int64_t k, int64_t s);
+  void (*grad_weight_group)(const T* grad_out, const T* in, double* acc, int64_t channels,
+                            int64_t H, int64_t W, int64_t k, int64_t s);
 };
+
 
 namespace cpu_base {
 template <typename T> DwKernels<T> dw_kernels();
 }
 namespace cpu_avx2 {
+template <typename T> DwKernels<T> dw_kernels();
+}
+namespace cpu_avx512 {
 template <typename T> DwKernels<T> dw_kernels();
 }
 

@@ -142,7 +142,7 @@ NASOPS_LOOPS(__attribute__((target("avx2,fma"))), avx2_loops)
 
 const Loops& loops() {
 #if defined(NASOPS_HAVE_AVX2)
-  if (cpu_isa() == "avx2") return avx2_loops;
+  if (cpu_isa() != "base") return avx2_loops;  // the AVX-512 build's processors have AVX2
 #endif
   return base_loops;
 }

@@ -1,5 +1,5 @@
-// CPU implementations of the depthwise operators: groups of kDwGroup channels of one image in
-// parallel with at::parallel_for, each run by the kernels of the best instruction set available.
+// CPU implementations of the depthwise operators: planes (image, channel) in parallel with
+// at::parallel_for, each run by the kernels of the best instruction set available.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -21,21 +21,52 @@ namespace nasops {
 
 namespace {
 
-std::atomic<int> isa_choice{-1};  // -1: not chosen yet; 0: base; 1: avx2
+// The instruction sets the kernels are built for, in order of preference.
+enum Isa { kBase = 0, kAvx2 = 1, kAvx512 = 2 };
+const char* const kIsaNames[] = {"base", "avx2", "avx512"};
 
-bool cpu_has_avx2() {
+bool available(int isa) {
+  switch (isa) {
+    case kBase: return true;
 #if defined(NASOPS_HAVE_AVX2)
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-  return false;
+    case kAvx2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
+#if defined(NASOPS_HAVE_AVX512)
+    case kAvx512: return available(kAvx2) && __builtin_cpu_supports("avx512f") &&
+                         __builtin_cpu_supports("avx512vl");
+#endif
+    default: return false;
+  }
 }
+
+std::string available_names() {
+  std::string out;
+  for (int isa = kBase; isa <= kAvx512; ++isa)
+    if (available(isa)) out += std::string(out.empty() ? "" : ", ") + kIsaNames[isa];
+  return out;
+}
+
+int isa_named(const std::string& name) {
+  for (int isa = kBase; isa <= kAvx512; ++isa)
+    if (name == kIsaNames[isa] && available(isa)) return isa;
+  // std::invalid_argument: pybind11 makes it a ValueError with any torch (a c10::ValueError
+  // becomes one only where torch's translator reaches this module: not in torch 2.5).
+  throw std::invalid_argument("CPU kernel ISA '" + name + "' is not available here; available: " +
+                              available_names());
+}
+
+std::atomic<int> isa_choice{-1};  // -1: not chosen yet
 
 int chosen_isa() {
   int isa = isa_choice.load();
   if (isa < 0) {
-    const char* env = std::getenv("NASOPS_CPU_ISA");  // "base" forces the portable kernels
-    isa = (env && std::string(env) == "base") ? 0 : (cpu_has_avx2() ? 1 : 0);
+    const char* env = std::getenv("NASOPS_CPU_ISA");  // e.g. "base" forces the portable kernels
+    if (env && *env) {
+      isa = isa_named(env);
+    } else {
+      isa = kAvx512;
+      while (!available(isa)) --isa;
+    }
     isa_choice.store(isa);
   }
   return isa;
@@ -43,10 +74,15 @@ int chosen_isa() {
 
 template <typename T>
 DwKernels<T> kernels() {
-#if defined(NASOPS_HAVE_AVX2)
-  if (chosen_isa() == 1) return cpu_avx2::dw_kernels<T>();
+  switch (chosen_isa()) {
+#if defined(NASOPS_HAVE_AVX512)
+    case kAvx512: return cpu_avx512::dw_kernels<T>();
 #endif
-  return cpu_base::dw_kernels<T>();
+#if defined(NASOPS_HAVE_AVX2)
+    case kAvx2: return cpu_avx2::dw_kernels<T>();
+#endif
+    default: return cpu_base::dw_kernels<T>();
+  }
 }
 
 // Pointer to the centred window of channel 0 and the channel stride, in a contiguous weight.
@@ -59,33 +95,29 @@ Window window_of(const at::Tensor& weight, int64_t k) {
   return {off * K + off, K * K, K};
 }
 
-constexpr int64_t kGrain = 1;  // one group is already thousands of operations
+// Planes per task: enough work to amortise scheduling on the smallest maps (6 x 6), one plane
+// on large ones.
+int64_t grain(int64_t plane_size) { return std::max<int64_t>(1, 1024 / std::max<int64_t>(1, plane_size)); }
 
-int64_t groups_of(int64_t channels) { return (channels + kDwGroup - 1) / kDwGroup; }
 
-// Wide maps run plane by plane along the rows; narrow ones in interleaved channel groups.
-bool use_rows(int64_t W, int64_t k, int64_t s) {
-  return dw_out_size(W, s) >= kDwRowsMinWidth && k * k <= 64;
-}
+// Small planes with little work per output run in channel groups: there the flat grid's fixed
+// cost per plane (padding, compaction) outweighs its multiply-adds. Measured on the AttentiveNAS
+// layers: 6 x 6 outputs with k = 3 are faster in groups, 9 x 9 with k = 5 and 12 x 12 with k = 3
+// faster as planes (benchmarks/bench_kernels.py).
+bool use_groups(int64_t Ho, int64_t Wo, int64_t k) { return Ho * Wo * k * k < 1024; }
 
 }  // namespace
 
-std::string cpu_isa() { return chosen_isa() == 1 ? "avx2" : "base"; }
+std::string cpu_isa() { return kIsaNames[chosen_isa()]; }
 
 std::vector<std::string> cpu_isas() {
-  std::vector<std::string> out{"base"};
-  if (cpu_has_avx2()) out.push_back("avx2");
+  std::vector<std::string> out;
+  for (int isa = kBase; isa <= kAvx512; ++isa)
+    if (available(isa)) out.push_back(kIsaNames[isa]);
   return out;
 }
 
-void set_cpu_isa(const std::string& name) {
-  // std::invalid_argument: pybind11 makes it a ValueError with any torch (a c10::ValueError
-  // becomes one only where torch's translator reaches this module: not in torch 2.5).
-  if (!(name == "base" || (name == "avx2" && cpu_has_avx2())))
-    throw std::invalid_argument("CPU kernel ISA '" + name + "' is not available here; available: base" +
-                                (cpu_has_avx2() ? ", avx2" : ""));
-  isa_choice.store(name == "avx2" ? 1 : 0);
-}
+void set_cpu_isa(const std::string& name) { isa_choice.store(isa_named(name)); }
 
 at::Tensor dw_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, int64_t k,
                          int64_t s) {
@@ -100,20 +132,19 @@ at::Tensor dw_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, int6
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* wp = w.data_ptr<scalar_t>() + win.offset;
     scalar_t* op = out.data_ptr<scalar_t>();
-    if (use_rows(W, k, s)) {
-      at::parallel_for(0, N * C, kGrain, [&](int64_t begin, int64_t end) {
-        for (int64_t plane = begin; plane < end; ++plane)
-          kern.forward_rows(xp + plane * H * W, wp + (plane % C) * win.channel_stride,
-                            win.row_stride, op + plane * Ho * Wo, H, W, k, s);
+    if (!use_groups(Ho, Wo, k)) {
+      at::parallel_for(0, N * C, grain(H * W), [&](int64_t begin, int64_t end) {
+        kern.forward(xp, wp, win.channel_stride, win.row_stride, op, C, H, W, k, s, begin, end);
       });
       return;
     }
-    const int64_t groups = groups_of(C);
-    at::parallel_for(0, N * groups, kGrain, [&](int64_t begin, int64_t end) {
+    const int64_t L = kern.lanes, groups = (C + L - 1) / L;
+    at::parallel_for(0, N * groups, 1, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t c0 = (task % groups) * kDwGroup, plane = (task / groups) * C + c0;
-        kern.forward(xp + plane * H * W, wp + c0 * win.channel_stride, win.channel_stride,
-                     win.row_stride, op + plane * Ho * Wo, std::min(kDwGroup, C - c0), H, W, k, s);
+        const int64_t c0 = (task % groups) * L, plane = (task / groups) * C + c0;
+        kern.forward_group(xp + plane * H * W, wp + c0 * win.channel_stride, win.channel_stride,
+                           win.row_stride, op + plane * Ho * Wo, std::min(L, C - c0), H, W,
+                           k, s);
       }
     });
   });
@@ -136,21 +167,19 @@ at::Tensor dw_conv2d_grad_input_cpu(const at::Tensor& grad_output, const at::Ten
     const scalar_t* gp = go.data_ptr<scalar_t>();
     const scalar_t* wp = w.data_ptr<scalar_t>() + win.offset;
     scalar_t* ip = grad_input.data_ptr<scalar_t>();
-    if (use_rows(W, k, s)) {
-      at::parallel_for(0, N * C, kGrain, [&](int64_t begin, int64_t end) {
-        for (int64_t plane = begin; plane < end; ++plane)
-          kern.grad_input_rows(gp + plane * Ho * Wo, wp + (plane % C) * win.channel_stride,
-                               win.row_stride, ip + plane * H * W, H, W, k, s);
+    if (!use_groups(Ho, Wo, k)) {
+      at::parallel_for(0, N * C, grain(H * W), [&](int64_t begin, int64_t end) {
+        kern.grad_input(gp, wp, win.channel_stride, win.row_stride, ip, C, H, W, k, s, begin, end);
       });
       return;
     }
-    const int64_t groups = groups_of(C);
-    at::parallel_for(0, N * groups, kGrain, [&](int64_t begin, int64_t end) {
+    const int64_t L = kern.lanes, groups = (C + L - 1) / L;
+    at::parallel_for(0, N * groups, 1, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t c0 = (task % groups) * kDwGroup, plane = (task / groups) * C + c0;
-        kern.grad_input(gp + plane * Ho * Wo, wp + c0 * win.channel_stride, win.channel_stride,
-                        win.row_stride, ip + plane * H * W, std::min(kDwGroup, C - c0), H, W, k,
-                        s);
+        const int64_t c0 = (task % groups) * L, plane = (task / groups) * C + c0;
+        kern.grad_input_group(gp + plane * Ho * Wo, wp + c0 * win.channel_stride,
+                              win.channel_stride, win.row_stride, ip + plane * H * W,
+                              std::min(L, C - c0), H, W, k, s);
       }
     });
   });
@@ -174,14 +203,11 @@ at::Tensor dw_conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::Te
     const scalar_t* gp = go.data_ptr<scalar_t>();
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* wp = grad_weight.data_ptr<scalar_t>();
-    if (use_rows(W, k, s)) {
-      at::parallel_for(0, C, kGrain, [&](int64_t begin, int64_t end) {
+    if (!use_groups(Ho, Wo, k)) {
+      at::parallel_for(0, C, grain(N * H * W), [&](int64_t begin, int64_t end) {
         std::vector<double> acc(k * k);
         for (int64_t c = begin; c < end; ++c) {
-          std::fill(acc.begin(), acc.end(), 0.0);
-          for (int64_t n = 0; n < N; ++n)
-            kern.grad_weight_rows(gp + (n * C + c) * Ho * Wo, xp + (n * C + c) * H * W,
-                                  acc.data(), H, W, k, s);
+          kern.grad_weight(gp, xp, acc.data(), N, C, H, W, k, s, c);
           for (int64_t i = 0; i < k; ++i)
             for (int64_t j = 0; j < k; ++j)
               wp[c * K * K + (off + i) * K + off + j] = static_cast<scalar_t>(acc[i * k + j]);
@@ -189,15 +215,16 @@ at::Tensor dw_conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::Te
       });
       return;
     }
-    at::parallel_for(0, groups_of(C), kGrain, [&](int64_t begin, int64_t end) {
-      std::vector<double> acc(kDwGroup * k * k);
+    const int64_t L = kern.lanes;
+    at::parallel_for(0, (C + L - 1) / L, 1, [&](int64_t begin, int64_t end) {
+      std::vector<double> acc(L * k * k);
       for (int64_t group = begin; group < end; ++group) {
-        const int64_t c0 = group * kDwGroup, channels = std::min(kDwGroup, C - c0);
+        const int64_t c0 = group * L, channels = std::min(L, C - c0);
         std::fill(acc.begin(), acc.end(), 0.0);
         for (int64_t n = 0; n < N; ++n) {
           const int64_t plane = n * C + c0;
-          kern.grad_weight(gp + plane * Ho * Wo, xp + plane * H * W, acc.data(), channels, H, W,
-                           k, s);
+          kern.grad_weight_group(gp + plane * Ho * Wo, xp + plane * H * W, acc.data(), channels,
+                                 H, W, k, s);
         }
         for (int64_t c = 0; c < channels; ++c)
           for (int64_t i = 0; i < k; ++i)

@@ -4,7 +4,7 @@
 #include <vector>
 
 namespace nasops {
-std::string cpu_isa();                  // "avx2" or "base"
+std::string cpu_isa();                  // "avx512", "avx2" or "base"
 std::vector<std::string> cpu_isas();    // what this processor can run
 void set_cpu_isa(const std::string& name);
 }  // namespace nasops

@@ -1,16 +1,22 @@
 // The depthwise CPU kernels. Included once per instruction set with NASOPS_CPU_NS set
-// (dw_conv2d_base.cpp, dw_conv2d_avx2.cpp); `lanes<T>` (V = kDwGroup values) becomes the vector
-// registers of that set. Two layouts, chosen by map width in dw_conv2d.cpp:
+// (dw_conv2d_base.cpp, dw_conv2d_avx2.cpp, dw_conv2d_avx512.cpp); `lanes<T>` (V values) becomes
+// the vector registers of that set. Two layouts, chosen per layer in dw_conv2d.cpp: planes on a
+// flat grid (most layers) and channel groups (the smallest maps, at the end of this file).
 //
-// * Channel groups (narrow maps): V channel planes are copied into a zero-padded,
-//   channel-interleaved buffer [H + 2p][W + 2p][V]; each output pixel is then one register of V
-//   accumulators fed by k * k multiply-adds of full vectors, whatever the map size.
-// * Rows (wide maps): one plane, zero-padded (and split into stride phases), vectors along the
-//   output rows; see correlate_rows.
+// The flat grid, one plane at a time. A stride-s convolution reads, for tap (i, j) of output (y, x), the input pixel
+// (s y + i - p, s x + j - p). Split the input into s x s phase planes, zero-padded,
+//   P[a][b][r][u] = in[s r + a - p][s u + b - p]      (zero outside the input),
+// all Pw = Wo + (k - 1) / s values wide, and that pixel is P[i % s][j % s][y + i / s][x + j / s].
+// On the flat index q = y Pw + x of the output grid, every tap is then one contiguous read at a
+// fixed offset, whatever the map's width or the stride: a whole plane is one long vectorised
+// loop. The grid's columns x >= Wo hold outputs nobody asked for; they are computed and dropped.
 //
-// Both compute the input gradient as a stride-1 correlation of the output gradient (dilated by
-// the stride; the group layout splits stride 2 into phases instead) with the flipped window, and
-// accumulate weight gradients per row in T and across rows in double.
+// The phase planes live in one per-thread scratch buffer that stays in cache: the input plane is
+// read from memory once, while they are written (no separate padding or phase-split pass, no
+// zero-filled buffer the size of the input). The input
+// gradient is the same correlation of the output gradient with the flipped window (stride 1) or,
+// for stride s, one correlation per output phase with the taps that reach it; the weight gradient
+// is one dot product per tap between the output gradient laid on the grid and a phase plane.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -18,20 +24,28 @@
 
 #include "../dw_conv2d.h"
 
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 namespace nasops {
 namespace NASOPS_CPU_NS {
 namespace {
 
-constexpr int64_t V = kDwGroup;
+// Values per vector: 8 (one AVX2 register of float32) unless the build says otherwise.
+#ifndef NASOPS_CPU_LANES
+#define NASOPS_CPU_LANES 8
+#endif
+constexpr int64_t V = NASOPS_CPU_LANES;
 
-// V lanes of T as one GCC/Clang vector value: accumulators of this type live in registers (an
-// array with "omp simd" loops was kept on the stack, a store-to-load chain per multiply-add).
+// V lanes of T as one GCC/Clang vector value: accumulators of this type live in registers.
 template <typename T>
 struct Lanes {
   typedef T type __attribute__((vector_size(V * sizeof(T))));
 };
 template <typename T>
 using lanes = typename Lanes<T>::type;
+typedef double lanes_double __attribute__((vector_size(V * sizeof(double))));
 
 template <typename T>
 inline lanes<T> load(const T* p) {
@@ -49,6 +63,336 @@ T* scratch(std::vector<T>& buffer, int64_t size) {
   if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(size);
   return buffer.data();
 }
+
+inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+inline int64_t ceil_div(int64_t n, int64_t m) { return n <= 0 ? 0 : (n + m - 1) / m; }
+
+// The output grid of one plane: outputs at q = y * Pw + x for q < n (a whole number of vectors),
+// read from phase planes of `plane` values each (rows * Pw, enough for the furthest tap read).
+struct Grid {
+  int64_t s, Ho, Wo, Pw, n, rows, plane;
+  Grid(int64_t Ho_, int64_t Wo_, int64_t reach, int64_t s_) : s(s_), Ho(Ho_), Wo(Wo_) {
+    Pw = Wo + reach;
+    n = round_up(Ho * Pw, V);
+    rows = ceil_div(n + reach * Pw + reach, Pw);
+    plane = rows * Pw;
+  }
+};
+
+// The first `count` lanes (0 < count < 8) of an AVX2 mask.
+#if defined(__AVX2__)
+inline __m256i tail_mask(int64_t count) {
+  alignas(32) static const int32_t table[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(table + 8 - count));
+}
+#endif
+
+// dst[u] = src[u] for u < count, and zeros up to the next whole vector. Reads stay within the
+// count (the source is the caller's tensor). Most rows here are a few dozen values, where a
+// memcpy call costs more than the copy: whole vectors, then one masked vector for the tail.
+template <typename T>
+inline void copy_row(const T* __restrict src, int64_t count, T* __restrict dst) {
+  int64_t u = 0;
+  for (; u + V <= count; u += V) store(dst + u, load(src + u));
+  if (u == count) return;
+#if defined(__AVX2__)
+  if constexpr (sizeof(T) == 4 && V == 8) {
+    const __m256 tail = _mm256_maskload_ps(reinterpret_cast<const float*>(src + u), tail_mask(count - u));
+    _mm256_storeu_ps(reinterpret_cast<float*>(dst + u), tail);
+    return;
+  }
+#endif
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4 && V == 16) {
+    const __mmask16 mask = static_cast<__mmask16>((1u << (count - u)) - 1);
+    _mm512_storeu_ps(dst + u, _mm512_maskz_loadu_ps(mask, src + u));
+    return;
+  }
+#endif
+  for (int64_t v = 0; v < V; ++v) dst[u + v] = u + v < count ? src[u + v] : T(0);
+}
+
+// dst[u] = src[u] for u < count, writing nothing past it (the destination is the caller's tensor).
+template <typename T>
+inline void store_row(const T* __restrict src, int64_t count, T* __restrict dst) {
+  int64_t u = 0;
+  for (; u + V <= count; u += V) store(dst + u, load(src + u));
+  if (u == count) return;
+#if defined(__AVX2__)
+  if constexpr (sizeof(T) == 4 && V == 8) {
+    _mm256_maskstore_ps(reinterpret_cast<float*>(dst + u), tail_mask(count - u),
+                        _mm256_loadu_ps(reinterpret_cast<const float*>(src + u)));
+    return;
+  }
+#endif
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4 && V == 16) {
+    const __mmask16 mask = static_cast<__mmask16>((1u << (count - u)) - 1);
+    _mm512_mask_storeu_ps(dst + u, mask, _mm512_loadu_ps(src + u));
+    return;
+  }
+#endif
+  for (; u < count; ++u) dst[u] = src[u];
+}
+
+// dst[u] = src[s u] for u < count, zeros up to the next whole vector (s = 2 vectorises as a
+// deinterleave).
+template <typename T>
+inline void gather(const T* __restrict src, int64_t s, int64_t count, T* __restrict dst) {
+  if (s == 1) return copy_row(src, count, dst);
+  int64_t u = 0;
+  if (s == 2) {
+    for (; u < count; ++u) dst[u] = src[2 * u];
+  } else {
+    for (; u < count; ++u) dst[u] = src[s * u];
+  }
+  for (; u % V != 0; ++u) dst[u] = T(0);
+}
+
+// Zeros dst[from, to) in whole vectors: may write up to V - 1 values past `to`.
+template <typename T>
+inline void zero_to(T* dst, int64_t from, int64_t to) {
+  const lanes<T> zero = {};
+  for (int64_t u = from; u < to; u += V) store(dst + u, zero);
+}
+
+// Fills the s x s phase planes of `in` (H x W) for grid g: P[a][b][r][u] = in[s r + a - pad]
+// [s u + b - pad], zero outside the input. Each input row is read once, and P is written in
+// order, so each row's overhanging zero vectors land on values written after them (P needs V
+// values of slack past its end).
+template <typename T>
+void split_phases(const T* in, int64_t H, int64_t W, int64_t pad, const Grid& g, T* P) {
+  const int64_t s = g.s;
+  T* row = P;
+  for (int64_t a = 0; a < s; ++a)
+    for (int64_t b = 0; b < s; ++b) {
+      // Columns [lo, hi) come from the input (computed per phase, not per row: divisions are slow).
+      const int64_t lo = std::min(g.Pw, ceil_div(pad - b, s));
+      const int64_t hi = W - 1 + pad - b < 0 ? lo : std::max(lo, std::min(g.Pw, (W - 1 + pad - b) / s + 1));
+      const T* first = in + s * lo + b - pad;
+      for (int64_t r = 0, h = a - pad; r < g.rows; ++r, h += s, row += g.Pw) {
+        if (h < 0 || h >= H) {
+          zero_to(row, 0, g.Pw);
+          continue;
+        }
+        zero_to(row, 0, lo);
+        gather(first + h * W, s, hi - lo, row + lo);
+        zero_to(row, lo + round_up(hi - lo, V), g.Pw);
+      }
+    }
+}
+
+// O[q] = sum over t < n_taps of taps[t] * X[off[t] + q], for q < n (a multiple of V). Four
+// vectors at a time where they fit: independent accumulator chains (one would wait on the
+// multiply-add latency), each tap loaded once for all four.
+template <typename T, int64_t N>
+void correlate_fixed(const T* X, const int64_t* off, const T* taps, int64_t n_taps, int64_t n,
+                     T* O) {
+  const int64_t nt = N > 0 ? N : n_taps;  // a compile-time count lets the tap loop unroll
+  int64_t q = 0;
+  for (; q + 4 * V <= n; q += 4 * V) {
+    lanes<T> a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    for (int64_t t = 0; t < nt; ++t) {
+      const T* src = X + off[t] + q;
+      const T w = taps[t];
+      a0 += w * load(src);
+      a1 += w * load(src + V);
+      a2 += w * load(src + 2 * V);
+      a3 += w * load(src + 3 * V);
+    }
+    store(O + q, a0);
+    store(O + q + V, a1);
+    store(O + q + 2 * V, a2);
+    store(O + q + 3 * V, a3);
+  }
+  for (; q < n; q += V) {
+    lanes<T> acc = {};
+    for (int64_t t = 0; t < nt; ++t) acc += taps[t] * load(X + off[t] + q);
+    store(O + q, acc);
+  }
+}
+
+template <typename T>
+void correlate(const T* X, const int64_t* off, const T* taps, int64_t n_taps, int64_t n, T* O) {
+  switch (n_taps) {
+    case 9: return correlate_fixed<T, 9>(X, off, taps, n_taps, n, O);
+    case 25: return correlate_fixed<T, 25>(X, off, taps, n_taps, n, O);
+    case 49: return correlate_fixed<T, 49>(X, off, taps, n_taps, n, O);
+    default: return correlate_fixed<T, 0>(X, off, taps, n_taps, n, O);
+  }
+}
+
+// Per-thread scratch, reused by every call: the phase planes, the grid's outputs, the tap values
+// and their offsets.
+template <typename T>
+struct Scratch {
+  std::vector<T> phases, grid, taps;
+  std::vector<int64_t> offsets, counts;
+  static Scratch& get() {
+    static thread_local Scratch instance;
+    return instance;
+  }
+};
+
+// off[i k + j] = where tap (i, j) reads on grid g, relative to the output: its phase plane, rows
+// and columns.
+inline void tap_offsets(int64_t k, const Grid& g, int64_t* off) {
+  const int64_t s = g.s;
+  for (int64_t i = 0; i < k; ++i)
+    for (int64_t j = 0; j < k; ++j)
+      off[i * k + j] = ((i % s) * s + j % s) * g.plane + (i / s) * g.Pw + j / s;
+}
+
+// Planes [begin, end) of out (Ho x Wo each) = the stride-s correlation of in (H x W, zero-padded
+// by k / 2) with the k x k window of channel plane % C, flipped when `flip` (the input gradient
+// of a stride-1 layer). Everything but the planes themselves is set up once per call.
+template <typename T>
+void correlate_planes(const T* in, const T* w, int64_t wc, int64_t ws, bool flip, T* out,
+                      int64_t C, int64_t H, int64_t W, int64_t k, int64_t s, int64_t begin,
+                      int64_t end) {
+  Scratch<T>& buf = Scratch<T>::get();
+  const Grid g(dw_out_size(H, s), dw_out_size(W, s), (k - 1) / s, s);
+  T* P = scratch(buf.phases, s * s * g.plane + V);
+  T* O = scratch(buf.grid, g.n);
+  T* taps = scratch(buf.taps, k * k);
+  int64_t* off = scratch(buf.offsets, k * k);
+  tap_offsets(k, g, off);
+  for (int64_t plane = begin; plane < end; ++plane) {
+    const T* window = w + (plane % C) * wc;
+    for (int64_t i = 0; i < k; ++i)
+      for (int64_t j = 0; j < k; ++j)
+        taps[i * k + j] = flip ? window[(k - 1 - i) * ws + (k - 1 - j)] : window[i * ws + j];
+    split_phases(in + plane * H * W, H, W, k / 2, g, P);
+    correlate(P, off, taps, k * k, g.n, O);
+    T* dst = out + plane * g.Ho * g.Wo;
+    for (int64_t y = 0; y < g.Ho; ++y) store_row(O + y * g.Pw, g.Wo, dst + y * g.Wo);
+  }
+}
+
+template <typename T>
+void forward(const T* in, const T* w, int64_t wc, int64_t ws, T* out, int64_t C, int64_t H,
+             int64_t W, int64_t k, int64_t s, int64_t begin, int64_t end) {
+  correlate_planes(in, w, wc, ws, false, out, C, H, W, k, s, begin, end);
+}
+
+template <typename T>
+void grad_input(const T* go, const T* w, int64_t wc, int64_t ws, T* gi, int64_t C, int64_t H,
+                int64_t W, int64_t k, int64_t s, int64_t begin, int64_t end) {
+  if (s == 1) return correlate_planes(go, w, wc, ws, true, gi, C, H, W, k, 1, begin, end);
+  // Stride s: input phase (a, b), gi[s u + a][s v + b], receives tap (i, j) from
+  // go[u + (a + p - i) / s][v + (b + p - j) / s] when both divisions are exact: one stride-1
+  // correlation per phase over the output gradient, zero-padded by E on every side.
+  Scratch<T>& buf = Scratch<T>::get();
+  const int64_t p = k / 2, Ho = dw_out_size(H, s), Wo = dw_out_size(W, s), E = (k - 1) / s + 1;
+  const Grid g(Ho, Wo, 2 * E, 1);  // outputs u < Ho, v < Wo: covers every phase
+  T* G = scratch(buf.phases, g.plane + V);
+  T* O = scratch(buf.grid, s * g.n);
+  T* taps = scratch(buf.taps, k * k);
+  int64_t* count = scratch(buf.counts, s * s);  // per phase: how many taps reach it,
+  int64_t* off = scratch(buf.offsets, 2 * s * s * k * k);  // where each reads, which tap it is
+  int64_t* which = off + s * s * k * k;
+  for (int64_t ph = 0; ph < s * s; ++ph) {
+    const int64_t a = ph / s, b = ph % s;
+    count[ph] = 0;
+    for (int64_t i = 0; i < k; ++i)
+      for (int64_t j = 0; j < k; ++j) {
+        if ((a + p - i) % s != 0 || (b + p - j) % s != 0) continue;
+        which[ph * k * k + count[ph]] = i * ws + j;
+        off[ph * k * k + count[ph]++] = ((a + p - i) / s + E) * g.Pw + (b + p - j) / s + E;
+      }
+  }
+  for (int64_t plane = begin; plane < end; ++plane) {
+    const T* window = w + (plane % C) * wc;
+    T* dst = gi + plane * H * W;
+    split_phases(go + plane * Ho * Wo, Ho, Wo, E, g, G);
+    for (int64_t a = 0; a < s; ++a) {
+      for (int64_t b = 0; b < s; ++b) {
+        const int64_t ph = a * s + b, n = count[ph];
+        for (int64_t t = 0; t < n; ++t) taps[t] = window[which[ph * k * k + t]];
+        T* phase = O + b * g.n;
+        if (n == 0) std::fill(phase, phase + g.n, T(0));  // no tap reaches this phase
+        else correlate(G, off + ph * k * k, taps, n, g.n, phase);
+      }
+      // Interleave the s phases of each row a, s u + a < H, into gi.
+      for (int64_t u = 0; s * u + a < H; ++u) {
+        T* row = dst + (s * u + a) * W;
+        const T* o0 = O + u * g.Pw;
+        if (s == 2) {
+          const T* o1 = o0 + g.n;
+          const int64_t pairs = W / 2;
+          for (int64_t v = 0; v < pairs; ++v) {
+            row[2 * v] = o0[v];
+            row[2 * v + 1] = o1[v];
+          }
+          if (W % 2) row[W - 1] = o0[pairs];
+        } else {
+          for (int64_t x = 0; x < W; ++x) row[x] = O[(x % s) * g.n + u * g.Pw + x / s];
+        }
+      }
+    }
+  }
+}
+
+// total[t][v] += G[q] * X[off[t] + q] over q < n in lane v, for NT taps: G is loaded once for
+// all of them. Sums run in T over blocks of kBlock vectors, then in double.
+template <typename T, int64_t NT>
+void dot_taps(const T* G, const T* X, const int64_t* off, int64_t n, double* total) {
+  constexpr int64_t kBlock = 32;
+  for (int64_t q0 = 0; q0 < n; q0 += kBlock * V) {
+    lanes<T> part[NT] = {};
+    const int64_t end = std::min(n, q0 + kBlock * V);
+    for (int64_t q = q0; q < end; q += V) {
+      const lanes<T> g = load(G + q);
+      for (int64_t t = 0; t < NT; ++t) part[t] += g * load(X + off[t] + q);
+    }
+    for (int64_t t = 0; t < NT; ++t) {
+      lanes_double sum;
+      std::memcpy(&sum, total + t * V, sizeof sum);
+      sum += __builtin_convertvector(part[t], lanes_double);
+      std::memcpy(total + t * V, &sum, sizeof sum);
+    }
+  }
+}
+
+// acc[i k + j] = the weight gradient of channel c's tap (i, j): the sum over the N images of
+// grad_out times the input shifted by the tap.
+template <typename T>
+void grad_weight(const T* go, const T* in, double* acc, int64_t N, int64_t C, int64_t H, int64_t W,
+                 int64_t k, int64_t s, int64_t c) {
+  Scratch<T>& buf = Scratch<T>::get();
+  const Grid g(dw_out_size(H, s), dw_out_size(W, s), (k - 1) / s, s);
+  T* P = scratch(buf.phases, s * s * g.plane + V);
+  T* G = scratch(buf.grid, g.n + V);
+  int64_t* off = scratch(buf.offsets, k * k);
+  tap_offsets(k, g, off);
+  std::vector<double> total(k * k * V, 0.0);  // V lane sums per tap, reduced once at the end
+  constexpr int64_t kTaps = 8;  // accumulators per pass: with G and a load, within 16 registers
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t plane = n * C + c;
+    split_phases(in + plane * H * W, H, W, k / 2, g, P);
+    // The output gradient on the grid, zero at x >= Wo and past the last row: products vanish.
+    const T* grad = go + plane * g.Ho * g.Wo;
+    for (int64_t y = 0; y < g.Ho; ++y) {
+      copy_row(grad + y * g.Wo, g.Wo, G + y * g.Pw);
+      zero_to(G + y * g.Pw, round_up(g.Wo, V), g.Pw);
+    }
+    zero_to(G, g.Ho * g.Pw, g.n);
+    int64_t t = 0;
+    for (; t + kTaps <= k * k; t += kTaps) dot_taps<T, kTaps>(G, P, off + t, g.n, &total[t * V]);
+    for (; t < k * k; ++t) dot_taps<T, 1>(G, P, off + t, g.n, &total[t * V]);
+  }
+  for (int64_t t = 0; t < k * k; ++t) {
+    double sum = 0;
+    for (int64_t v = 0; v < V; ++v) sum += total[t * V + v];
+    acc[t] = sum;
+  }
+}
+
+// ---- Channel groups: narrow maps. ----
+//
+// V channel planes of one image are interleaved into a zero-padded buffer [H + 2p][W + 2p][V];
+// each output pixel is then one register of V accumulators fed by k * k multiply-adds of full
+// vectors, with no padding columns computed, whatever the map size.
 
 // Interleaves `channels` planes of rows x cols into dst[(r + pad) * (cols + 2 pad) + c + pad][V],
 // zero everywhere else (padding and the lanes past `channels`). Pixel-major: each pixel's V lanes
@@ -86,7 +430,7 @@ void gather_taps(const T* w, int64_t wc, int64_t ws, int64_t channels, int64_t k
 // accumulator chains are independent (a single chain would wait on the multiply-add latency)
 // and each tap vector is loaded once for all of them.
 template <typename T, int64_t K>
-void correlate_fixed(const T* X, int64_t Xw, const T* taps, int64_t k_runtime, int64_t s,
+void correlate_group_fixed(const T* X, int64_t Xw, const T* taps, int64_t k_runtime, int64_t s,
                      int64_t r0, int64_t c0, int64_t Ho, int64_t Wo, T* O) {
   constexpr int64_t XB = 4;
   const int64_t k = K > 0 ? K : k_runtime;  // a compile-time K lets the tap loops unroll
@@ -124,13 +468,13 @@ void correlate_fixed(const T* X, int64_t Xw, const T* taps, int64_t k_runtime, i
 }
 
 template <typename T>
-void correlate(const T* X, int64_t Xw, const T* taps, int64_t k, int64_t s, int64_t r0, int64_t c0,
+void correlate_group(const T* X, int64_t Xw, const T* taps, int64_t k, int64_t s, int64_t r0, int64_t c0,
                int64_t Ho, int64_t Wo, T* O) {
   switch (k) {
-    case 3: return correlate_fixed<T, 3>(X, Xw, taps, k, s, r0, c0, Ho, Wo, O);
-    case 5: return correlate_fixed<T, 5>(X, Xw, taps, k, s, r0, c0, Ho, Wo, O);
-    case 7: return correlate_fixed<T, 7>(X, Xw, taps, k, s, r0, c0, Ho, Wo, O);
-    default: return correlate_fixed<T, 0>(X, Xw, taps, k, s, r0, c0, Ho, Wo, O);
+    case 3: return correlate_group_fixed<T, 3>(X, Xw, taps, k, s, r0, c0, Ho, Wo, O);
+    case 5: return correlate_group_fixed<T, 5>(X, Xw, taps, k, s, r0, c0, Ho, Wo, O);
+    case 7: return correlate_group_fixed<T, 7>(X, Xw, taps, k, s, r0, c0, Ho, Wo, O);
+    default: return correlate_group_fixed<T, 0>(X, Xw, taps, k, s, r0, c0, Ho, Wo, O);
   }
 }
 
@@ -155,7 +499,7 @@ void forward_group(const T* in, const T* w, int64_t wc, int64_t ws, T* out, int6
   T* O = scratch(out_buf, Ho * Wo * V);
   interleave(in, channels, H, W, p, X);
   gather_taps(w, wc, ws, channels, k, taps);
-  correlate(X, W + 2 * p, taps, k, s, 0, 0, Ho, Wo, O);
+  correlate_group(X, W + 2 * p, taps, k, s, 0, 0, Ho, Wo, O);
   deinterleave(O, channels, Ho, Wo, out);
 }
 
@@ -208,7 +552,7 @@ void grad_input_group(const T* go, const T* w, int64_t wc, int64_t ws, T* gi, in
     interleave(go, channels, H, W, p, D);
     for (int64_t t = 0; t < k * k; ++t)
       std::copy(taps + t * V, taps + (t + 1) * V, flipped + (k * k - 1 - t) * V);
-    correlate(D, W + 2 * p, flipped, k, 1, 0, 0, H, W, O);
+    correlate_group(D, W + 2 * p, flipped, k, 1, 0, 0, H, W, O);
   } else {
     // Stride s: the s x s phases gi[s u + a][s v + b], each correlating the output gradient with
     // only the taps that reach it, (a + p - i) and (b + p - j) multiples of s: k * k multiply-adds
@@ -274,181 +618,12 @@ void grad_weight_group(const T* go, const T* in, double* acc, int64_t channels, 
     }
 }
 
-// ---- Row kernels: one plane, vectors along the output rows. ----
-//
-// The zero-padded plane is split into s x s phase planes, P[a][b][r][u] = padded[s r + a][s u + b]
-// (one plane when s = 1), Pw values wide; tap (i, j) of output (y, x) is then
-// P[i % s][j % s][y + i / s][x + j / s]: contiguous along x for every tap and stride.
-
-inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
-
-struct RowLayout {
-  int64_t s, reach, Ho, Wo, WoV, Hp, Pw, plane;
-  RowLayout(int64_t Ho_, int64_t Wo_, int64_t k, int64_t s_) : s(s_), Ho(Ho_), Wo(Wo_) {
-    reach = (k - 1) / s;          // extra phase rows / columns a window spans
-    WoV = round_up(Wo, V);        // outputs computed per row, in whole vectors
-    Hp = Ho + reach + 1;          // + 1: vector reads past a row's end stay in the buffer
-    Pw = WoV + reach + V;
-    plane = Hp * Pw;
-  }
-};
-
-// Phase planes of `in` (H x W) with `pad` zeros before the first row and column.
-template <typename T>
-void split_rows(const T* in, int64_t H, int64_t W, int64_t pad, const RowLayout& L, T* P) {
-  const int64_t s = L.s;
-  if (s == 1) {  // one phase: a padded copy, row by row
-    for (int64_t r = 0; r < L.Hp; ++r) {
-      T* dst = P + r * L.Pw;
-      const int64_t h = r - pad;
-      if (h < 0 || h >= H) {
-        std::fill(dst, dst + L.Pw, T(0));
-        continue;
-      }
-      const int64_t n = std::min(W, L.Pw - pad);
-      std::fill(dst, dst + pad, T(0));
-      std::copy(in + h * W, in + h * W + n, dst + pad);
-      std::fill(dst + pad + n, dst + L.Pw, T(0));
-    }
-    return;
-  }
-  std::fill(P, P + s * s * L.plane, T(0));
-  for (int64_t a = 0; a < s; ++a)
-    for (int64_t b = 0; b < s; ++b) {
-      T* phase = P + (a * s + b) * L.plane;
-      const int64_t u_lo = pad > b ? (pad - b + s - 1) / s : 0;  // first u with s u + b - pad >= 0
-      for (int64_t r = 0; r < L.Hp; ++r) {
-        const int64_t h = s * r + a - pad;
-        if (h < 0 || h >= H) continue;
-        const T* src = in + h * W;
-        T* dst = phase + r * L.Pw;
-        for (int64_t u = u_lo; u < L.Pw; ++u) {
-          const int64_t c = s * u + b - pad;
-          if (c >= W) break;
-          dst[u] = src[c];
-        }
-      }
-    }
-}
-
-// out[y][x] = sum of taps[i k + j] * P[i % s][j % s][y + i / s][x + j / s] for x < Wo.
-template <typename T, int64_t K>
-void correlate_rows_fixed(const T* P, const RowLayout& L, const T* taps, int64_t k_runtime, T* out) {
-  const int64_t s = L.s;
-  const int64_t k = K > 0 ? K : k_runtime;
-  int64_t offset[64];  // where each tap starts, computed once (no divisions in the loops)
-  for (int64_t i = 0; i < k; ++i)
-    for (int64_t j = 0; j < k; ++j)
-      offset[i * k + j] = ((i % s) * s + j % s) * L.plane + (i / s) * L.Pw + j / s;
-  T tail[4 * V];
-  for (int64_t y = 0; y < L.Ho; ++y) {
-    T* orow = out + y * L.Wo;
-    const T* base = P + y * L.Pw;
-    for (int64_t x = 0; x < L.WoV; x += 4 * V) {
-      const int64_t chunks = std::min<int64_t>(4, (L.WoV - x) / V);
-      lanes<T> a0 = {}, a1 = {}, a2 = {}, a3 = {};
-      for (int64_t t = 0; t < k * k; ++t) {
-        const T* src = base + offset[t] + x;  // reads stay inside the padded buffer
-        const T w = taps[t];                  // (broadcast by the vector arithmetic)
-        a0 += w * load(src);
-        a1 += w * load(src + V);
-        a2 += w * load(src + 2 * V);
-        a3 += w * load(src + 3 * V);
-      }
-      store(tail, a0);
-      store(tail + V, a1);
-      store(tail + 2 * V, a2);
-      store(tail + 3 * V, a3);
-      std::copy(tail, tail + std::min(chunks * V, L.Wo - x), orow + x);
-    }
-  }
-}
-
-template <typename T>
-void correlate_rows(const T* P, const RowLayout& L, const T* taps, int64_t k, T* out) {
-  switch (k) {
-    case 3: return correlate_rows_fixed<T, 3>(P, L, taps, k, out);
-    case 5: return correlate_rows_fixed<T, 5>(P, L, taps, k, out);
-    case 7: return correlate_rows_fixed<T, 7>(P, L, taps, k, out);
-    default: return correlate_rows_fixed<T, 0>(P, L, taps, k, out);
-  }
-}
-
-template <typename T>
-void forward_rows(const T* in, const T* w, int64_t ws, T* out, int64_t H, int64_t W, int64_t k,
-                  int64_t s) {
-  static thread_local std::vector<T> phase_buf;
-  const RowLayout L(dw_out_size(H, s), dw_out_size(W, s), k, s);
-  T* P = scratch(phase_buf, s * s * L.plane + 4 * V);
-  split_rows(in, H, W, k / 2, L, P);
-  T taps[64];  // k <= 7 in practice; larger kernels use the group path (see dw_conv2d.cpp)
-  for (int64_t i = 0; i < k; ++i)
-    for (int64_t j = 0; j < k; ++j) taps[i * k + j] = w[i * ws + j];
-  correlate_rows(P, L, taps, k, out);
-}
-
-template <typename T>
-void grad_input_rows(const T* go, const T* w, int64_t ws, T* gi, int64_t H, int64_t W, int64_t k,
-                     int64_t s) {
-  // gi[h][x] = sum of flipped taps * D[h + i][x + j], D the output gradient dilated by the stride
-  // with p zeros before: D[y s + p][x s + p] = grad_out[y][x]. (Splitting stride 2 into phases, as
-  // the group layout does, measured no faster here: on wide maps the time goes to memory, and the
-  // phases' results need a strided scatter into the rows.)
-  static thread_local std::vector<T> pad_buf;
-  const int64_t p = k / 2, Ho = dw_out_size(H, s), Wo = dw_out_size(W, s);
-  const RowLayout L(H, W, k, 1);
-  T* D = scratch(pad_buf, L.plane + 4 * V);
-  if (s == 1) {
-    split_rows(go, Ho, Wo, p, L, D);  // the gradient zero-padded by p
-  } else {
-    std::fill(D, D + L.plane + 4 * V, T(0));
-    for (int64_t y = 0; y < Ho; ++y)
-      for (int64_t x = 0; x < Wo; ++x) D[(y * s + p) * L.Pw + x * s + p] = go[y * Wo + x];
-  }
-  T flipped[64];
-  for (int64_t i = 0; i < k; ++i)
-    for (int64_t j = 0; j < k; ++j) flipped[(k - 1 - i) * k + (k - 1 - j)] = w[i * ws + j];
-  correlate_rows(D, L, flipped, k, gi);
-}
-
-template <typename T>
-void grad_weight_rows(const T* go, const T* in, double* acc, int64_t H, int64_t W, int64_t k,
-                      int64_t s) {
-  static thread_local std::vector<T> phase_buf, grad_buf;
-  const RowLayout L(dw_out_size(H, s), dw_out_size(W, s), k, s);
-  T* P = scratch(phase_buf, s * s * L.plane + 4 * V);
-  T* G = scratch(grad_buf, L.Ho * L.WoV);
-  split_rows(in, H, W, k / 2, L, P);
-  std::fill(G, G + L.Ho * L.WoV, T(0));  // zero past Wo: those products vanish
-  for (int64_t y = 0; y < L.Ho; ++y) std::copy(go + y * L.Wo, go + (y + 1) * L.Wo, G + y * L.WoV);
-  for (int64_t i = 0; i < k; ++i)
-    for (int64_t j = 0; j < k; ++j) {
-      double total = 0;
-      for (int64_t y = 0; y < L.Ho; ++y) {  // a row in T lanes, rows summed in double
-        const T* g = G + y * L.WoV;
-        const T* src = P + ((i % s) * s + j % s) * L.plane + (y + i / s) * L.Pw + j / s;
-        lanes<T> p0 = {}, p1 = {};
-        int64_t x = 0;
-        for (; x + 2 * V <= L.WoV; x += 2 * V) {
-          p0 += load(g + x) * load(src + x);
-          p1 += load(g + x + V) * load(src + x + V);
-        }
-        if (x < L.WoV) p0 += load(g + x) * load(src + x);
-        const lanes<T> row = p0 + p1;
-        T sum = 0;
-        for (int64_t v = 0; v < V; ++v) sum += row[v];
-        total += sum;
-      }
-      acc[i * k + j] += total;
-    }
-}
-
 }  // namespace
 
 template <typename T>
 DwKernels<T> dw_kernels() {
-  return {&forward_group<T>, &grad_input_group<T>, &grad_weight_group<T>,
-          &forward_rows<T>,  &grad_input_rows<T>,  &grad_weight_rows<T>};
+  return {V, &forward<T>, &grad_input<T>, &grad_weight<T>,
+          &forward_group<T>, &grad_input_group<T>, &grad_weight_group<T>};
 }
 template DwKernels<float> dw_kernels<float>();
 template DwKernels<double> dw_kernels<double>();
