@@ -68,14 +68,15 @@ inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 inline int64_t ceil_div(int64_t n, int64_t m) { return n <= 0 ? 0 : (n + m - 1) / m; }
 
 // The output grid of one plane: outputs at q = y * Pw + x for q < n (a whole number of vectors),
-// read from phase planes of `plane` values each (rows * Pw, enough for the furthest tap read).
+// read from phase planes `plane` values apart: `rows` rows of Pw (enough for the furthest tap
+// read), then V values of slack that whole-vector row writes may overhang into.
 struct Grid {
   int64_t s, Ho, Wo, Pw, n, rows, plane;
   Grid(int64_t Ho_, int64_t Wo_, int64_t reach, int64_t s_) : s(s_), Ho(Ho_), Wo(Wo_) {
     Pw = Wo + reach;
     n = round_up(Ho * Pw, V);
     rows = ceil_div(n + reach * Pw + reach, Pw);
-    plane = rows * Pw;
+    plane = rows * Pw + V;
   }
 };
 
@@ -142,6 +143,19 @@ inline void gather(const T* __restrict src, int64_t s, int64_t count, T* __restr
   if (s == 1) return copy_row(src, count, dst);
   int64_t u = 0;
   if (s == 2) {
+#if defined(__AVX512F__)
+    if constexpr (sizeof(T) == 4 && V == 16) {  // 32 values in, the even 16 out
+      const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+      const int64_t valid = 2 * count - 1;  // src[0 .. 2 count - 2] may be read
+      for (; u < count; u += V) {
+        const int64_t lo = std::clamp<int64_t>(valid - 2 * u, 0, V), hi = std::clamp<int64_t>(valid - 2 * u - V, 0, V);
+        const __m512 a = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << lo) - 1), src + 2 * u);
+        const __m512 b = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << hi) - 1), src + 2 * u + V);
+        _mm512_storeu_ps(dst + u, _mm512_permutex2var_ps(a, evens, b));
+      }
+      return;
+    }
+#endif
     for (; u < count; ++u) dst[u] = src[2 * u];
   } else {
     for (; u < count; ++u) dst[u] = src[s * u];
@@ -156,20 +170,63 @@ inline void zero_to(T* dst, int64_t from, int64_t to) {
   for (int64_t u = from; u < to; u += V) store(dst + u, zero);
 }
 
+// Stride 2 with 16-lane float vectors: each input row is read once, 32 values at a time, and
+// split into its two phase rows by two permutes (value c goes to phase (c + pad) % 2, column
+// (c + pad) / 2). Masked loads stop at the row's end and fill the rest with zeros.
+template <typename T>
+bool split_stride2(const T* in, int64_t H, int64_t W, int64_t pad, const Grid& g, T* P) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4 && V == 16) {
+    const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const int64_t be = pad % 2, ue = (pad - be) / 2;  // the even values' phase and first column
+    const int64_t bo = 1 - be, uo = (pad + 1 - bo) / 2;  // the odd values'
+    const int64_t written = 16 * ceil_div(W, 32);  // values each row's stores cover
+    for (int64_t a = 0; a < 2; ++a) {
+      T* even = P + (2 * a + be) * g.plane;
+      T* odd = P + (2 * a + bo) * g.plane;
+      for (int64_t r = 0, h = a - pad; r < g.rows; ++r, h += 2, even += g.Pw, odd += g.Pw) {
+        if (h < 0 || h >= H) {
+          zero_to(even, 0, g.Pw);
+          zero_to(odd, 0, g.Pw);
+          continue;
+        }
+        zero_to(even, 0, ue);
+        zero_to(odd, 0, uo);
+        const T* src = in + h * W;
+        for (int64_t c = 0; c < W; c += 2 * V) {
+          const int64_t lo = std::min<int64_t>(V, W - c), hi = std::clamp<int64_t>(W - c - V, 0, V);
+          const __m512 x0 = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << lo) - 1), src + c);
+          const __m512 x1 = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << hi) - 1), src + c + V);
+          _mm512_storeu_ps(even + ue + c / 2, _mm512_permutex2var_ps(x0, evens, x1));
+          _mm512_storeu_ps(odd + uo + c / 2, _mm512_permutex2var_ps(x0, odds, x1));
+        }
+        zero_to(even, ue + written, g.Pw);
+        zero_to(odd, uo + written, g.Pw);
+      }
+    }
+    return true;
+  }
+#endif
+  (void)in, (void)H, (void)W, (void)pad, (void)g, (void)P;
+  return false;
+}
+
 // Fills the s x s phase planes of `in` (H x W) for grid g: P[a][b][r][u] = in[s r + a - pad]
-// [s u + b - pad], zero outside the input. Each input row is read once, and P is written in
-// order, so each row's overhanging zero vectors land on values written after them (P needs V
-// values of slack past its end).
+// [s u + b - pad], zero outside the input. Each input row is read once per phase, and each phase
+// plane is written in row order, so a row's overhanging zero vectors land on values written
+// after them or on the plane's slack.
 template <typename T>
 void split_phases(const T* in, int64_t H, int64_t W, int64_t pad, const Grid& g, T* P) {
   const int64_t s = g.s;
-  T* row = P;
+  if (s == 2 && split_stride2(in, H, W, pad, g, P)) return;
   for (int64_t a = 0; a < s; ++a)
     for (int64_t b = 0; b < s; ++b) {
       // Columns [lo, hi) come from the input (computed per phase, not per row: divisions are slow).
       const int64_t lo = std::min(g.Pw, ceil_div(pad - b, s));
       const int64_t hi = W - 1 + pad - b < 0 ? lo : std::max(lo, std::min(g.Pw, (W - 1 + pad - b) / s + 1));
       const T* first = in + s * lo + b - pad;
+      T* row = P + (a * s + b) * g.plane;
       for (int64_t r = 0, h = a - pad; r < g.rows; ++r, h += s, row += g.Pw) {
         if (h < 0 || h >= H) {
           zero_to(row, 0, g.Pw);
@@ -275,6 +332,31 @@ void forward(const T* in, const T* w, int64_t wc, int64_t ws, T* out, int64_t C,
   correlate_planes(in, w, wc, ws, false, out, C, H, W, k, s, begin, end);
 }
 
+// row[2 v] = even[v], row[2 v + 1] = odd[v] for the W values of row (even and odd are scratch
+// rows that may be read a vector past their end).
+template <typename T>
+inline void interleave_pair(const T* even, const T* odd, int64_t W, T* row) {
+  int64_t x = 0;
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4 && V == 16) {
+    const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i second = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    for (; x < W; x += 2 * V) {
+      const __m512 a = _mm512_loadu_ps(even + x / 2), b = _mm512_loadu_ps(odd + x / 2);
+      const int64_t lo = std::min<int64_t>(V, W - x), hi = std::clamp<int64_t>(W - x - V, 0, V);
+      _mm512_mask_storeu_ps(row + x, static_cast<__mmask16>((1u << lo) - 1), _mm512_permutex2var_ps(a, first, b));
+      _mm512_mask_storeu_ps(row + x + V, static_cast<__mmask16>((1u << hi) - 1), _mm512_permutex2var_ps(a, second, b));
+    }
+    return;
+  }
+#endif
+  for (; x + 1 < W; x += 2) {
+    row[x] = even[x / 2];
+    row[x + 1] = odd[x / 2];
+  }
+  if (x < W) row[x] = even[x / 2];
+}
+
 template <typename T>
 void grad_input(const T* go, const T* w, int64_t wc, int64_t ws, T* gi, int64_t C, int64_t H,
                 int64_t W, int64_t k, int64_t s, int64_t begin, int64_t end) {
@@ -286,7 +368,7 @@ void grad_input(const T* go, const T* w, int64_t wc, int64_t ws, T* gi, int64_t 
   const int64_t p = k / 2, Ho = dw_out_size(H, s), Wo = dw_out_size(W, s), E = (k - 1) / s + 1;
   const Grid g(Ho, Wo, 2 * E, 1);  // outputs u < Ho, v < Wo: covers every phase
   T* G = scratch(buf.phases, g.plane + V);
-  T* O = scratch(buf.grid, s * g.n);
+  T* O = scratch(buf.grid, s * g.n + 2 * V);  // + 2 V: interleave_pair reads whole vectors
   T* taps = scratch(buf.taps, k * k);
   int64_t* count = scratch(buf.counts, s * s);  // per phase: how many taps reach it,
   int64_t* off = scratch(buf.offsets, 2 * s * s * k * k);  // where each reads, which tap it is
@@ -318,13 +400,7 @@ void grad_input(const T* go, const T* w, int64_t wc, int64_t ws, T* gi, int64_t 
         T* row = dst + (s * u + a) * W;
         const T* o0 = O + u * g.Pw;
         if (s == 2) {
-          const T* o1 = o0 + g.n;
-          const int64_t pairs = W / 2;
-          for (int64_t v = 0; v < pairs; ++v) {
-            row[2 * v] = o0[v];
-            row[2 * v + 1] = o1[v];
-          }
-          if (W % 2) row[W - 1] = o0[pairs];
+          interleave_pair(o0, o0 + g.n, W, row);
         } else {
           for (int64_t x = 0; x < W; ++x) row[x] = O[(x % s) * g.n + u * g.Pw + x / s];
         }
@@ -406,6 +482,19 @@ void interleave(const T* src, int64_t channels, int64_t rows, int64_t cols, int6
     T* row = dst + (r + pad) * width * V;
     std::fill(row, row + pad * V, T(0));
     std::fill(row + (cols + pad) * V, row + width * V, T(0));
+#if defined(__AVX512F__)
+    if constexpr (sizeof(T) == 4 && V == 16) {  // one gather per pixel instead of 16 loads and stores
+      if (15 * plane < (int64_t(1) << 31)) {
+        const __m512i index = _mm512_mullo_epi32(_mm512_set1_epi32(static_cast<int>(plane)),
+                                                 _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+        const __mmask16 mask = static_cast<__mmask16>((1u << channels) - 1);
+        for (int64_t c = 0; c < cols; ++c)
+          _mm512_storeu_ps(row + (c + pad) * V, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mask, index,
+                                                                          src + r * cols + c, 4));
+        continue;
+      }
+    }
+#endif
     for (int64_t c = 0; c < cols; ++c) {
       T* px = row + (c + pad) * V;
       const T* from = src + r * cols + c;
@@ -483,6 +572,24 @@ void correlate_group(const T* X, int64_t Xw, const T* taps, int64_t k, int64_t s
 template <typename T>
 void deinterleave(const T* src, int64_t channels, int64_t rows, int64_t cols, T* dst) {
   const int64_t plane = rows * cols;
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4 && V == 16) {  // per channel, 16 pixels by one gather (scatters are slower)
+    const __m512i index = _mm512_mullo_epi32(_mm512_set1_epi32(V),
+                                             _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    for (int64_t v = 0; v < channels; ++v) {
+      T* to = dst + v * plane;
+      int64_t q = 0;
+      for (; q + V <= plane; q += V)
+        _mm512_storeu_ps(to + q, _mm512_i32gather_ps(index, src + q * V + v, 4));
+      if (q < plane) {
+        const __mmask16 mask = static_cast<__mmask16>((1u << (plane - q)) - 1);
+        _mm512_mask_storeu_ps(to + q, mask,
+                              _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mask, index, src + q * V + v, 4));
+      }
+    }
+    return;
+  }
+#endif
   for (int64_t q = 0; q < plane; ++q) {
     const lanes<T> px = load(src + q * V);
     for (int64_t v = 0; v < channels; ++v) dst[v * plane + q] = px[v];
