@@ -100,11 +100,12 @@ Window window_of(const at::Tensor& weight, int64_t k) {
 int64_t grain(int64_t plane_size) { return std::max<int64_t>(1, 1024 / std::max<int64_t>(1, plane_size)); }
 
 
-// Small planes with little work per output run in channel groups: there the flat grid's fixed
-// cost per plane (padding, compaction) outweighs its multiply-adds. Measured on the AttentiveNAS
-// layers: 6 x 6 outputs with k = 3 are faster in groups, 9 x 9 with k = 5 and 12 x 12 with k = 3
-// faster as planes (benchmarks/bench_kernels.py).
-bool use_groups(int64_t Ho, int64_t Wo, int64_t k) { return Ho * Wo * k * k < 1024; }
+// Small planes run in channel groups: there the flat grid's fixed cost per plane (padding rows,
+// tap setup, row stores) and its padding columns outweigh the groups' transposes. Measured with
+// benchmarks/bench_kernels.py, each layout forced in turn: groups were faster up to 9 x 9
+// outputs with k = 5 (Ho Wo k^2 = 2025), planes from 24 x 24 with k = 3 (5184) and 18 x 18 with
+// k = 5 (8100).
+bool use_groups(int64_t Ho, int64_t Wo, int64_t k) { return Ho * Wo * k * k < 4096; }
 
 }  // namespace
 
