@@ -137,25 +137,12 @@ inline void store_row(const T* __restrict src, int64_t count, T* __restrict dst)
 }
 
 // dst[u] = src[s u] for u < count, zeros up to the next whole vector (s = 2 vectorises as a
-// deinterleave).
+// deinterleave; the AVX-512 build splits stride 2 in split_stride2 instead).
 template <typename T>
 inline void gather(const T* __restrict src, int64_t s, int64_t count, T* __restrict dst) {
   if (s == 1) return copy_row(src, count, dst);
   int64_t u = 0;
   if (s == 2) {
-#if defined(__AVX512F__)
-    if constexpr (sizeof(T) == 4 && V == 16) {  // 32 values in, the even 16 out
-      const __m512i evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-      const int64_t valid = 2 * count - 1;  // src[0 .. 2 count - 2] may be read
-      for (; u < count; u += V) {
-        const int64_t lo = std::clamp<int64_t>(valid - 2 * u, 0, V), hi = std::clamp<int64_t>(valid - 2 * u - V, 0, V);
-        const __m512 a = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << lo) - 1), src + 2 * u);
-        const __m512 b = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << hi) - 1), src + 2 * u + V);
-        _mm512_storeu_ps(dst + u, _mm512_permutex2var_ps(a, evens, b));
-      }
-      return;
-    }
-#endif
     for (; u < count; ++u) dst[u] = src[2 * u];
   } else {
     for (; u < count; ++u) dst[u] = src[s * u];
