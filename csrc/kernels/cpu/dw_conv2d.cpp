@@ -97,8 +97,9 @@ Window window_of(const at::Tensor& weight, int64_t k) {
 
 // Planes per task: enough work to amortise scheduling on the smallest maps (6 x 6), one plane
 // on large ones.
-int64_t grain(int64_t plane_size) { return std::max<int64_t>(1, 1024 / std::max<int64_t>(1, plane_size)); }
-
+int64_t grain(int64_t plane_size) {
+  return std::max<int64_t>(1, 1024 / std::max<int64_t>(1, plane_size));
+}
 
 // Small planes run in channel groups: there the flat grid's fixed cost per plane (padding rows,
 // tap setup, row stores) and its padding columns outweigh the groups' transposes. Measured with
