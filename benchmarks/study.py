@@ -1,27 +1,35 @@
-"""Study: do the sampling strategies do what the papers claim? One resumable command.
+"""Study v2: do the sampling strategies do what the papers claim? One resumable command.
 
-    python benchmarks/study.py                  # Fashion-MNIST, small space, about 100 min on 2 cores
+    python benchmarks/study.py             # Fashion-MNIST, small_wide space: hours on 2 cores
+    python benchmarks/study.py --pilot     # the uniform run and its check only (about 30 min)
+    python benchmarks/study.py --summary   # summary and plots of the runs finished so far
     python benchmarks/study.py --ci --space PATH --out DIR --runs-dir DIR   # minutes, for tests
-    python benchmarks/study.py --only bestup-3-loss bestup-3-loss-alpha      # some runs' rows
+    python benchmarks/study.py --only bestup-3-loss bestup-3-loss-alpha     # some runs' rows
 
-Trains one supernet per strategy with the same recipe, budget and seed (uniform, bestup-3-loss,
-worstup-3-loss, bestup-50-acc, worstup-50-acc, balanced, all with kd: kl; bestup-3-loss with
-kd: alpha; uniform and bestup-3-loss again with a second seed, for the seed-to-seed spread).
-For each supernet: the BN-calibrated held-out accuracy of the same random sub-networks, and an
-evolutionary search at 4 FLOPs budgets (scored by a predictor fitted on that supernet's own
-measurements), whose picks are then measured on the test split. The predictor study of
-AttentiveNAS (Sec. 3.3): a forest fitted on half of the sub-networks as measured at an early
-checkpoint of the uniform run, its Kendall tau on the other half at that checkpoint, at the end
-of the run, and on the second seed's supernet.
+Trains one supernet per arm with the same recipe, budget and seed: uniform, bestup-3-loss,
+worstup-3-loss, balanced, bestup-50-acc (all kd: kl) and bestup-3-loss with kd: alpha; uniform and
+bestup-3-loss also with seeds 1 and 2. The uniform run goes first and is the pilot: over the
+study's random sub-networks, held-out accuracy must follow FLOPs (Spearman), spread well beyond
+one measurement's binomial noise, and the largest must reach the gate's accuracy; otherwise
+nothing else is trained. For each supernet: the BN-calibrated held-out accuracy of the same
+random sub-networks, and an evolutionary search at 4 FLOPs budgets (scored by a forest fitted on
+that supernet's measurements) whose picks are measured on the test split. Each arm's per-bin
+best, median and worst sub-network minus uniform's, with 95% intervals from the seed-to-seed
+spread and the binomial noise. The predictor study of AttentiveNAS (Sec. 3.3): forests fitted on
+half of the sub-networks as measured at an early checkpoint of the uniform run and at its end,
+their Kendall tau on the other half at that checkpoint, at the end, and on the other seeds.
 
 Every stage writes its result atomically into the run directories and is skipped when its file
-exists, so an interrupted study continues where it stopped. Results and plots go to --out:
-summary.json, fig5_accuracy_by_flops.png (Figure 5 style), fig6_best_vs_uniform.png (Figure 6
-style), kendall_tau.png, and summary.md (the tables the README quotes).
+exists, so an interrupted study continues where it stopped; two studies on one runs directory
+refuse to run at once. Results and plots go to --out: summary.json, summary.md (the tables the
+README quotes), pilot.png, fig5_accuracy_by_flops.png (Figure 5 style),
+fig6_best_vs_uniform.png (Figure 6 style, with intervals) and kendall_tau.png.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -29,6 +37,7 @@ import sys
 import time
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from nasops import train as train_mod
 from nasops.checkpoint import load_checkpoint, load_trained
@@ -39,33 +48,38 @@ from nasops.search import pareto
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# name: (strategy, kd, seed)
+# name: (strategy, kd, seed). The issue's six arms; uniform and bestup-3-loss with three seeds, for
+# the seed-to-seed spread the intervals are built from. In training order: the first is the pilot,
+# and the three the ranking study (benchmarks/ranking.py) reads come first.
 RUNS = {
     "uniform": ("uniform", "kl", 0),
     "bestup-3-loss": ("bestup-3-loss", "kl", 0),
+    "balanced": ("balanced", "kl", 0),
     "worstup-3-loss": ("worstup-3-loss", "kl", 0),
     "bestup-50-acc": ("bestup-50-acc", "kl", 0),
-    "worstup-50-acc": ("worstup-50-acc", "kl", 0),
-    "balanced": ("balanced", "kl", 0),
     "bestup-3-loss-alpha": ("bestup-3-loss", "alpha", 0),
     "uniform-seed1": ("uniform", "kl", 1),
     "bestup-3-loss-seed1": ("bestup-3-loss", "kl", 1),
+    "uniform-seed2": ("uniform", "kl", 2),
+    "bestup-3-loss-seed2": ("bestup-3-loss", "kl", 2),
 }
+SEEDED = ("uniform", "bestup-3-loss")  # the arms run with seeds 0, 1 and 2
 
-# Sized for about 100 minutes on 2 CPU cores (measured: 102): 5,000 training and 500 held-out
-# images (a fixed subset of Fashion-MNIST's training set), 3 epochs; BN re-calibration on 256
-# images per sub-network. (500 held-out images leave about 2 points of noise per measurement:
-# see the README's study section before sizing a study that must separate strategies.)
-FULL = {"recipe": "study", "dataset": "fashion-mnist", "space": "small", "limit": 5500,
-        "holdout": 1 / 11, "epochs": 3, "batch_size": 64, "lr": 0.1, "warmup_epochs": 0.5,
-        "flip": True, "calib_images": 256, "eval_batch_size": 256, "n_prior": 100_000,
-        "log_every": 20}
-FULL_STUDY = {"archs": 256, "budgets": [4, 8, 13, 20], "early_epochs": 1,
+# Fashion-MNIST, the small_wide space (0.28-16.8 MFLOPs). 30,000 training and 5,000 held-out
+# images (a fixed subset of the training set; the 10,000 test images stay apart), 6 epochs of
+# 128. One measurement on 5,000 images has a binomial standard error of about 0.45 points at 88%.
+FULL = {"recipe": "study", "dataset": "fashion-mnist", "space": "small_wide", "limit": 35000,
+        "holdout": 1 / 7, "epochs": 6, "batch_size": 128, "lr": 0.2, "warmup_epochs": 1,
+        "flip": True, "calib_images": 1024, "eval_batch_size": 500, "n_prior": 100_000,
+        "log_every": 20, "eval_every": 2}
+# The pilot gate (checked on the uniform run before any other is trained): the issue's criteria.
+FULL_STUDY = {"archs": 256, "budgets": [1, 2, 4, 8], "early_epochs": 2,
+              "gate": {"spearman": 0.6, "largest": 0.88, "spread": 3.0},
               "search": {"population": 128, "mutations": 32, "crossovers": 32, "generations": 10}}
 CI = {"recipe": "study-ci", "dataset": "digits", "limit": 800, "holdout": 0.2, "epochs": 2,
       "batch_size": 32, "lr": 0.1, "warmup_epochs": 0.2, "calib_images": 64,
       "eval_batch_size": 128, "n_prior": 5000, "log_every": 5}
-CI_STUDY = {"archs": 24, "budgets": [0.2, 0.3, 0.45, 0.7], "early_epochs": 1,
+CI_STUDY = {"archs": 24, "budgets": [0.2, 0.3, 0.45, 0.7], "early_epochs": 1, "gate": None,
             "search": {"population": 16, "mutations": 4, "crossovers": 4, "generations": 2}}
 
 
@@ -92,6 +106,23 @@ class Interrupted(Exception):
     pass
 
 
+class GateFailed(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def exclusive(runs_dir: str):
+    """Holds runs_dir's lock: a second study on the same runs would train beside the first."""
+    os.makedirs(runs_dir, exist_ok=True)
+    with open(os.path.join(runs_dir, ".lock"), "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise GateFailed(f"another study is running on {runs_dir}; wait for it (one heavy "
+                             "torch process at a time)") from None
+        yield
+
+
 class Study:
     def __init__(self, base: dict, study: dict, runs_dir: str, out: str):
         self.base, self.study, self.runs_dir, self.out = base, study, runs_dir, out
@@ -111,12 +142,25 @@ class Study:
         return os.path.join(self.runs_dir, name)
 
     # -- stages -------------------------------------------------------------------------------
-    def train(self, name: str, stop_after_epochs: int | None = None) -> None:
-        """Trains run `name` to the end (or for its first `stop_after_epochs` epochs), resuming
-        whatever is on disk."""
+    def early_checkpoint(self, name: str) -> str:
+        return os.path.join(self.run_dir(name), "early.pt")
+
+    def train(self, name: str) -> None:
+        """Trains run `name` to the end, resuming whatever is on disk. Every run pauses once
+        after its first early_epochs to keep that checkpoint (early.pt: the predictor study's,
+        and the ranking study's early supernets)."""
+        early = self.early_checkpoint(name)
+        if not os.path.exists(early) and self._train(name, self.study["early_epochs"]):
+            shutil.copyfile(os.path.join(self.run_dir(name), "checkpoint.pt"), early + ".tmp")
+            os.replace(early + ".tmp", early)
+        self._train(name)
+
+    def _train(self, name: str, stop_after_epochs: int | None = None) -> bool:
+        """Trains to the end, or to the end of epoch stop_after_epochs; True when the checkpoint
+        on disk is then exactly there."""
         cfg, run = self.config(name), self.run_dir(name)
         if os.path.exists(os.path.join(run, "final.json")):
-            return
+            return False
         ckpt = os.path.join(run, "checkpoint.pt")
         resume = os.path.exists(ckpt)
         per_epoch = len(self.splits().train) // cfg["batch_size"]
@@ -128,20 +172,21 @@ class Study:
         if stop_after_epochs is not None:
             stop = stop_after_epochs * per_epoch - done
             if stop <= 0:
-                return
+                return stop == 0
         log(f"training {name}" + (f" (first {stop_after_epochs} epochs)" if stop else ""))
         start = time.time()
         result = train_mod.train(cfg, run, resume=resume, progress=False, stop_after_steps=stop)
-        self._note_time(name, time.time() - start)
+        self._note_time(name, "train_s", time.time() - start)
         planned = stop_after_epochs is not None and \
             result.get("interrupted") == stop_after_epochs * per_epoch  # (a global step)
         if "interrupted" in result and not planned:
             raise Interrupted(f"training {name} was interrupted; run the same command to resume")
+        return planned
 
-    def _note_time(self, name, seconds):
+    def _note_time(self, name, stage, seconds):
         path = os.path.join(self.run_dir(name), "study_times.json")
         times = read_json(path) if os.path.exists(path) else {}
-        times["train_s"] = times.get("train_s", 0.0) + seconds
+        times[stage] = times.get(stage, 0.0) + seconds
         atomic_json(path, times)
 
     def archs(self) -> np.ndarray:
@@ -160,30 +205,56 @@ class Study:
         """Held-out accuracy of the study's sub-networks on a checkpoint (cached in out_path)."""
         if os.path.exists(out_path):
             return np.asarray(read_json(out_path)["accuracy"])
+        start = time.time()
         cfg, splits, net = load_trained(checkpoint)
         log(f"measuring {len(self.archs())} sub-networks of {checkpoint}")
         acc = Evaluator(net, splits, cfg["eval_batch_size"], cfg["calib_images"]).accuracy(self.archs())
         atomic_json(out_path, {"encodings": self.archs().tolist(),
                                "mflops": net.space.flops(self.archs()).tolist(),
-                               "accuracy": acc.tolist()})
+                               "accuracy": acc.tolist(), "seconds": time.time() - start})
         return acc
 
-    def early_predictor(self) -> None:
-        """Uniform run's first epochs -> early checkpoint -> measured sub-networks -> forest
-        fitted on the first half (used by the -acc strategies and the Kendall tau study)."""
+    def pilot(self) -> dict:
+        """The uniform run's sub-networks: does held-out accuracy follow FLOPs (Spearman), and do
+        they differ by more than one measurement's binomial noise? With "passed": whether the
+        study's gate (if it has one) holds; run() trains nothing else unless it does."""
+        path = os.path.join(self.runs_dir, "pilot.json")
+        if not os.path.exists(path):
+            self.train("uniform")
+            run = self.run_dir("uniform")
+            acc = self.measure(os.path.join(run, "checkpoint.pt"),
+                               os.path.join(run, "study_evals.json"))
+            mflops = np.asarray(read_json(os.path.join(run, "study_evals.json"))["mflops"])
+            final = read_json(os.path.join(run, "final.json"))
+            images = len(self.splits().holdout)
+            binomial = float(np.sqrt(acc.mean() * (1 - acc.mean()) / images))
+            atomic_json(path, {
+                "archs": int(acc.size), "holdout_images": images,
+                "spearman_mflops_acc": float(spearmanr(mflops, acc)[0]),
+                "mean": float(acc.mean()), "sd": float(acc.std(ddof=1)), "min": float(acc.min()),
+                "max": float(acc.max()), "binomial_sd": binomial,
+                "spread_over_noise": float(acc.std(ddof=1) / binomial),
+                "largest": final["largest_holdout_acc"], "smallest": final["smallest_holdout_acc"],
+                "mflops_range": [float(mflops.min()), float(mflops.max())]})
+        doc, gate = read_json(path), self.study["gate"]
+        doc["gate"] = gate
+        doc["passed"] = gate is None or (doc["spearman_mflops_acc"] >= gate["spearman"]
+                                         and doc["largest"] >= gate["largest"]
+                                         and doc["spread_over_noise"] >= gate["spread"])
+        return doc
+
+    def early_predictor(self) -> AccuracyPredictor:
+        """The uniform run's early checkpoint -> its measured sub-networks -> a forest fitted on
+        the first half (used by the -acc strategies and the predictor study)."""
         path = os.path.join(self.runs_dir, "early_predictor.npz")
-        if os.path.exists(path):
-            return
-        run = self.run_dir("uniform")
-        early = os.path.join(self.runs_dir, "uniform_early.pt")
-        if not os.path.exists(early):
-            self.train("uniform", stop_after_epochs=self.study["early_epochs"])
-            shutil.copyfile(os.path.join(run, "checkpoint.pt"), early + ".tmp")
-            os.replace(early + ".tmp", early)
-        acc = self.measure(early, os.path.join(self.runs_dir, "uniform_early_evals.json"))
-        half = len(acc) // 2
         space = train_mod.build_space(self.config("uniform"), self.splits())
-        AccuracyPredictor(space).fit(self.archs()[:half], acc[:half]).save(path)
+        if not os.path.exists(path):
+            self.train("uniform")
+            acc = self.measure(self.early_checkpoint("uniform"),
+                               os.path.join(self.run_dir("uniform"), "study_early_evals.json"))
+            half = len(acc) // 2
+            AccuracyPredictor(space).fit(self.archs()[:half], acc[:half]).save(path)
+        return AccuracyPredictor.load(path, space)
 
     def search(self, name: str) -> dict:
         """Pareto front at the study's budgets by a predictor fitted on this supernet's own
@@ -193,6 +264,7 @@ class Study:
             return read_json(path)
         ckpt = os.path.join(self.run_dir(name), "checkpoint.pt")
         acc = self.measure(ckpt, os.path.join(self.run_dir(name), "study_evals.json"))
+        start = time.time()
         cfg, splits, net = load_trained(ckpt)
         predictor = AccuracyPredictor(net.space).fit(self.archs(), acc)
         log(f"searching {name} at {self.study['budgets']} MFLOPs")
@@ -202,20 +274,32 @@ class Study:
                               holdout_acc=float(ev.accuracy(r.encoding, "holdout")[0]),
                               test_acc=float(ev.accuracy(r.encoding, "test")[0]))
                          for r in results]}
+        doc["seconds"] = time.time() - start
         atomic_json(path, doc)
         return doc
 
     # -- the whole study ------------------------------------------------------------------------
     def run(self) -> dict:
+        pilot = self.pilot()
+        if not pilot["passed"]:
+            raise GateFailed(f"the pilot did not pass the gate {pilot['gate']}: Spearman "
+                             f"{pilot['spearman_mflops_acc']:.2f}, largest {pilot['largest']:.4f}, "
+                             f"spread {pilot['spread_over_noise']:.1f}x the binomial sd "
+                             f"({os.path.join(self.runs_dir, 'pilot.json')}); no other run trained")
         self.early_predictor()
         for name in RUNS:
             self.train(name)
             self.search(name)
+        return self.write_summary()
+
+    def write_summary(self) -> dict:
+        """summary.json, summary.md and the plots in --out, from the runs finished so far."""
         summary = self.summarize()
         atomic_json(os.path.join(self.out, "summary.json"), summary)
         atomic_write(os.path.join(self.out, "summary.md"), report(summary))
         self.plot(summary)
-        log(f"done: {self.out}")
+        log(f"wrote {self.out}" + (f" (missing runs: {', '.join(summary['missing'])})"
+                                   if summary["missing"] else ""))
         return summary
 
     def some(self, names: list[str]) -> str:
@@ -235,14 +319,18 @@ class Study:
         return "\n".join(rows)
 
     def summarize(self) -> dict:
-        evals = {n: read_json(os.path.join(self.run_dir(n), "study_evals.json")) for n in RUNS}
+        """Everything the report and plots show, from the runs whose search is done."""
+        done = [n for n in RUNS if os.path.exists(os.path.join(self.run_dir(n), "study_search.json"))]
+        if "uniform" not in done:
+            raise FileNotFoundError(f"no summary yet: the uniform run is not finished in {self.runs_dir}")
+        evals = {n: read_json(os.path.join(self.run_dir(n), "study_evals.json")) for n in done}
         mflops = np.asarray(evals["uniform"]["mflops"])
         edges = np.quantile(mflops, np.linspace(0, 1, 5))
         bins = np.clip(np.searchsorted(edges, mflops, side="right") - 1, 0, 3)
         runs = {}
-        for name in RUNS:
+        for name in done:
             acc = np.asarray(evals[name]["accuracy"])
-            final = read_json(os.path.join(self.run_dir(name), "final.json"))
+            search = read_json(os.path.join(self.run_dir(name), "study_search.json"))
             times = read_json(os.path.join(self.run_dir(name), "study_times.json"))
             per_bin = []
             for b in range(4):
@@ -251,125 +339,236 @@ class Study:
                                 "median": float(np.median(a)), "q3": float(np.quantile(a, 0.75)),
                                 "max": float(a.max()), "n": int(a.size)})
             runs[name] = {"strategy": RUNS[name][0], "kd": RUNS[name][1], "seed": RUNS[name][2],
-                          "final": final, "train_s": times["train_s"],
-                          "mean_acc": float(acc.mean()), "per_bin": per_bin,
-                          "front": read_json(os.path.join(self.run_dir(name), "study_search.json"))["front"]}
-        early = np.asarray(read_json(os.path.join(self.runs_dir, "uniform_early_evals.json"))["accuracy"])
+                          "final": read_json(os.path.join(self.run_dir(name), "final.json")),
+                          "train_s": times["train_s"], "measure_s": evals[name].get("seconds"),
+                          "search_s": search.get("seconds"),
+                          "mean_acc": float(acc.mean()), "per_bin": per_bin, "front": search["front"]}
+        images = len(self.splits().holdout)
+        return {"config": self.base, "study": self.study, "holdout_images": images,
+                "pilot": self.pilot(),
+                "missing": [n for n in RUNS if n not in done], "flops_bin_edges": edges.tolist(),
+                "runs": runs, "vs_uniform": compare(runs, images),
+                "alpha_vs_kl": compare(runs, images, "bestup-3-loss").get("bestup-3-loss-alpha")
+                if "bestup-3-loss" in runs else None,
+                "kendall_tau": self.predictor_study(evals)}
+
+    def predictor_study(self, evals: dict) -> dict:
+        """AttentiveNAS Sec. 3.3: Kendall tau of forests fitted on the first half of the study's
+        sub-networks, on the other half: across checkpoints (early -> final) and seeds. The
+        tau between two seeds' measurements of the same sub-networks bounds what any
+        predictor fitted on one seed can reach on the other."""
+        half = len(self.archs()) // 2
+        measured = {"early": np.asarray(read_json(os.path.join(
+            self.run_dir("uniform"), "study_early_evals.json"))["accuracy"])}
+        for name, key in (("uniform", "final"), ("uniform-seed1", "seed 1"), ("uniform-seed2", "seed 2")):
+            if name in evals:
+                measured[key] = np.asarray(evals[name]["accuracy"])
         space = train_mod.build_space(self.config("uniform"), self.splits())
-        predictor = AccuracyPredictor.load(os.path.join(self.runs_dir, "early_predictor.npz"), space)
-        half = len(early) // 2
-        held = self.archs()[half:]
-        predicted = predictor.predict(held)
-        tau = {"early_checkpoint": kendall_tau(predicted, early[half:]),
-               "final_checkpoint": kendall_tau(predicted, np.asarray(evals["uniform"]["accuracy"])[half:]),
-               "second_seed": kendall_tau(predicted, np.asarray(evals["uniform-seed1"]["accuracy"])[half:]),
-               "predicted": predicted.tolist(),
-               "measured": {"early_checkpoint": early[half:].tolist(),
-                            "final_checkpoint": evals["uniform"]["accuracy"][half:],
-                            "second_seed": evals["uniform-seed1"]["accuracy"][half:]}}
-        return {"config": self.base, "study": self.study, "flops_bin_edges": edges.tolist(),
-                "runs": runs, "kendall_tau": tau}
+        forests = {"early": self.early_predictor(),
+                   "final": AccuracyPredictor(space).fit(self.archs()[:half], measured["final"][:half])}
+        predicted = {k: f.predict(self.archs()[half:]) for k, f in forests.items()}
+        pairs = [{"fitted_on": f, "measured": m,
+                  "tau": kendall_tau(predicted[f], measured[m][half:])}
+                 for f in forests for m in measured if not (f == "final" and m == "early")]
+        pairs += [{"fitted_on": f"{a} (measured)", "measured": b,
+                   "tau": kendall_tau(measured[a][half:], measured[b][half:])}
+                  for a, b in (("final", "seed 1"), ("final", "seed 2")) if b in measured]
+        return {"pairs": pairs, "predicted": {k: v.tolist() for k, v in predicted.items()},
+                "measured": {k: v[half:].tolist() for k, v in measured.items()}}
 
     def plot(self, summary: dict) -> None:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        names = [n for n in RUNS if RUNS[n][2] == 0]
-        edges = summary["flops_bin_edges"]
+        runs, edges = summary["runs"], summary["flops_bin_edges"]
+        labels = [f"{edges[b]:.3g}-{edges[b + 1]:.3g}" for b in range(4)]
+        names = [n for n in runs if RUNS[n][2] == 0]
         fig, ax = plt.subplots(figsize=(10, 4.5), dpi=120)
         width = 0.8 / len(names)
         for i, name in enumerate(names):
-            for b, s in enumerate(summary["runs"][name]["per_bin"]):
+            for b, s in enumerate(runs[name]["per_bin"]):
                 x = b + (i - len(names) / 2 + 0.5) * width
-                ax.plot([x, x], [s["min"], s["max"]], c=f"C{i}", lw=1)
-                ax.add_patch(plt.Rectangle((x - width * 0.4, s["q1"]), width * 0.8, s["q3"] - s["q1"],
-                                           fc=f"C{i}", alpha=0.6, label=name if b == 0 else None))
-                ax.plot([x - width * 0.4, x + width * 0.4], [s["median"]] * 2, c="k", lw=1)
+                ax.plot([x, x], [100 * s["min"], 100 * s["max"]], c=f"C{i}", lw=1)
+                ax.add_patch(plt.Rectangle((x - width * 0.4, 100 * s["q1"]), width * 0.8,
+                                           100 * (s["q3"] - s["q1"]), fc=f"C{i}", alpha=0.6,
+                                           label=name if b == 0 else None))
+                ax.plot([x - width * 0.4, x + width * 0.4], [100 * s["median"]] * 2, c="k", lw=1)
         ax.set_xticks(range(4))
-        ax.set_xticklabels([f"{edges[b]:.3g}-{edges[b + 1]:.3g}" for b in range(4)])
+        ax.set_xticklabels(labels)
         ax.set_xlabel("MFLOPs bin (quartiles of the measured sub-networks)")
-        ax.set_ylabel("held-out accuracy (min, quartiles, max)")
-        ax.legend(fontsize=7, ncol=4, loc="lower right")
+        ax.set_ylabel("held-out accuracy, % (min, quartiles, max)")
+        ax.legend(fontsize=7, ncol=3, loc="lower right")
         fig.tight_layout()
         fig.savefig(os.path.join(self.out, "fig5_accuracy_by_flops.png"))
         plt.close(fig)
 
-        fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-        base = [s["max"] for s in summary["runs"]["uniform"]["per_bin"]]
-        for i, name in enumerate(n for n in RUNS if n != "uniform"):
-            best = [s["max"] for s in summary["runs"][name]["per_bin"]]
-            style = "--" if RUNS[name][2] == 1 else "-"
-            ax.plot(range(4), 100 * (np.array(best) - base), style, marker="o", c=f"C{i}", label=name)
-        ax.axhline(0, c="k", lw=0.8)
-        ax.set_xticks(range(4))
-        ax.set_xticklabels([f"{edges[b]:.3g}-{edges[b + 1]:.3g}" for b in range(4)])
-        ax.set_xlabel("MFLOPs bin")
-        ax.set_ylabel("best accuracy - uniform's (points)")
-        ax.legend(fontsize=7)
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=120, sharey=True)
+        arms = list(summary["vs_uniform"])
+        for ax, stat in zip(axes, ("max", "min")):
+            for i, arm in enumerate(arms):
+                rows = summary["vs_uniform"][arm][stat]
+                x = np.arange(4) + (i - len(arms) / 2 + 0.5) * 0.08
+                ax.errorbar(x, [100 * r["diff"] for r in rows], yerr=[100 * r["half_width"] for r in rows],
+                            marker="o", ms=4, capsize=3, c=f"C{i + 1}", label=arm)
+            ax.axhline(0, c="k", lw=0.8)
+            ax.set_xticks(range(4))
+            ax.set_xticklabels(labels)
+            ax.set_xlabel("MFLOPs bin")
+            ax.set_title({"max": "best", "min": "worst"}[stat] + " sub-network per bin, minus uniform's",
+                         fontsize=9)
+        axes[0].set_ylabel("points (95% interval)")
+        axes[0].legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(os.path.join(self.out, "fig6_best_vs_uniform.png"))
         plt.close(fig)
 
         tau = summary["kendall_tau"]
-        fig, axes = plt.subplots(1, 3, figsize=(11, 3.6), dpi=120)
-        for ax, key in zip(axes, ("early_checkpoint", "final_checkpoint", "second_seed")):
-            ax.scatter(tau["predicted"], tau["measured"][key], s=8)
-            ax.set_title(f"{key.replace('_', ' ')}: tau = {tau[key]:.2f}", fontsize=9)
-            ax.set_xlabel("predicted (early uniform)")
-            ax.set_ylabel("measured")
+        shown = [p for p in tau["pairs"] if not p["fitted_on"].endswith("(measured)")]
+        fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.4), dpi=120, squeeze=False)
+        for ax, p in zip(axes[0], shown):
+            ax.scatter(100 * np.asarray(tau["predicted"][p["fitted_on"]]),
+                       100 * np.asarray(tau["measured"][p["measured"]]), s=6)
+            ax.set_title(f"{p['fitted_on']} -> {p['measured']}: tau {p['tau']:.2f}", fontsize=8)
+            ax.set_xlabel(f"predicted (forest fitted on {p['fitted_on']}), %", fontsize=7)
+            ax.set_ylabel("measured, %", fontsize=7)
         fig.tight_layout()
         fig.savefig(os.path.join(self.out, "kendall_tau.png"))
         plt.close(fig)
 
+        pilot_evals = read_json(os.path.join(self.run_dir("uniform"), "study_evals.json"))
+        fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
+        ax.scatter(pilot_evals["mflops"], 100 * np.asarray(pilot_evals["accuracy"]), s=6)
+        ax.set_xscale("log")
+        ax.set_xlabel("MFLOPs")
+        ax.set_ylabel("held-out accuracy, %")
+        ax.set_title(f"pilot (uniform): Spearman {summary['pilot']['spearman_mflops_acc']:.2f}",
+                     fontsize=9)
+        fig.tight_layout()
+        fig.savefig(os.path.join(self.out, "pilot.png"))
+        plt.close(fig)
+
+
+def arm_of(name: str) -> str:
+    """A run's arm: its name without the seed suffix."""
+    return name.rsplit("-seed", 1)[0]
+
+
+def compare(runs: dict, images: int, baseline: str = "uniform") -> dict:
+    """Each arm's per-bin statistics (best, median, worst) and mean, minus the baseline arm's
+    (arms with several seeds: the mean over them), with a 95% interval. The interval's variance is the
+    seed-to-seed variance of that statistic, pooled over the arms run with several seeds, but at
+    least the binomial variance of one measurement on the held-out images (three seeds can
+    happen to agree); t quantile with the pooled degrees of freedom."""
+    from scipy.stats import t as student_t
+    arms: dict[str, list[str]] = {}
+    for name in runs:
+        arms.setdefault(arm_of(name), []).append(name)
+    seeded = [names for names in arms.values() if len(names) > 1]
+    dof = sum(len(names) - 1 for names in seeded)
+    quantile = float(student_t.ppf(0.975, dof)) if dof else float("nan")
+
+    def values(names, stat, b):
+        return np.array([runs[n]["mean_acc"] if stat == "mean" else runs[n]["per_bin"][b][stat]
+                         for n in names])
+
+    def seed_var(stat, b):
+        if not dof:
+            return float("nan")
+        return sum(((values(n, stat, b) - values(n, stat, b).mean()) ** 2).sum() for n in seeded) / dof
+
+    out = {}
+    for arm, names in arms.items():
+        if arm == baseline:
+            continue
+        out[arm] = {}
+        for stat in ("max", "median", "min", "mean"):
+            rows = []
+            for b in range(1 if stat == "mean" else 4):
+                x, u = values(names, stat, b), values(arms[baseline], stat, b)
+                p = (x.mean() + u.mean()) / 2
+                var = max(seed_var(stat, b), p * (1 - p) / images)
+                half = quantile * np.sqrt(var * (1 / len(x) + 1 / len(u)))
+                rows.append({"diff": float(x.mean() - u.mean()), "half_width": float(half),
+                             "seeds": len(x)})
+            out[arm][stat] = rows
+    return out
+
+
+def difference_rows(arm: str, stats: dict) -> list[str]:
+    """Markdown rows of one arm's differences (compare()): best, median and worst per bin."""
+    rows = []
+    for stat, label in (("max", "best"), ("median", "median"), ("min", "worst")):
+        cells = [f"{arm} ({stats[stat][0]['seeds']})", label]
+        cells += [f"{100 * r['diff']:+.1f} ± {100 * r['half_width']:.1f}" for r in stats[stat]]
+        m = stats["mean"][0]
+        cells.append(f"{100 * m['diff']:+.1f} ± {100 * m['half_width']:.1f}" if stat == "max" else "")
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
 
 def report(summary: dict) -> str:
-    """Markdown tables of a summary, in percent, with the seed-to-seed spread of the two strategies
-    run twice next to the differences from uniform."""
+    """The summary as markdown tables, in percent."""
     runs, edges = summary["runs"], summary["flops_bin_edges"]
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
     bins = [f"{edges[b]:.3g}-{edges[b + 1]:.3g}" for b in range(4)]
-    lines = ["Held-out accuracy (%) of the same sub-networks on each supernet; per MFLOPs bin: "
-             "median / best.", "",
-             "| run | train min | largest | smallest | mean | vs uniform | "
-             + " | ".join(f"{b} MF" for b in bins) + " |",
-             "|---|---|---|---|---|---|" + "---|" * 4]
+    p = summary["pilot"]
+    lines = [f"Pilot (uniform, {p['archs']} random sub-networks of {p['mflops_range'][0]:.2f}-"
+             f"{p['mflops_range'][1]:.2f} MFLOPs, {p['holdout_images']} held-out images): "
+             f"Spearman(MFLOPs, accuracy) {p['spearman_mflops_acc']:.2f}; accuracy mean "
+             f"{pct(p['mean'])}%, sd {100 * p['sd']:.2f} points = {p['spread_over_noise']:.1f}x the "
+             f"binomial sd of one measurement ({100 * p['binomial_sd']:.2f}); range {pct(p['min'])}-"
+             f"{pct(p['max'])}%; largest {pct(p['largest'])}%, smallest {pct(p['smallest'])}%. "
+             f"Gate {p['gate']}: {'passed' if p['passed'] else 'FAILED'}.", ""]
+    if summary["missing"]:
+        lines += [f"**Partial: not finished yet: {', '.join(summary['missing'])}.**", ""]
+    lines += ["Held-out accuracy (%) of the same sub-networks on each supernet; per MFLOPs bin: "
+              "worst / median / best. Minutes: training, measuring the sub-networks, search.", "",
+              "| run | minutes | largest | smallest | mean | " + " | ".join(f"{b} MF" for b in bins) + " |",
+              "|---|---|---|---|---|" + "---|" * 4]
+    minutes = lambda r: "/".join(f"{(r[k] or 0) / 60:.0f}" for k in ("train_s", "measure_s", "search_s"))  # noqa: E731
     for name, r in runs.items():
-        cells = [name, f"{r['train_s'] / 60:.1f}", pct(r["final"]["largest_holdout_acc"]),
-                 pct(r["final"]["smallest_holdout_acc"]), pct(r["mean_acc"]),
-                 f"{100 * (r['mean_acc'] - runs['uniform']['mean_acc']):+.1f}"]
-        cells += [f"{pct(b['median'])} / {pct(b['max'])}" for b in r["per_bin"]]
+        cells = [name, minutes(r), pct(r["final"]["largest_holdout_acc"]),
+                 pct(r["final"]["smallest_holdout_acc"]), pct(r["mean_acc"])]
+        cells += [f"{pct(b['min'])} / {pct(b['median'])} / {pct(b['max'])}" for b in r["per_bin"]]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Seed-to-seed spread (|seed 0 - seed 1|, points): "
-              + "; ".join(f"{n}: mean {100 * abs(runs[n]['mean_acc'] - runs[n + '-seed1']['mean_acc']):.1f}, "
-                          "best per bin "
-                          + ", ".join(f"{100 * abs(a['max'] - b['max']):.1f}"
-                                      for a, b in zip(runs[n]["per_bin"], runs[n + "-seed1"]["per_bin"]))
-                          for n in ("uniform", "bestup-3-loss") if n + "-seed1" in runs), "",
-              "Search (predictor fitted on the supernet's own measurements): test accuracy (%) of "
-              "the pick at each budget.", "",
-              "| run | " + " | ".join(f"<= {f['budget']:g} MF" for f in runs["uniform"]["front"]) + " |",
-              "|---|" + "---|" * len(runs["uniform"]["front"])]
+    header = ["| arm (seeds) | statistic | " + " | ".join(f"{b} MF" for b in bins) + " | all |",
+              "|---|---|" + "---|" * 5]
+    lines += ["", "Difference from uniform (points, 95% interval; arms with several seeds: their "
+              "mean against uniform's). Per bin: best, median, worst sub-network; and the mean of "
+              "all.", ""] + header
+    for arm, stats in summary["vs_uniform"].items():
+        lines += difference_rows(arm, stats)
+    if summary["alpha_vs_kl"]:
+        lines += ["", "`kd: alpha` against `kd: kl`: bestup-3-loss-alpha minus bestup-3-loss "
+                  "(points, 95% interval).", ""] + header
+        lines += difference_rows("bestup-3-loss-alpha", summary["alpha_vs_kl"])
+    front = runs["uniform"]["front"]
+    lines += ["", "Search (predictor fitted on the supernet's own measurements): test accuracy (%) "
+              "of the pick at each budget (10,000 test images).", "",
+              "| run | " + " | ".join(f"<= {f['budget']:g} MF" for f in front) + " |",
+              "|---|" + "---|" * len(front)]
     for name, r in runs.items():
         lines.append(f"| {name} | " + " | ".join(f"{pct(f['test_acc'])} ({f['flops']:.2f} MF)"
                                                  for f in r["front"]) + " |")
-    lines += ["", "Seed-to-seed spread of the picks' test accuracy (points): "
-              + "; ".join(f"{n}: " + ", ".join(f"{100 * abs(a['test_acc'] - b['test_acc']):.1f}"
-                                              for a, b in zip(runs[n]["front"], runs[n + "-seed1"]["front"]))
-                          for n in ("uniform", "bestup-3-loss") if n + "-seed1" in runs)]
-    tau = summary["kendall_tau"]
-    lines += ["", "Kendall tau of the early uniform predictor on the held-out half: "
-              + ", ".join(f"{k.replace('_', ' ')} {tau[k]:.3f}"
-                          for k in ("early_checkpoint", "final_checkpoint", "second_seed")), ""]
-    return "\n".join(lines)
+    lines += ["", "Kendall tau on the held-out half of the sub-networks (forest fitted on the "
+              "first half as measured on one supernet; `(measured)`: one supernet's measurements "
+              "against another's).", "", "| fitted on | measured on | tau |", "|---|---|---|"]
+    lines += [f"| {q['fitted_on']} | {q['measured']} | {q['tau']:.3f} |"
+              for q in summary["kendall_tau"]["pairs"]]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ci", action="store_true", help="the minutes-long version (digits)")
-    parser.add_argument("--space", help="search space (default: small)")
+    parser.add_argument("--space", help="search space (default: small_wide)")
     parser.add_argument("--data-dir", help="Fashion-MNIST directory (default: the Debian one)")
-    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "study"))
-    parser.add_argument("--runs-dir", default=os.path.join(ROOT, "benchmarks", "study_runs"))
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "study_v2"))
+    parser.add_argument("--runs-dir", default=os.path.join(ROOT, "benchmarks", "study_v2_runs"))
+    parser.add_argument("--pilot", action="store_true",
+                        help="train and measure the uniform run only and print the pilot check")
+    parser.add_argument("--summary", action="store_true",
+                        help="write the summary and plots of the runs finished so far")
     parser.add_argument("--only", nargs="+", choices=list(RUNS), metavar="RUN",
                         help="train and measure only these runs and print their rows (no search, "
                              f"no summary); runs: {', '.join(RUNS)}")
@@ -380,14 +579,20 @@ def main(argv=None) -> int:
     if args.data_dir:
         base["data_dir"] = args.data_dir
     try:
-        if args.only:
-            print(Study(base, study, args.runs_dir, args.out).some(args.only))
-        else:
-            Study(base, study, args.runs_dir, args.out).run()
+        with exclusive(args.runs_dir):
+            study_ = Study(base, study, args.runs_dir, args.out)
+            if args.pilot:
+                print(json.dumps(study_.pilot(), indent=2))
+            elif args.summary:
+                study_.write_summary()
+            elif args.only:
+                print(study_.some(args.only))
+            else:
+                study_.run()
     except Interrupted as e:
         print(f"study: {e}", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, GateFailed) as e:
         print(f"study: error: {e}", file=sys.stderr)
         return 1
     return 0

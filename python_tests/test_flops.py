@@ -19,7 +19,7 @@ def check_against_reference(space, doc, n, seed):
     return archs, expected
 
 
-@pytest.mark.parametrize("name", ["attentive_nas", "small"])
+@pytest.mark.parametrize("name", ["attentive_nas", "small", "small_wide"])
 def test_flops_and_params_equal_the_reference(packaged_yaml, name):
     space = SearchSpace.load(name)
     archs, expected = check_against_reference(space, packaged_yaml[name], 10_000, seed=0)

@@ -18,7 +18,8 @@ def conv_linear_weights(module):
                if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
 
 
-@pytest.mark.parametrize("name, count", [("small", 200), ("attentive_nas", 200)])
+@pytest.mark.parametrize("name, count",
+                         [("small", 200), ("small_wide", 200), ("attentive_nas", 200)])
 def test_flops_and_params_equal_the_extracted_module(name, count):
     torch.manual_seed(0)
     space = SearchSpace.load(name)
@@ -148,7 +149,7 @@ def documented_layout(cfg):
     return out
 
 
-@pytest.mark.parametrize("name", ["small", "attentive_nas"])
+@pytest.mark.parametrize("name", ["small", "small_wide", "attentive_nas"])
 def test_state_dict_layout_is_the_documented_one(packaged_yaml, name):
     net = Supernet(SearchSpace.load(name))
     layout = {k: list(v.shape) for k, v in net.state_dict().items()}
