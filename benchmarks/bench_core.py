@@ -5,7 +5,6 @@ sampling rates. Prints a table and writes JSON.
     python benchmarks/bench_core.py [--space attentive_nas] [--out benchmarks/results/bench_core.json]
 """
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -18,6 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "python_tests"))
 
 import nasops  # noqa: E402
+from nasops.files import write_json  # noqa: E402
 from reference import reference_cost  # noqa: E402  (the tests' pure-Python implementation)
 
 
@@ -119,8 +119,7 @@ def main():
     for name, value, target in rows:
         print(f"{name:<{width}}  {value:>28}  {target}")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
+    write_json(args.out, results)
     print(f"wrote {args.out}")
 
 

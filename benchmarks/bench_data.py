@@ -15,7 +15,6 @@ pass (which also starts the workers); the step rate is the median of --repeats s
                                     [--workers 0 1 2] [--steps 3] [--device cpu|cuda]
 """
 import argparse
-import json
 import os
 import platform
 import resource
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 import nasops
+from nasops.files import write_json
 from nasops.data import IMAGENET_MEAN, IMAGENET_STD, load_dataset
 from nasops.folders import FolderStream
 from nasops.train import DEFAULTS, train_step
@@ -138,9 +138,7 @@ def main():
     print(f"peak RSS: this process {own:.0f} MiB (the step's supernet included), the largest "
           f"worker {workers:.0f} MiB")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".tmp", "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(args.out + ".tmp", args.out)
+    write_json(args.out, results)
     print(f"wrote {args.out}")
 
 

@@ -11,7 +11,6 @@ and gradients counted once each) against a measured plain copy. Prints a table, 
                                                         global-memory traffic on the same layers)
 """
 import argparse
-import json
 import math
 import os
 import platform
@@ -21,6 +20,7 @@ import time
 import torch
 
 import nasops
+from nasops.files import write_json
 from nasops.nn.layers import make_divisible
 from nasops.ops import dw_conv2d_reference
 
@@ -145,9 +145,8 @@ def print_gpu_traffic(shapes, out_path):
                  for kind in ("forward", "grad_input", "grad_weight")]
         print(f"{row['layer']:<9} {row['C']:>5} {row['H']:>3}x{row['H']:<3} {row['k']:>2} "
               f"{row['stride']:>2} | " + " ".join(f"{c:>14}" for c in cells))
-    with open(out_path, "w") as f:
-        json.dump({"batch": shapes[0][1], "tiles": {"forward_and_grad_input": FORWARD_TILE,
-                                                    "grad_weight": WEIGHT_TILE}, "rows": rows}, f, indent=2)
+    write_json(out_path, {"batch": shapes[0][1], "tiles": {"forward_and_grad_input": FORWARD_TILE,
+                                                           "grad_weight": WEIGHT_TILE}, "rows": rows})
     print(f"wrote {out_path}")
 
 
@@ -239,8 +238,7 @@ def main():
             print(f"geometric-mean speed-up {part}: {geo:.2f}x; slowest shape "
                   f"{min(r[f'{part}_speedup'] for r in rows):.2f}x")
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    with open(out_path, "w") as f:
-        json.dump(results, f, indent=2)
+    write_json(out_path, results)
     print(f"wrote {out_path}")
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 import nasops
+from nasops.files import write_json
 from nasops.data import load_splits
 from nasops.evaluate import Evaluator, keep_freed_memory
 from nasops.predictor import AccuracyPredictor
@@ -351,10 +352,7 @@ def main():
               f"after {supernet['after']['evaluations_per_s']:.2f} ({supernet['speedup']:.2f}x); "
               f"the same accuracies: {supernet['same_accuracies']}")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(tmp, args.out)
+    write_json(args.out, results)
     print(f"wrote {args.out}")
 
 

@@ -8,7 +8,6 @@ writes JSON.
     python benchmarks/bench_supernet.py [--repeats 5] [--batch 16]
 """
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -17,6 +16,7 @@ import time
 import torch
 
 import nasops
+from nasops.files import write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,8 +78,7 @@ def main():
             print(f"{name:<14} {label:<8} {row['mflops']:>8.1f} {1e3 * dynamic:>12.1f} "
                   f"{1e3 * plain:>10.1f} {row['ratio']:>6.2f}")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
+    write_json(args.out, results)
     print(f"wrote {args.out}")
 
 

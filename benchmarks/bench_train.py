@@ -15,7 +15,6 @@ writes JSON.
                                      [--variants float32 bf16 channels_last]
 """
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -24,6 +23,7 @@ import time
 import torch
 
 import nasops
+from nasops.files import write_json
 from nasops import ops
 from nasops.train import DEFAULTS, train_step
 
@@ -127,9 +127,7 @@ def main():
                       f"{row['nasops_s']:>9.3f} {row['torch_s']:>9.3f} {row['speedup']:>5.2f}x | "
                       f"{vs:>10}", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    with open(out_path + ".tmp", "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(out_path + ".tmp", out_path)
+    write_json(out_path, results)
     print(f"wrote {out_path}")
 
 

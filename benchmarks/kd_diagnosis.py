@@ -15,7 +15,6 @@ nasops's default weight for it (0.5). key=value pairs override the recipe.
 JSON in benchmarks/results/kd_diagnosis.json.
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from nasops import losses, train as train_mod
+from nasops.files import write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -133,9 +133,7 @@ def main() -> int:
     doc = {"recipe": args.recipe, "overrides": args.overrides, "torch": torch.__version__,
            "results": results}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".tmp", "w") as f:
-        json.dump(doc, f, indent=1)
-    os.replace(args.out + ".tmp", args.out)
+    write_json(args.out, doc, indent=1)
     print(f"wrote {args.out}")
     return 0
 

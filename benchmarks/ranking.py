@@ -38,6 +38,7 @@ import study as study_mod
 from nasops import train as train_mod
 from nasops.checkpoint import load_trained
 from nasops.evaluate import Evaluator
+from nasops.files import write_json, write_text
 from nasops.losses import smoothed_cross_entropy
 from nasops.predictor import kendall_tau
 from nasops.space import SearchSpace
@@ -154,13 +155,13 @@ class Ranking:
             return study_mod.read_json(path)
         space, encoding = self.space(), self.archs()[k]
         space_path = os.path.join(self.dir, f"space_{k:02d}.yaml")
-        study_mod.atomic_write(space_path, yaml.safe_dump(one_arch_space(space, encoding)))
+        write_text(space_path, yaml.safe_dump(one_arch_space(space, encoding)))
         study_mod.log(f"training sub-network {k + 1}/{self.settings['archs']} alone "
                       f"({space.flops(encoding):.2f} MFLOPs)")
         acc, seconds = train_alone(self.study.config("uniform"), space_path)
         doc = {"encoding": encoding.tolist(), "mflops": float(space.flops(encoding)),
                "params": float(space.params(encoding)), "holdout_acc": acc, "seconds": seconds}
-        study_mod.atomic_json(path, doc)
+        write_json(path, doc)
         return doc
 
     def inherited(self, name: str, checkpoint: str) -> np.ndarray:
@@ -171,7 +172,7 @@ class Ranking:
         cfg, splits, net = load_trained(os.path.join(self.study.run_dir(name), CHECKPOINTS[checkpoint]))
         start = time.time()
         acc = Evaluator(net, splits, cfg["eval_batch_size"], cfg["calib_images"]).accuracy(self.archs())
-        study_mod.atomic_json(path, {"holdout_acc": acc.tolist(), "seconds": time.time() - start})
+        write_json(path, {"holdout_acc": acc.tolist(), "seconds": time.time() - start})
         return acc
 
     def run(self) -> dict:
@@ -180,8 +181,8 @@ class Ranking:
                 self.inherited(name, checkpoint)
         alone = [self.standalone(k) for k in range(self.settings["archs"])]
         summary = self.summarize(alone)
-        study_mod.atomic_json(os.path.join(self.study.out, "summary.json"), summary)
-        study_mod.atomic_write(os.path.join(self.study.out, "summary.md"), report(summary))
+        write_json(os.path.join(self.study.out, "summary.json"), summary)
+        write_text(os.path.join(self.study.out, "summary.md"), report(summary))
         self.plot(summary)
         study_mod.log(f"wrote {self.study.out}")
         return summary
@@ -226,7 +227,7 @@ class Ranking:
                 ax.set_ylabel("inherited held-out accuracy, %")
             fig.text(0.99, 0.01, "marker area: params", ha="right", fontsize=7)
             fig.tight_layout()
-            fig.savefig(os.path.join(self.study.out, f"scatter_{name}.png"))
+            study_mod.save_figure(fig, os.path.join(self.study.out, f"scatter_{name}.png"))
             plt.close(fig)
 
 

@@ -132,7 +132,7 @@ def test_digits_and_splits():
         load_splits("digits", normalization="imagenet")
     with pytest.raises(ValueError, match=r"eval_crop = 1.5 must be null or a fraction in \(0, 1\]"):
         load_splits("digits", eval_crop=1.5)
-    with pytest.raises(ValueError, match="dataset 'mnist' is not allowed"):
+    with pytest.raises(ValueError, match="dataset = 'mnist' is not registered"):
         load_dataset("mnist")
 
 

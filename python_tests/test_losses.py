@@ -3,8 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from nasops.losses import (adaptive_alpha_divergence, alpha_divergence, distillation_loss,
-                           kl_distillation, smoothed_cross_entropy)
+from nasops.losses import (LOSSES, adaptive_alpha_divergence, alpha_divergence,
+                           distillation_loss, distillation_weight, kl_distillation, register_loss,
+                           smoothed_cross_entropy)
+from nasops.recipe import DEFAULTS
 
 
 def softmax(z):
@@ -120,14 +122,14 @@ def test_adaptive_picks_per_sample_the_larger_published_divergence(case):
         assert not pick_low.any()
     else:
         assert 0 < pick_low.sum() < len(s)  # both alphas are picked: the choice is per sample
-    value = distillation_loss("alpha", torch.tensor(s), torch.tensor(t)).item()
+    value = distillation_loss("alpha", torch.tensor(s), torch.tensor(t), DEFAULTS).item()
     assert value == pytest.approx(np.maximum(low, high).mean(), rel=1e-9)
 
 
 def test_teacher_gets_no_gradient(logits):
     s, t = (torch.tensor(a, requires_grad=True) for a in logits)
     for kind in ("kl", "alpha"):
-        distillation_loss(kind, s, t).backward()
+        distillation_loss(kind, s, t, DEFAULTS).backward()
         assert t.grad is None and s.grad is not None
 
 
@@ -144,8 +146,8 @@ def test_smoothed_cross_entropy(logits):
 
 def test_bad_inputs_raise():
     z = torch.zeros(2, 3)
-    with pytest.raises(ValueError, match="kd = 'js'"):
-        distillation_loss("js", z, z)
+    with pytest.raises(ValueError, match=r"kd = 'js' is not registered; registered: \['kl', 'alpha'"):
+        distillation_loss("js", z, z, DEFAULTS)
     with pytest.raises(ValueError, match=r"\[N, classes\]"):
         kl_distillation(z, torch.zeros(2, 4))
     with pytest.raises(ValueError, match="alpha_min"):
@@ -156,3 +158,25 @@ def test_bad_inputs_raise():
         alpha_divergence(z, z, 0.5, clip=0)
     with pytest.raises(ValueError, match="smoothing"):
         smoothed_cross_entropy(z, torch.zeros(2, dtype=torch.long), 1.5)
+
+
+def test_registered_losses_and_their_default_weights():
+    assert distillation_weight(dict(DEFAULTS, kd="kl")) == 1.0
+    assert distillation_weight(dict(DEFAULTS, kd="alpha")) == 0.5
+    assert distillation_weight(dict(DEFAULTS, kd="alpha", kd_weight=2.0)) == 2.0
+    s, t = torch.randn(4, 10, dtype=torch.float64), torch.randn(4, 10, dtype=torch.float64)
+    assert distillation_loss("kl", s, t, DEFAULTS) == kl_distillation(s, t)
+
+    @register_loss("test-l2", default_weight=0.25)
+    def l2(student, teacher, cfg):
+        return ((student - teacher) ** 2).mean()
+    try:
+        assert distillation_loss("test-l2", s, t, DEFAULTS) == ((s - t) ** 2).mean()
+        assert distillation_weight(dict(DEFAULTS, kd="test-l2")) == 0.25
+        with pytest.raises(ValueError, match="'test-l2' is already registered"):
+            register_loss("test-l2")(kl_distillation)
+        register_loss("test-l2", default_weight=0.5)(l2)  # the same definition again: replaced
+        assert distillation_weight(dict(DEFAULTS, kd="test-l2")) == 0.5
+    finally:
+        LOSSES.unregister("test-l2")
+    assert "test-l2" not in LOSSES.names()

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 import nasops
-from nasops.sampling import Strategy, offline_table, parse_strategy
+from nasops.sampling import (STRATEGIES, BestUpLoss, Strategy, Uniform, WorstUpAccuracy,
+                             WorstUpOffline, build_strategy, needs_predictor, offline_table)
 
 
 @pytest.fixture(scope="module")
@@ -11,19 +12,24 @@ def space():
     return nasops.SearchSpace.load("small")
 
 
-def test_parse_strategy():
-    assert parse_strategy("uniform") == ("uniform", None, None)
-    assert parse_strategy("bestup-3-loss") == ("loss", "best", 3)
-    assert parse_strategy("worstup-50-acc") == ("acc", "worst", 50)
-    assert parse_strategy("bestup-offline") == ("offline", "best", None)
+def test_strategy_names_resolve_through_the_registry(space):
+    for name, cls, k in (("uniform", Uniform, None), ("bestup-3-loss", BestUpLoss, 3),
+                         ("worstup-50-acc", WorstUpAccuracy, 50),
+                         ("worstup-offline", WorstUpOffline, None)):
+        found, fields = STRATEGIES.lookup(name)
+        assert found is cls and fields == ({} if k is None else {"k": k})
+    assert build_strategy("bestup-3-loss", space, n_prior=2000).k == 3
+    assert [needs_predictor(n) for n in ("balanced", "worstup-2-loss", "bestup-2-acc",
+                                         "bestup-offline")] == [False, False, True, True]
     for bad in ("best-3-loss", "bestup-0-loss", "bestup-x-acc", "worstup-3", "sandwich"):
-        with pytest.raises(ValueError, match=f"strategy '{bad}' is not allowed"):
-            parse_strategy(bad)
+        with pytest.raises(ValueError, match=f"strategy = '{bad}' is not registered; registered: "
+                                             r"\['uniform', 'balanced', .*'bestup-\{k\}-loss'"):
+            STRATEGIES.lookup(bad)
 
 
 @pytest.mark.parametrize("direction", ["best", "worst"])
 def test_loss_strategies_pick_the_extreme_candidate(space, direction):
-    s = Strategy(f"{direction}up-4-loss", space, seed=1, n_prior=20000)
+    s = build_strategy(f"{direction}up-4-loss", space, seed=1, n_prior=20000)
     rng = np.random.default_rng(0)
     seen = []
 
@@ -51,7 +57,7 @@ def test_acc_strategies_pick_by_the_predictor(space, direction):
         calls.append((archs.copy(), scores))
         return scores
 
-    s = Strategy(f"{direction}up-7-acc", space, seed=2, predictor=predictor, n_prior=20000)
+    s = build_strategy(f"{direction}up-7-acc", space, seed=2, predictor=predictor, n_prior=20000)
     picked = s.sample(3)
     assert len(calls) == 3
     for (candidates, scores), arch in zip(calls, picked):
@@ -73,9 +79,9 @@ def test_offline_table_is_the_per_bin_extreme(space):
 
 
 def test_offline_strategy_samples_from_its_table(space):
-    s = Strategy("bestup-offline", space, seed=4, predictor=lambda a: -space.flops(a),
+    s = build_strategy("bestup-offline", space, seed=4, predictor=lambda a: -space.flops(a),
                  pool_size=5000, n_prior=20000)
-    bins, archs = s._table
+    bins, archs = s.table
     table = {tuple(a) for a in archs.tolist()}
     picked = s.sample(50)
     assert all(tuple(a) in table for a in picked.tolist())
@@ -83,8 +89,8 @@ def test_offline_strategy_samples_from_its_table(space):
 
 
 def test_balanced_favours_large_networks(space):
-    balanced = Strategy("balanced", space, seed=5, n_prior=20000).sample(2000)
-    uniform = Strategy("uniform", space, seed=5, n_prior=20000).sample(2000)
+    balanced = build_strategy("balanced", space, seed=5, n_prior=20000).sample(2000)
+    uniform = build_strategy("uniform", space, seed=5, n_prior=20000).sample(2000)
     p_bal, p_uni = space.params(balanced), space.params(uniform)
     # size-proportional draws: E[size] = E_u[size^2] / E_u[size] > E_u[size]
     expected = (p_uni ** 2).mean() / p_uni.mean()
@@ -93,8 +99,8 @@ def test_balanced_favours_large_networks(space):
 
 
 def test_uniform_bins_option_spreads_targets(space):
-    prior = Strategy("bestup-2-acc", space, seed=6, predictor=space.params, n_prior=20000)
-    flat = Strategy("bestup-2-acc", space, seed=6, predictor=space.params, n_prior=20000,
+    prior = build_strategy("bestup-2-acc", space, seed=6, predictor=space.params, n_prior=20000)
+    flat = build_strategy("bestup-2-acc", space, seed=6, predictor=space.params, n_prior=20000,
                     uniform_bins=True)
     a, b = space.flops(prior.sample(400)), space.flops(flat.sample(400))
     assert np.std(b) > np.std(a)  # uniform over bins reaches the tails more often
@@ -102,17 +108,17 @@ def test_uniform_bins_option_spreads_targets(space):
 
 def test_state_round_trip_and_errors(space):
     for name in ("uniform", "balanced", "bestup-3-loss"):
-        s = Strategy(name, space, seed=7, n_prior=20000)
+        s = build_strategy(name, space, seed=7, n_prior=20000)
         s.sample(2, lambda c: space.flops(c))
         state = s.state_dict()
         first = s.sample(3, lambda c: space.flops(c))
-        t = Strategy(name, space, seed=99, n_prior=20000)
+        t = build_strategy(name, space, seed=99, n_prior=20000)
         t.load_state_dict(state)
         np.testing.assert_array_equal(t.sample(3, lambda c: space.flops(c)), first)
     with pytest.raises(ValueError, match="needs an accuracy predictor"):
-        Strategy("bestup-50-acc", space)
+        build_strategy("bestup-50-acc", space)
     with pytest.raises(ValueError, match="needs loss_fn"):
-        Strategy("worstup-3-loss", space, n_prior=20000).sample(1)
+        build_strategy("worstup-3-loss", space, n_prior=20000).sample(1)
     with pytest.raises(ValueError, match="strategy state is for 'uniform'"):
-        Strategy("balanced", space, n_prior=20000).load_state_dict(
-            Strategy("uniform", space, n_prior=20000).state_dict())
+        build_strategy("balanced", space, n_prior=20000).load_state_dict(
+            build_strategy("uniform", space, n_prior=20000).state_dict())

@@ -85,6 +85,7 @@ def test_ci_sized_study(tiny, tmp_path, capsys):
     assert images == round(study.CI["limit"] * study.CI["holdout"])
     assert pilot["binomial_sd"] == pytest.approx(math.sqrt(acc.mean() * (1 - acc.mean()) / images))
     assert pilot["sd"] == pytest.approx(acc.std(ddof=1)) and pilot["passed"] is True
+    assert pilot["reliability"] == pytest.approx(1 - (pilot["binomial_sd"] / pilot["sd"]) ** 2)
 
     # differences from uniform: every arm, every statistic; one recomputed
     arms = {study.arm_of(n) for n in study.RUNS} - {"uniform"}

@@ -243,7 +243,7 @@ def test_help_shows_the_values_that_will_be_used(capsys):
 def test_config_errors(tiny, capsys):
     with pytest.raises(ValueError, match=r"unknown recipe key\(s\) \['epoch'\]"):
         train_mod.check_config(dict(train_mod.DEFAULTS, epoch=3))
-    with pytest.raises(ValueError, match="kd = 'js' is not allowed"):
+    with pytest.raises(ValueError, match="kd = 'js' is not registered"):
         train_mod.apply_overrides(train_mod.DEFAULTS, ["kd=js"])
     with pytest.raises(ValueError, match="batch_size = 0 is not allowed"):
         train_mod.apply_overrides(train_mod.DEFAULTS, ["batch_size=0"])

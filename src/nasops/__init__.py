@@ -38,9 +38,11 @@ from . import ops  # noqa: E402,F401  (registers the operators' autograd and fak
 _LAZY_NAMES = {"AccuracyPredictor": "predictor", "Arch": "space", "FlopsSampler": "sampling",
                "SearchSpace": "space", "Supernet": "nn", "calibrate_bn": "nn",
                "official_state_dict": "official", "packaged_spaces": "space",
-               "resize_batch": "nn"}
-_SUBMODULES = ("checkpoint", "convert", "data", "distributed", "evaluate", "export", "latency",
-               "losses", "nn", "official", "predictor", "sampling", "search", "space", "train")
+               "register_dataset": "data", "register_loss": "losses",
+               "register_strategy": "sampling", "resize_batch": "nn"}
+_SUBMODULES = ("checkpoint", "checks", "convert", "data", "distributed", "evaluate", "export",
+               "files", "latency", "losses", "nn", "official", "predictor", "registry", "sampling",
+               "search", "space", "train")
 
 __all__ = ["ops", *sorted(_LAZY_NAMES)]
 __version__ = "0.2.0"

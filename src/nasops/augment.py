@@ -54,7 +54,8 @@ LEVEL_STD = 0.5  # the official code draws each magnitude from N(level, 0.5), cl
 FILL = (124, 116, 104)  # ImageNet's mean pixel, rounded: what geometric operations fill with
 
 
-def _pil():
+def require_pil():
+    """Pillow's (Image, ImageEnhance, ImageOps); ImportError saying how to install it."""
     try:
         from PIL import Image, ImageEnhance, ImageOps
     except ImportError:
@@ -88,14 +89,14 @@ def crop_box(width: int, height: int, rng: np.random.Generator, scale=(0.08, 1.0
 
 def random_resized_crop(image, size: int, rng: np.random.Generator):
     """A random crop of `image` (crop_box) resized to size x size, bicubic."""
-    Image, _, _ = _pil()
+    Image, _, _ = require_pil()
     return image.resize((size, size), Image.BICUBIC, box=crop_box(*image.size, rng))
 
 
 def center_view(image, resolution: int, crop: float = 0.875):
     """The shorter side resized to ceil(resolution / crop) (the longer in proportion, floored),
     then the centre resolution x resolution square (offsets rounded)."""
-    Image, _, _ = _pil()
+    Image, _, _ = require_pil()
     short = math.ceil(resolution / crop - 1e-9)  # (1e-9: 224 / 0.875 is 256, not 256.00000001)
     width, height = image.size
     if width <= height:
@@ -124,7 +125,7 @@ class AutoAugment:
     @staticmethod
     def apply(image, name: str, m: float, rng: np.random.Generator):
         """Operation `name` at magnitude m in [0, 1] (signed operations flip a fair coin)."""
-        Image, ImageEnhance, ImageOps = _pil()
+        Image, ImageEnhance, ImageOps = require_pil()
         sign = -1.0 if rng.random() < 0.5 else 1.0
         if name in ("ShearX", "ShearY", "Rotate", "TranslateYRel", "TranslateXRel"):
             # the official code picks the resampling of each geometric operation at random

@@ -6,6 +6,7 @@ import os
 import torch
 
 from . import __version__
+from .files import atomic_path
 
 # The layout of the supernet's weights changes the format's number (README: state-dict layout).
 FORMAT = "nasops-checkpoint-2"
@@ -20,10 +21,9 @@ OLD_FORMATS = {
 
 
 def save_checkpoint(path: str, payload: dict) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves half a checkpoint."""
-    tmp = path + ".tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    """torch.save, atomically: a crash never leaves half a checkpoint."""
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_checkpoint(path: str) -> dict:

@@ -36,6 +36,14 @@ the stages of two-stage NAS (each command takes --help):
      nasops-convert      python -m nasops.convert --from-official CKPT --out RUN/checkpoint.pt"""
 
 
+def add_import_option(parser) -> None:
+    """--import MODULE (repeatable): modules whose strategies, losses and datasets the command
+    should know (nasops.registry); the command imports them with import_modules(args.imports)."""
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first, so that the strategies, distillation losses "
+                             "and datasets it registers can be named (repeatable)")
+
+
 def prog(command: str) -> str:
     """The program name for `command`'s usage: the console script's name when it runs as one,
     otherwise the `python -m` form."""

@@ -30,6 +30,7 @@ import gzip
 import math
 import os
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,24 +38,8 @@ import torch
 
 # (BadImageError and FolderStream: re-exported, nasops.data is where users look for them)
 from .folders import BadImageError, FolderSet, FolderStream, class_folders  # noqa: F401
+from .registry import Registry
 
-IN_MEMORY = ("digits", "fashion-mnist", "cifar10")
-FOLDERS = ("imagefolder", "imagenet")
-DATASETS = IN_MEMORY + FOLDERS
-DEFAULT_DIRS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}
-# How to get each dataset that has files, for the errors that find them missing.
-HOW_TO_GET = {
-    "fashion-mnist": "install Debian's package dataset-fashion-mnist (apt-get install "
-                     "dataset-fashion-mnist puts the files in /usr/share/datasets/fashion-mnist), "
-                     "or download the four IDX files from "
-                     "https://github.com/zalandoresearch/fashion-mnist and set data_dir=DIR",
-    "cifar10": "download and unpack the CIFAR-10 python version from "
-               "https://www.cs.toronto.edu/~kriz/cifar.html and set data_dir=DIR/cifar-10-batches-py",
-    "imagefolder": "set data_dir=DIR, a folder with one sub-folder of images per class (or train/ "
-                   "and test/ folders of those)",
-    "imagenet": "set data_dir=DIR, the ImageNet folder with train/ and val/, each with one "
-                "sub-folder of JPEGs per class (the layout of torchvision's ImageFolder)",
-}
 # ImageNet's per-channel statistics, the normalisation of the released AttentiveNAS/AlphaNet models
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -62,6 +47,44 @@ NORMALIZATIONS = ("dataset", "imagenet")
 IMAGENET_EVAL_CROP = 0.875  # the official evaluation: resize to resolution / 0.875, centre crop
 _TEST_FRACTION = 0.2
 _SPLIT_SEED = 0x5EED  # fixed: the test split of a dataset never depends on a run's seed
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A registered dataset: ``read(split, root, **options)`` -> ImageSet or FolderSet, and what
+    loading it needs to know."""
+    read: Callable
+    needs_dir: bool = False         # read needs a directory: the recipe's data_dir or default_dir
+    default_dir: str | None = None
+    how_to_get: str = ""            # said by the errors that find the data missing
+    normalization: str = "dataset"  # what the recipe's normalization: null means for it
+    eval_crop: float | None = None  # what the recipe's eval_crop: null means for it
+
+
+def _adopt(name: str, read) -> None:  # an entry point's bare reader: the defaults
+    register_dataset(name)(read)
+
+
+DATASETS = Registry("dataset", "dataset", "nasops.datasets", adopt=_adopt)
+
+
+def register_dataset(name: str, *, needs_dir: bool = False, default_dir: str | None = None,
+                     how_to_get: str = "", normalization: str = "dataset",
+                     eval_crop: float | None = None):
+    """Decorator: registers ``read(split, root=None, **options)`` as the dataset `name` (the
+    recipe's dataset=). `split` is "train" or "test"; `root` the recipe's data_dir (or
+    `default_dir`), checked to exist when `needs_dir`; `options` are workers and
+    skip_bad_images, for readers of files. `read` returns an :class:`ImageSet` (in memory) or a
+    :class:`~nasops.folders.FolderSet`."""
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization = {normalization!r} is not allowed; allowed: "
+                         f"{list(NORMALIZATIONS)}")
+
+    def add(read):
+        DATASETS.register(name, Dataset(read, needs_dir, default_dir, how_to_get, normalization,
+                                        eval_crop))
+        return read
+    return add
 
 
 @dataclass
@@ -111,7 +134,8 @@ def _split(data: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, ImageS
 
 
 # -- readers ------------------------------------------------------------------------------------
-def _digits(split: str) -> ImageSet:
+@register_dataset("digits")
+def _digits(split: str, root: str | None = None, **options) -> ImageSet:
     from sklearn.datasets import load_digits  # bundled with scikit-learn, no download
     d = load_digits()
     images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]  # values 0..16
@@ -127,7 +151,7 @@ def _open_maybe_gz(directory: str, name: str, dataset: str, expected: str):
         if os.path.isfile(path):
             return path, (gzip.open(path, "rb") if candidate.endswith(".gz") else open(path, "rb"))
     raise FileNotFoundError(f"{dataset}: {name}[.gz] not found in {directory!r}; expected {expected}. "
-                            f"To get the data: {HOW_TO_GET[dataset]}")
+                            f"To get the data: {DATASETS.get(dataset).how_to_get}")
 
 
 def read_idx(path: str, data: bytes) -> np.ndarray:
@@ -146,7 +170,13 @@ def read_idx(path: str, data: bytes) -> np.ndarray:
     return np.frombuffer(body, dtype=np.uint8).reshape(shape)
 
 
-def _fashion_mnist(root: str, split: str) -> ImageSet:
+@register_dataset(
+    "fashion-mnist", needs_dir=True, default_dir="/usr/share/datasets/fashion-mnist",
+    how_to_get="install Debian's package dataset-fashion-mnist (apt-get install "
+               "dataset-fashion-mnist puts the files in /usr/share/datasets/fashion-mnist), or "
+               "download the four IDX files from https://github.com/zalandoresearch/fashion-mnist "
+               "and set data_dir=DIR")
+def _fashion_mnist(split: str, root: str, **options) -> ImageSet:
     prefix = "train" if split == "train" else "t10k"
     expected = ("the IDX files train-images-idx3-ubyte, train-labels-idx1-ubyte, "
                 "t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (optionally .gz), as Debian's "
@@ -194,7 +224,11 @@ def _cifar_batch(path: str) -> dict:
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
 
 
-def _cifar10(root: str, split: str) -> ImageSet:
+@register_dataset(
+    "cifar10", needs_dir=True,
+    how_to_get="download and unpack the CIFAR-10 python version from "
+               "https://www.cs.toronto.edu/~kriz/cifar.html and set data_dir=DIR/cifar-10-batches-py")
+def _cifar10(split: str, root: str, **options) -> ImageSet:
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     images, labels = [], []
     for name in names:
@@ -202,7 +236,7 @@ def _cifar10(root: str, split: str) -> ImageSet:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"cifar10: {name} not found in {root!r}; expected the python "
                                     f"batches directory (data_batch_1 ... data_batch_5, test_batch). "
-                                    f"To get the data: {HOW_TO_GET['cifar10']}")
+                                    f"To get the data: {DATASETS.get('cifar10').how_to_get}")
         batch = _cifar_batch(path)
         data, lab = batch.get("data"), batch.get("labels")
         if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
@@ -220,45 +254,66 @@ def _cifar10(root: str, split: str) -> ImageSet:
                     torch.from_numpy(np.concatenate(labels)), classes)
 
 
-def _folders(name: str, root: str, split: str, workers: int, skip_bad_images: bool) -> FolderSet:
+def _folders(name: str, root: str, split: str, workers: int = 0, skip_bad_images: bool = False,
+             test_dirs=("test", "val"), split_required: bool = False) -> FolderSet:
+    """A split of image folders: `root`'s train/ and the first of `test_dirs` found beside it;
+    without them (and unless `split_required`), a fixed 20% of the images of `root` is the test
+    split."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers = {workers!r} must be an integer >= 0")
     options = {"dataset": name, "workers": workers, "skip_bad_images": skip_bad_images}
     train_dir = os.path.join(root, "train")
-    test_dir = next((os.path.join(root, d) for d in (("val",) if name == "imagenet" else ("test", "val"))
-                     if os.path.isdir(os.path.join(root, d))), None)
+    test_dir = next((os.path.join(root, d) for d in test_dirs if os.path.isdir(os.path.join(root, d))),
+                    None)
     if os.path.isdir(train_dir) and test_dir:
         classes = class_folders(train_dir, name) if split == "test" else None  # (not its files)
         return FolderSet.scan(train_dir if split == "train" else test_dir, classes, **options)
-    if name == "imagenet":
-        raise FileNotFoundError(f"imagenet: {root!r} must hold train/ and val/ folders. To get the "
-                                f"data: {HOW_TO_GET[name]}")
+    if split_required:
+        raise FileNotFoundError(f"{name}: {root!r} must hold train/ and {'/ or '.join(test_dirs)}/ "
+                                f"folders. To get the data: {DATASETS.get(name).how_to_get}")
     train, test = _split(FolderSet.scan(root, **options), _TEST_FRACTION, _SPLIT_SEED)
     return train if split == "train" else test
 
 
+@register_dataset(
+    "imagefolder", needs_dir=True,
+    how_to_get="set data_dir=DIR, a folder with one sub-folder of images per class (or train/ and "
+               "test/ folders of those)")
+def _imagefolder(split: str, root: str, workers: int = 0, skip_bad_images: bool = False,
+                 **options) -> FolderSet:
+    return _folders("imagefolder", root, split, workers, skip_bad_images)
+
+
+@register_dataset(
+    "imagenet", needs_dir=True, normalization="imagenet", eval_crop=IMAGENET_EVAL_CROP,
+    how_to_get="set data_dir=DIR, the ImageNet folder with train/ and val/, each with one "
+               "sub-folder of JPEGs per class (the layout of torchvision's ImageFolder)")
+def _imagenet(split: str, root: str, workers: int = 0, skip_bad_images: bool = False,
+              **options) -> FolderSet:
+    return _folders("imagenet", root, split, workers, skip_bad_images, test_dirs=("val",),
+                    split_required=True)
+
+
 def load_dataset(name: str, split: str = "train", root: str | None = None, workers: int = 0,
                  skip_bad_images: bool = False) -> ImageSet | FolderSet:
-    """One split ("train" or "test") of a dataset (module docstring). `root` is the dataset's
-    directory (fashion-mnist has a default); `workers` and `skip_bad_images` apply to folders
+    """One split ("train" or "test") of a registered dataset (module docstring). `root` is the
+    dataset's directory (some have a default); `workers` and `skip_bad_images` apply to folders
     (nasops.folders.FolderSet)."""
-    if name not in DATASETS:
-        raise ValueError(f"dataset {name!r} is not allowed; allowed: {list(DATASETS)}")
+    dataset = DATASETS.get(name)
     if split not in ("train", "test"):
         raise ValueError(f"split {split!r} is not allowed; allowed: ['train', 'test']")
-    if name == "digits":
-        return _digits(split)
-    root = root or DEFAULT_DIRS.get(name)
-    if root is None:
-        raise ValueError(f"dataset {name!r} needs a directory (data_dir); {HOW_TO_GET[name]}")
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"{name}: data directory {root!r} does not exist. To get the data: "
-                                f"{HOW_TO_GET[name]}")
-    if name == "fashion-mnist":
-        return _fashion_mnist(root, split)
-    if name == "cifar10":
-        return _cifar10(root, split)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"workers = {workers!r} must be an integer >= 0")
-    return _folders(name, root, split, workers, skip_bad_images)
+    if dataset.needs_dir:
+        root = root or dataset.default_dir
+        if root is None:
+            raise ValueError(f"dataset {name!r} needs a directory (data_dir); {dataset.how_to_get}")
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"{name}: data directory {root!r} does not exist. To get the "
+                                    f"data: {dataset.how_to_get}")
+    data = dataset.read(split, root, workers=workers, skip_bad_images=skip_bad_images)
+    if not isinstance(data, (ImageSet, FolderSet)):
+        raise TypeError(f"dataset {name!r} returned {type(data).__name__} for split {split!r}; "
+                        f"a reader returns a nasops.data.ImageSet (or FolderSet)")
+    return data
 
 
 @dataclass
@@ -287,13 +342,14 @@ def load_splits(name: str, root: str | None = None, holdout: float = 0.1,
     `workers` and `skip_bad_images`: see nasops.folders.FolderSet."""
     if not 0.0 < holdout < 1.0:
         raise ValueError(f"holdout = {holdout!r} must be a fraction in (0, 1)")
+    dataset = DATASETS.get(name)
     if normalization is None:
-        normalization = "imagenet" if name == "imagenet" else "dataset"
+        normalization = dataset.normalization
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization = {normalization!r} is not allowed; allowed: "
                          f"{list(NORMALIZATIONS) + [None]}")
-    if eval_crop is None and name == "imagenet":
-        eval_crop = IMAGENET_EVAL_CROP
+    if eval_crop is None:
+        eval_crop = dataset.eval_crop
     if eval_crop is not None and (isinstance(eval_crop, bool) or not isinstance(eval_crop, (int, float))
                                   or not 0 < eval_crop <= 1):
         raise ValueError(f"eval_crop = {eval_crop!r} must be null or a fraction in (0, 1]")
@@ -343,7 +399,7 @@ def eval_resize(x: torch.Tensor, resolution: int, crop: float | None = None) -> 
     return x[..., top:top + resolution, top:top + resolution]
 
 
-def _mix(*values: int) -> int:
+def mix_seed(*values: int) -> int:
     """A 63-bit seed from integers (SplitMix64 steps), for per-epoch / per-step generators."""
     h = 0x9E3779B97F4A7C15
     for v in values:
@@ -378,7 +434,7 @@ class BatchStream:
         if self._order[0] != epoch:
             self._order = (epoch, epoch_order(len(self.data), self.seed, epoch))
         index = self._order[1][step * self.batch_size:(step + 1) * self.batch_size]
-        gen = torch.Generator().manual_seed(_mix(self.seed, epoch, step))  # augmentation
+        gen = torch.Generator().manual_seed(mix_seed(self.seed, epoch, step))  # augmentation
         x = self.data.images[index]
         if self.augment:
             x = random_crop(x, self.pad, gen)
@@ -411,7 +467,7 @@ def check_batch_size(batch_size, world: int, images: int) -> None:
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The order of the n training images in `epoch` (a permutation seeded by (seed, epoch))."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(_mix(seed, epoch)))
+    return torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, epoch)))
 
 
 def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:

@@ -16,8 +16,10 @@ from tqdm import tqdm
 
 from . import distributed as dist
 from .checkpoint import load_trained
-from .cli import STAGES, prog as prog_name
+from .cli import STAGES, add_import_option, prog as prog_name
+from .registry import import_modules
 from .data import Splits
+from .files import write_json
 from .nn import Supernet, calibrate_bn
 from .nn.layers import DynamicBatchNorm2d
 from .ops import dw_backend_as
@@ -125,7 +127,7 @@ class Evaluator:
         """Top-1 accuracy (fraction) of each encoded architecture ([N, D] or [D]) on `split`
         ("holdout", "test" or "train"), after BN re-calibration. float64 [N]."""
         self._check_split(split)
-        rows = self.net.space._as_rows(np.asarray(archs))
+        rows = self.net.space.rows(np.asarray(archs))
         keys = [(tuple(r.tolist()), split) for r in rows]
         todo = sorted({k for k in keys if k not in self.cache})
         mine = todo[dist.rank()::dist.world_size()]
@@ -179,8 +181,10 @@ def main(argv=None, prog=None) -> int:
     parser.add_argument("--split", default="holdout", choices=["holdout", "test", "train"])
     parser.add_argument("--out", required=True, help="evaluation file to write (JSON)")
     parser.add_argument("--no-progress", action="store_true")
+    add_import_option(parser)
     args = parser.parse_args(argv)
     try:
+        import_modules(args.imports)
         if args.n < 1:
             raise ValueError(f"-n = {args.n} must be a positive number of sub-networks")
         device = dist.init_from_env()
@@ -190,7 +194,7 @@ def main(argv=None, prog=None) -> int:
         acc = Evaluator(net, splits, cfg["eval_batch_size"], cfg["calib_images"], device,
                         channels_last=True).accuracy(
             archs, args.split, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
     if dist.rank() == 0:
@@ -205,13 +209,10 @@ def write_evaluations(path: str, space, archs, accuracy, split: str, source: str
     """The evaluation file `python -m nasops.predictor` reads: JSON with the space, the encodings,
     their MFLOPs and accuracies."""
     archs = np.asarray(archs)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"format": "nasops-evaluations-1", "space": space.config, "split": split,
-                   "source": source, "encodings": archs.tolist(),
-                   "mflops": space.flops(archs).tolist(),
-                   "accuracy": np.asarray(accuracy, dtype=float).tolist()}, f)
-    os.replace(tmp, path)
+    write_json(path, {"format": "nasops-evaluations-1", "space": space.config, "split": split,
+                      "source": source, "encodings": archs.tolist(),
+                      "mflops": space.flops(archs).tolist(),
+                      "accuracy": np.asarray(accuracy, dtype=float).tolist()}, indent=None)
 
 
 def read_evaluations(path: str):
@@ -224,7 +225,7 @@ def read_evaluations(path: str):
         if doc.get("format") != "nasops-evaluations-1":
             raise ValueError("format is not 'nasops-evaluations-1'")
         space = SearchSpace(doc["space"], source=path)
-        archs = space._as_rows(np.asarray(doc["encodings"], dtype=np.int64))
+        archs = space.rows(np.asarray(doc["encodings"], dtype=np.int64))
         acc = np.asarray(doc["accuracy"], dtype=np.float64)
         if acc.shape != (len(archs),):
             raise ValueError(f"{len(archs)} encodings but {acc.size} accuracies")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import json
 import logging
 import math
 import os
@@ -20,6 +19,7 @@ import warnings
 
 import torch
 
+from .files import atomic_path, write_json
 from .nn import Supernet
 
 
@@ -44,15 +44,10 @@ def _export_onnx(static: torch.nn.Module, channels: int, resolution: int, out_di
     onnxscript. Returns its path."""
     path = os.path.join(out_dir, "model.onnx")
     x = torch.zeros(2, channels, resolution, resolution)  # (batch 1 would be specialised)
-    try:
-        with _quiet_onnx_exporter():
-            torch.onnx.export(static, (x,), path, input_names=["x"], output_names=["logits"],
-                              dynamo=True, external_data=False,
-                              dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
-    except BaseException:
-        if os.path.exists(path):
-            os.remove(path)
-        raise
+    with _quiet_onnx_exporter(), atomic_path(path) as tmp:
+        torch.onnx.export(static, (x,), tmp, input_names=["x"], output_names=["logits"],
+                          dynamo=True, external_data=False,
+                          dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
     return path
 
 
@@ -115,8 +110,10 @@ def export_subnet(net: Supernet, arch, out_dir: str, splits=None, meta: dict | N
     paths = {"state_dict": os.path.join(out_dir, "state_dict.pt"),
              "torchscript": os.path.join(out_dir, "model.ts"),
              "meta": os.path.join(out_dir, "meta.json")}
-    torch.save(static.state_dict(), paths["state_dict"])
-    torch.jit.save(torch.jit.script(static), paths["torchscript"])
+    with atomic_path(paths["state_dict"]) as tmp:
+        torch.save(static.state_dict(), tmp)
+    with atomic_path(paths["torchscript"]) as tmp:
+        torch.jit.save(torch.jit.script(static), tmp)
     if unavailable:
         paths["onnx_skipped"] = unavailable
     else:
@@ -135,8 +132,5 @@ def export_subnet(net: Supernet, arch, out_dir: str, splits=None, meta: dict | N
     if splits is not None:
         info["classes"] = list(splits.train.classes)
     info.update(meta or {})
-    tmp = paths["meta"] + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(info, f, indent=2)
-    os.replace(tmp, paths["meta"])
+    write_json(paths["meta"], info)
     return paths

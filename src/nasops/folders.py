@@ -22,7 +22,7 @@ import os
 import numpy as np
 import torch
 
-from .augment import AutoAugment, _pil, center_view, random_resized_crop
+from .augment import AutoAugment, center_view, random_resized_crop, require_pil
 
 log = logging.getLogger("nasops.data")
 
@@ -161,7 +161,7 @@ class _TrainView:
             return center_view(image, self.size, 1.0)
         image = random_resized_crop(image, self.size, rng)
         if self.flip and rng.random() < 0.5:
-            image = image.transpose(_pil()[0].FLIP_LEFT_RIGHT)
+            image = image.transpose(require_pil()[0].FLIP_LEFT_RIGHT)
         if self.autoaugment is not None:
             image = self.autoaugment(image, rng)
         return image
@@ -179,7 +179,7 @@ class _Decode(torch.utils.data.Dataset):
     def __getitem__(self, key):
         index, seed = key
         path, label = self.files.path(index), int(self.files.labels[index])
-        Image = _pil()[0]
+        Image = require_pil()[0]
         try:
             with Image.open(path) as image:
                 image = image.convert("RGB")  # (decodes the whole file)
@@ -240,12 +240,12 @@ class FolderStream:
 
     def keys(self, epoch: int, start_step: int = 0):
         """This rank's (image index, augmentation seed) lists, one per step from `start_step`."""
-        from .data import _mix, epoch_order
+        from .data import epoch_order, mix_seed
         order = epoch_order(len(self.data), self.seed, epoch).numpy()
         part = self.batch_size // self.world
         for step in range(start_step, self.steps_per_epoch):
             first = step * self.batch_size + self.rank * part
-            yield [(int(order[first + j]), _mix(self.seed, epoch, step, self.rank * part + j))
+            yield [(int(order[first + j]), mix_seed(self.seed, epoch, step, self.rank * part + j))
                    for j in range(part)]
 
     def epoch(self, epoch: int, start_step: int = 0, device: torch.device | str = "cpu"):

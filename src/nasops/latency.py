@@ -31,10 +31,11 @@ import torch
 from tqdm import tqdm
 
 from . import _C
+from .checks import check_count
+from .files import write_json
 from .cli import STAGES, prog as prog_name
 from .nn import Supernet
 from .nn.supernet import cost_tables
-from .sampling import _check_count
 from .space import SearchSpace, packaged_spaces
 
 FORMAT = "nasops-latency-1"
@@ -103,7 +104,7 @@ class LatencyTable:
 
     def parts(self, archs) -> np.ndarray:
         """The sum of each sub-network's parts' measured milliseconds (float64 [N])."""
-        rows = self.space._as_rows(np.atleast_2d(np.asarray(archs)), check_values=False)
+        rows = self.space.rows(np.atleast_2d(np.asarray(archs)), check_values=False)
         return self._core.cost(rows)[0] / 1e6
 
     def __call__(self, archs) -> np.ndarray:
@@ -132,8 +133,8 @@ class LatencyTable:
         the caches and without the rest of the network's calls around it, and the whole network
         runs slower than its parts added up (measured in the README); 0 keeps scale 1, offset
         0."""
-        batch, threads = _check_count("batch", batch), _check_count("threads", threads)
-        repeats, warmup = _check_count("repeats", repeats), _check_count("warmup", warmup, 0)
+        batch, threads = check_count("batch", batch), check_count("threads", threads)
+        repeats, warmup = check_count("repeats", repeats), check_count("warmup", warmup, 0)
         name = device_name(device)
         device = torch.device(device)
         torch.manual_seed(seed)
@@ -186,7 +187,7 @@ class LatencyTable:
         table = cls(space, tables, name, threads, batch,
                     {"repeats": repeats, "warmup": warmup, "seed": seed, "calibrate": calibrate,
                      "torch": torch.__version__})
-        calibrate = _check_count("calibrate", calibrate, 0)
+        calibrate = check_count("calibrate", calibrate, 0)
         if calibrate:
             archs = space.sample(calibrate, seed=CALIBRATION_SEED)
             whole, _ = measure_networks(space, archs, device, batch, threads, seed=seed,
@@ -211,10 +212,7 @@ class LatencyTable:
                           "head": self.tables["head"][:, 0].tolist(),
                           "first": [t[:, 0].tolist() for t in self.tables["first"]],
                           "rest": [t[:, 0].tolist() for t in self.tables["rest"]]}}
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(doc, f)
-        os.replace(tmp, path)
+        write_json(path, doc, indent=None)
 
     @classmethod
     def load(cls, path: str, space: SearchSpace | None = None, device: str | None = None,
@@ -272,7 +270,7 @@ def measure_networks(space: SearchSpace, archs, device: str = "cpu", batch: int 
     not fall on one network alone), [N], and every pass's median, [rounds, N]."""
     torch.manual_seed(seed)
     net = Supernet(space).eval()
-    rows = space._as_rows(np.asarray(archs))
+    rows = space.rows(np.asarray(archs))
     times = np.zeros((rounds, len(rows)))
     bar = tqdm(total=rounds * len(rows), desc="end-to-end latency", disable=not progress)
     for r in range(rounds):
@@ -296,7 +294,7 @@ def check(table: LatencyTable, n: int = 100, seed: int = 0, repeats: int = 10, r
     if table.device != device_name(device):
         raise ValueError(f"the latency table was measured on {table.device!r}; this machine is "
                          f"{device_name(device)!r}: measured latencies here would not compare")
-    archs = table.space.sample(_check_count("n", n), seed=seed)
+    archs = table.space.sample(check_count("n", n), seed=seed)
     measured, passes = measure_networks(table.space, archs, device, table.batch, table.threads,
                                         repeats, rounds, progress=progress)
     predicted = table(archs)
@@ -353,10 +351,7 @@ def main(argv=None, prog=None) -> int:
                   f"measurement strays from the median of {result['rounds']} by "
                   f"{100 * result['median_abs_pass_deviation']:.1f}% (median))")
             if args.check_out:
-                tmp = args.check_out + ".tmp"
-                with open(tmp, "w") as f:
-                    json.dump(result, f)
-                os.replace(tmp, args.check_out)
+                write_json(args.check_out, result, indent=None)
                 print(f"wrote {args.check_out}")
             return 0
         if not args.space or not args.out:

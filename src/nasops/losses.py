@@ -17,15 +17,15 @@ the published code's behaviour (AlphaNet's reference implementation, the f-diver
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-# Each distillation loss and its default weight against the largest's cross-entropy (the recipe
-# key kd_weight: null). The published weight is 1 for both; alpha's 0.5 is measured: at 1 the
-# largest sub-network's loss stalls in short runs from scratch (README: Distillation).
-KD_LOSSES = {"kl": 1.0, "alpha": 0.5}
+from .registry import Registry
+
 # |alpha - 1| (or |alpha|) below this takes the exact-KL branch, as the published code does
 _EXACT_KL = 1e-3
 
@@ -110,12 +110,53 @@ def adaptive_alpha_divergence(student: torch.Tensor, teacher: torch.Tensor,
     return per_sample if reduction == "none" else per_sample.mean()
 
 
-def distillation_loss(kind: str, student: torch.Tensor, teacher: torch.Tensor,
-                      alpha_min: float = -1.0, alpha_max: float = 1.0,
-                      clip: float = 5.0) -> torch.Tensor:
-    """The in-place distillation loss a recipe names: "kl" or "alpha"."""
-    if kind == "kl":
-        return kl_distillation(student, teacher)
-    if kind == "alpha":
-        return adaptive_alpha_divergence(student, teacher, alpha_min, alpha_max, clip)
-    raise ValueError(f"kd = {kind!r} is not allowed; allowed: {list(KD_LOSSES)}")
+@dataclasses.dataclass(frozen=True)
+class DistillationLoss:
+    """A registered distillation loss: ``fn(student, teacher, cfg)`` -> a scalar (the teacher's
+    logits are detached; cfg is the run's recipe), and its weight against the largest
+    sub-network's cross-entropy when the recipe's kd_weight is null."""
+    fn: Callable
+    default_weight: float = 1.0
+
+
+def _adopt(name: str, fn) -> None:  # an entry point's bare function: weight 1
+    register_loss(name)(fn)
+
+
+LOSSES = Registry("distillation loss", "kd", "nasops.losses", adopt=_adopt)
+
+
+def register_loss(name: str, default_weight: float = 1.0):
+    """Decorator: registers ``fn(student, teacher, cfg) -> scalar`` as the distillation loss
+    `name` (the recipe's kd=), weighted `default_weight` unless the recipe sets kd_weight."""
+    if isinstance(default_weight, bool) or not isinstance(default_weight, (int, float)) \
+            or not default_weight >= 0:
+        raise ValueError(f"default_weight = {default_weight!r} must be a number >= 0")
+
+    def add(fn):
+        LOSSES.register(name, DistillationLoss(fn, float(default_weight)))
+        return fn
+    return add
+
+
+# The published weight is 1 for both; alpha's 0.5 is measured: at 1 the largest sub-network's
+# loss stalls in short runs from scratch (README: Distillation).
+@register_loss("kl", default_weight=1.0)
+def _kl(student: torch.Tensor, teacher: torch.Tensor, cfg) -> torch.Tensor:
+    return kl_distillation(student, teacher)
+
+
+@register_loss("alpha", default_weight=0.5)
+def _alpha(student: torch.Tensor, teacher: torch.Tensor, cfg) -> torch.Tensor:
+    return adaptive_alpha_divergence(student, teacher, cfg["alpha_min"], cfg["alpha_max"],
+                                     cfg["alpha_clip"])
+
+
+def distillation_loss(name: str, student: torch.Tensor, teacher: torch.Tensor, cfg) -> torch.Tensor:
+    """The registered distillation loss `name` (a recipe's kd) of student against teacher."""
+    return LOSSES.get(name).fn(student, teacher.detach(), cfg)
+
+
+def distillation_weight(cfg) -> float:
+    """The recipe's kd_weight, or its loss's default weight when that is null."""
+    return LOSSES.get(cfg["kd"]).default_weight if cfg["kd_weight"] is None else cfg["kd_weight"]

@@ -4,7 +4,7 @@ False and the caller says what was skipped. Figures are drawn without pyplot, so
 matplotlib backend is left alone, and written atomically."""
 from __future__ import annotations
 
-import os
+from .files import atomic_path
 
 MISSING = "matplotlib is not installed (pip install matplotlib)"
 
@@ -18,9 +18,8 @@ def _figure(**kw):
 
 
 def _save(fig, path: str) -> None:
-    tmp = path + ".tmp"
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
 
 
 def plot_front(path: str, cloud_costs, cloud_scores, results, ylabel: str, title: str,

@@ -17,9 +17,9 @@ from importlib import resources
 import yaml
 
 from .data import DATASETS, NORMALIZATIONS
-from .losses import KD_LOSSES
+from .losses import LOSSES
 from .ops import BACKENDS
-from .sampling import parse_strategy
+from .sampling import STRATEGIES, needs_predictor
 
 AMP = ("none", "bf16", "fp16")  # mixed precision of the training forwards (step.AMP_DTYPES)
 
@@ -37,7 +37,7 @@ class Recipe(Mapping):
     # data
     dataset: str = option("digits",
         "digits, fashion-mnist, cifar10 (in memory), imagefolder or imagenet (read from disk by"
-        " workers)")
+        " workers), or one registered with nasops.data.register_dataset (README: Extending)")
     data_dir: str | None = option(None,
         "the dataset's directory (null: the dataset's default; digits needs none)")
     workers: int = option(2, "imagefolder/imagenet: DataLoader processes decoding images, per rank")
@@ -106,7 +106,9 @@ class Recipe(Mapping):
         "norm: the whole gradient's norm; value: each element (the published recipe: value at "
         "1.0)")
     # sampling
-    strategy: str = option("uniform", "how the sampled sub-networks are drawn (README: Strategies)")
+    strategy: str = option("uniform",
+        "how the sampled sub-networks are drawn (README: Strategies), or one registered with "
+        "nasops.sampling.register_strategy (README: Extending)")
     num_sampled: int = option(2, "sub-networks per step besides the largest and the smallest")
     target_bins: str = option("prior", "FLOPs targets from the prior, or uniform over its bins")
     predictor: str | None = option(None, "predictor file, for the -acc and -offline strategies")
@@ -114,7 +116,9 @@ class Recipe(Mapping):
         "offline strategies: uniform sub-networks predicted at start")
     n_prior: int = option(200_000, "uniform samples the FLOPs prior and proposal are built from")
     # distillation
-    kd: str = option("kl", "distillation of the smaller sub-networks: kl, or alpha (AlphaNet)")
+    kd: str = option("kl",
+        "distillation of the smaller sub-networks: kl, alpha (AlphaNet), or one registered with "
+        "nasops.losses.register_loss")
     kd_weight: float | None = option(None,
         "weight of the distillation loss against the largest's cross-entropy (null: the loss's "
         "default, kl 1.0 as published, alpha 0.5 as measured)")
@@ -226,8 +230,11 @@ def check_config(cfg: Mapping, source: str = "config") -> Recipe:
         if not isinstance(cfg[key], bool):
             bad(key, "true or false")
 
-    if cfg["dataset"] not in DATASETS:
-        bad("dataset", list(DATASETS))
+    for key, registry in (("dataset", DATASETS), ("kd", LOSSES), ("strategy", STRATEGIES)):
+        try:
+            registry.lookup(cfg[key])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{source}: {e}") from None
     for key in ("data_dir", "predictor"):
         if cfg[key] is not None and not isinstance(cfg[key], str):
             bad(key, "a path or null")
@@ -262,8 +269,6 @@ def check_config(cfg: Mapping, source: str = "config") -> Recipe:
     for key in ("augment", "flip", "nesterov", "sync_bn", "zero_init_residual", "autoaugment",
                 "skip_bad_images"):
         flag(key)
-    if cfg["kd"] not in KD_LOSSES:
-        bad("kd", list(KD_LOSSES))
     if cfg["amp"] not in AMP:
         bad("amp", list(AMP))
     flag("channels_last")
@@ -274,8 +279,7 @@ def check_config(cfg: Mapping, source: str = "config") -> Recipe:
     number("eval_crop", 0, 1, none=True, open_lo=True)
     if cfg["target_bins"] not in ("prior", "uniform"):
         bad("target_bins", ["prior", "uniform"])
-    kind, _, _ = parse_strategy(cfg["strategy"])
-    if kind in ("acc", "offline") and cfg["predictor"] is None:
+    if needs_predictor(cfg["strategy"]) and cfg["predictor"] is None:
         raise ValueError(f"{source}: strategy {cfg['strategy']!r} needs predictor = a predictor "
                          f"file (python -m nasops.predictor makes one)")
     if cfg["lr_min"] > cfg["lr"]:

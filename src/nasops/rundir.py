@@ -12,14 +12,9 @@ import time
 import yaml
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .files import append_line, open_log, read_lines, write_json, write_text
 from .plots import plot_training_curves
 from .recipe import Recipe, check_config
-
-
-def write_text(path: str, text: str) -> None:
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
 
 
 class RunDir:
@@ -59,7 +54,7 @@ class RunDir:
             return
         os.makedirs(self.path, exist_ok=True)
         write_text(self.config_path, yaml.safe_dump(cfg.as_dict(), sort_keys=False))
-        self._metrics = open(self.metrics_path, "a")
+        self._metrics = open_log(self.metrics_path)
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is optional
@@ -78,8 +73,7 @@ class RunDir:
         """A line of metrics.jsonl (and its scalars as TensorBoard events)."""
         if self._metrics is None:
             return
-        self._metrics.write(json.dumps(entry) + "\n")
-        self._metrics.flush()
+        append_line(self._metrics, json.dumps(entry))
         if self._events is not None and "step" in entry:
             tags = self.EPOCH_TAGS if entry.get("event") == "epoch" else self.STEP_TAGS
             for key, tag in tags.items():
@@ -92,13 +86,13 @@ class RunDir:
         included); False when matplotlib is missing."""
         if self._metrics is None:
             return False
-        with open(self.metrics_path) as f:
-            return plot_training_curves(os.path.join(self.path, "curves.png"),
-                                        [json.loads(line) for line in f if line.strip()])
+        return plot_training_curves(os.path.join(self.path, "curves.png"),
+                                    [json.loads(line) for line in read_lines(self.metrics_path)
+                                     if line.strip()])
 
     def write_final(self, final: dict) -> None:
         if self.writer:
-            write_text(os.path.join(self.path, "final.json"), json.dumps(final, indent=2))
+            write_json(os.path.join(self.path, "final.json"), final)
 
     def close(self) -> None:
         if self._metrics is not None:

@@ -19,15 +19,11 @@ import json
 import numpy as np
 
 from . import _C
-from .space import SearchSpace, _is_int, _seed64
+from .checks import check_count, seed64
+from .registry import Registry
+from .space import SearchSpace
 
 _SIZE_MEASURES = ("params", "flops")
-
-
-def _check_count(name: str, value, minimum: int = 1) -> int:
-    if not _is_int(value) or value < minimum:
-        raise ValueError(f"{name} = {value!r} must be an integer >= {minimum}")
-    return int(value)
 
 
 class FlopsSampler:
@@ -47,10 +43,10 @@ class FlopsSampler:
             raise ValueError(f"step = {step!r} must be a positive number of MFLOPs")
         self.space = space
         self.step = float(step)
-        self._core = _C.Sampler(space._core, n_prior=_check_count("n_prior", n_prior),
-                                step=self.step, seed=_seed64(seed),
-                                max_trials=_check_count("max_trials", max_trials),
-                                examples_per_bin=_check_count("examples_per_bin", examples_per_bin))
+        self._core = _C.Sampler(space.core, n_prior=check_count("n_prior", n_prior),
+                                step=self.step, seed=seed64(seed),
+                                max_trials=check_count("max_trials", max_trials),
+                                examples_per_bin=check_count("examples_per_bin", examples_per_bin))
         self._refresh()
 
     def _refresh(self):
@@ -63,7 +59,7 @@ class FlopsSampler:
     def sample_target(self, n: int | None = None, *, uniform_bins: bool = False):
         """A FLOPs target (MFLOPs) drawn from the prior, or an array of n of them.
         ``uniform_bins=True`` draws uniformly over the prior's bins instead."""
-        count = 1 if n is None else _check_count("n", n)
+        count = 1 if n is None else check_count("n", n)
         bins = np.asarray(self._core.sample_bins(count, bool(uniform_bins)))
         targets = bins * self.step
         return float(targets[0]) if n is None else targets
@@ -82,7 +78,7 @@ class FlopsSampler:
     def sample(self, target: float, n: int = 1) -> np.ndarray:
         """n encoded architectures whose FLOPs, rounded to the step, equal the target (itself
         rounded to the step). Array [n, D]."""
-        return self._core.sample(self._bin_position(target), _check_count("n", n))
+        return self._core.sample(self._bin_position(target), check_count("n", n))
 
     def sample_proportional(self, n: int, by: str = "params") -> np.ndarray:
         """n encoded architectures drawn with probability proportional to their size (``by``:
@@ -90,7 +86,7 @@ class FlopsSampler:
         rejection from uniform draws against a bound on the largest size."""
         if by not in _SIZE_MEASURES:
             raise ValueError(f"by = {by!r} is not allowed; allowed: {list(_SIZE_MEASURES)}")
-        return self._core.sample_proportional(_check_count("n", n), by == "flops")
+        return self._core.sample_proportional(check_count("n", n), by == "flops")
 
     @property
     def stats(self) -> dict:
@@ -115,7 +111,7 @@ class FlopsSampler:
             raise ValueError(f"sampler state was saved for search space {saved!r} with another "
                              f"configuration; this sampler's space is {self.space.name!r}")
         try:
-            core = _C.Sampler.from_state(self.space._core, state["sampler"])
+            core = _C.Sampler.from_state(self.space.core, state["sampler"])
         except (KeyError, TypeError, RuntimeError) as e:
             raise ValueError(f"sampler state is malformed: {e}") from None
         self._core = core
@@ -124,25 +120,164 @@ class FlopsSampler:
 
 
 # -- training strategies ----------------------------------------------------------------------
-STRATEGY_FORMS = ("uniform", "balanced", "bestup-K-loss", "worstup-K-loss", "bestup-K-acc",
-                  "worstup-K-acc", "bestup-offline", "worstup-offline")
+STRATEGIES = Registry("strategy", "strategy", "nasops.strategies")
 
 
-def parse_strategy(name: str) -> tuple[str, str | None, int | None]:
-    """(kind, direction, k) of a strategy name: kind "uniform", "balanced", "loss", "acc" or
-    "offline"; direction "best" / "worst" for the attentive ones; k candidates for loss / acc."""
-    if not isinstance(name, str):
-        raise TypeError(f"strategy must be a string, got {type(name).__name__}")
-    if name in ("uniform", "balanced"):
-        return name, None, None
-    parts = name.split("-")
-    if len(parts) == 2 and parts[0] in ("bestup", "worstup") and parts[1] == "offline":
-        return "offline", parts[0][:-2], None
-    if len(parts) == 3 and parts[0] in ("bestup", "worstup") and parts[2] in ("loss", "acc") \
-            and parts[1].isdigit() and int(parts[1]) >= 1:
-        return parts[2], parts[0][:-2], int(parts[1])
-    raise ValueError(f"strategy {name!r} is not allowed; allowed forms: {list(STRATEGY_FORMS)} "
-                     f"(K a positive integer, e.g. bestup-3-loss)")
+def register_strategy(name: str, cls=None):
+    """Registers a :class:`Strategy` subclass under `name` (a decorator without `cls`). A name
+    with ``{k}`` registers a family whose members pass k to the class (``bestup-{k}-loss``)."""
+    return STRATEGIES.register(name, cls)
+
+
+class Strategy:
+    """Draws the sampled sub-networks of each training step (the sandwich rule adds the largest
+    and smallest around them). A strategy is a registered subclass that implements
+    :meth:`sample`; the built-in ones, by name:
+
+    * ``uniform``: every dimension uniformly at random.
+    * ``bestup-K-loss`` / ``worstup-K-loss``: a FLOPs target from the prior, K candidates at it
+      from the proposal, the one with the lowest / highest mini-batch loss (``loss_fn``).
+    * ``bestup-K-acc`` / ``worstup-K-acc``: the same, scored by the predictor's accuracy.
+    * ``bestup-offline`` / ``worstup-offline``: a target from the prior, then the sub-network
+      with the best / worst predicted accuracy in that FLOPs bin among ``pool_size`` uniform ones
+      (the table is built once, at construction).
+    * ``balanced``: drawn with probability proportional to the parameter count.
+
+    Every strategy has ``space``, a FLOPs ``sampler`` and a NumPy generator ``rng``, all seeded
+    from ``seed``; ``uniform_bins=True`` tells it to draw FLOPs targets uniformly over the prior's
+    bins instead of from it. ``predictor`` is any callable from encodings [N, D] to accuracies
+    [N] (an :class:`~nasops.predictor.AccuracyPredictor`); a class that needs one sets
+    ``needs_predictor = True``. :meth:`state_dict` holds the random state; a subclass with more
+    state extends it. Build one by name with :func:`build_strategy`."""
+
+    needs_predictor = False
+
+    def __init__(self, name: str, space: SearchSpace, seed: int = 0, predictor=None,
+                 uniform_bins: bool = False, pool_size: int = 1_000_000, n_prior: int = 200_000,
+                 max_trials: int = 1000):
+        self.name, self.space, self.uniform_bins = name, space, bool(uniform_bins)
+        if self.needs_predictor and predictor is None:
+            raise ValueError(f"strategy {name!r} needs an accuracy predictor (the recipe's "
+                             f"'predictor' file)")
+        self.predictor, self.pool_size = predictor, pool_size
+        self.sampler = FlopsSampler(space, n_prior=n_prior, seed=seed, max_trials=max_trials)
+        self.rng = np.random.default_rng(seed64(seed) ^ 0x5DEECE66D)
+
+    def sample(self, n: int, loss_fn=None) -> np.ndarray:
+        """n encoded architectures [n, D]. ``loss_fn``: encodings [K, D] -> the mini-batch
+        losses [K] of those sub-networks (lower is better), for strategies that score by loss."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement sample()")
+
+    def predicted(self, archs: np.ndarray) -> np.ndarray:
+        """The predictor's accuracies of encodings [N, D], checked to be N numbers."""
+        scores = np.asarray(self.predictor(archs), dtype=np.float64).ravel()
+        if scores.shape != (len(archs),):
+            raise ValueError(f"the predictor returned {scores.size} scores for {len(archs)} "
+                             f"architectures")
+        return scores
+
+    def state_dict(self) -> dict:
+        return {"name": self.name, "sampler": self.sampler.state_dict(),
+                "rng": json.dumps(self.rng.bit_generator.state)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict) or state.get("name") != self.name:
+            raise ValueError(f"strategy state is for {state.get('name') if isinstance(state, dict) else None!r}, "
+                             f"not {self.name!r}")
+        self.sampler.load_state_dict(state["sampler"])
+        self.rng.bit_generator.state = json.loads(state["rng"])
+
+
+def build_strategy(name: str, space: SearchSpace, **options) -> Strategy:
+    """The registered strategy `name` (a family's member passes its fields, e.g. k), built over
+    `space` with `options` (seed, predictor, uniform_bins, pool_size, n_prior, max_trials)."""
+    cls, fields = STRATEGIES.lookup(name)
+    return cls(name, space, **options, **fields)
+
+
+def needs_predictor(name: str) -> bool:
+    """Whether the registered strategy `name` needs an accuracy predictor."""
+    return bool(getattr(STRATEGIES.get(name), "needs_predictor", False))
+
+
+@register_strategy("uniform")
+class Uniform(Strategy):
+    def sample(self, n: int, loss_fn=None) -> np.ndarray:
+        return self.space.sample(check_count("n", n), seed=int(self.rng.integers(2**63)))
+
+
+@register_strategy("balanced")
+class Balanced(Strategy):
+    """Balanced one-shot training: sub-networks in proportion to their parameter count."""
+
+    def sample(self, n: int, loss_fn=None) -> np.ndarray:
+        return self.sampler.sample_proportional(check_count("n", n), by="params")
+
+
+class Attentive(Strategy):
+    """AttentiveNAS: per sub-network, a FLOPs target from the prior, k candidates at it from the
+    proposal, and the one with the highest (``best``) or lowest score (:meth:`scores`: higher
+    is better)."""
+    best = True
+
+    def __init__(self, name: str, space: SearchSpace, k: int = 1, **options):
+        super().__init__(name, space, **options)
+        self.k = check_count("k", k)
+
+    def scores(self, candidates: np.ndarray, loss_fn) -> np.ndarray:
+        raise NotImplementedError
+
+    def sample(self, n: int, loss_fn=None) -> np.ndarray:
+        n = check_count("n", n)
+        out = []
+        for target in self.sampler.sample_target(n, uniform_bins=self.uniform_bins):
+            candidates = self.sampler.sample(target, self.k)
+            scores = self.scores(candidates, loss_fn)
+            out.append(candidates[np.argmax(scores) if self.best else np.argmin(scores)])
+        return np.stack(out)
+
+
+class ByLoss(Attentive):
+    """Scored by the mini-batch loss (lower loss, higher score)."""
+
+    def sample(self, n: int, loss_fn=None) -> np.ndarray:
+        if loss_fn is None:
+            raise ValueError(f"strategy {self.name!r} needs loss_fn to score its candidates")
+        return super().sample(n, loss_fn)
+
+    def scores(self, candidates, loss_fn):
+        losses = np.asarray(loss_fn(candidates), dtype=np.float64).ravel()
+        if losses.shape != (self.k,):
+            raise ValueError(f"loss_fn returned {losses.size} losses for {self.k} candidates")
+        return -losses
+
+
+class ByAccuracy(Attentive):
+    """Scored by the predictor's accuracy."""
+    needs_predictor = True
+
+    def scores(self, candidates, loss_fn):
+        return self.predicted(candidates)
+
+
+@register_strategy("bestup-{k}-loss")
+class BestUpLoss(ByLoss):
+    best = True
+
+
+@register_strategy("worstup-{k}-loss")
+class WorstUpLoss(ByLoss):
+    best = False
+
+
+@register_strategy("bestup-{k}-acc")
+class BestUpAccuracy(ByAccuracy):
+    best = True
+
+
+@register_strategy("worstup-{k}-acc")
+class WorstUpAccuracy(ByAccuracy):
+    best = False
 
 
 def offline_table(space: SearchSpace, pool: np.ndarray, scores: np.ndarray, step: float,
@@ -163,95 +298,40 @@ def offline_table(space: SearchSpace, pool: np.ndarray, scores: np.ndarray, step
     return bins[chosen], pool[chosen]
 
 
-class Strategy:
-    """Draws the sampled sub-networks of each training step (the sandwich rule adds the largest
-    and smallest around them). Strategies, by name (see :func:`parse_strategy`):
+class Offline(Strategy):
+    """The offline AttentiveNAS variant: a target from the prior, then the best / worst
+    predicted sub-network of that FLOPs bin in a table built once from pool_size uniform ones."""
+    needs_predictor = True
+    best = True
 
-    * ``uniform``: every dimension uniformly at random.
-    * ``bestup-K-loss`` / ``worstup-K-loss``: a FLOPs target from the prior, K candidates at it
-      from the proposal, the one with the lowest / highest mini-batch loss (``loss_fn``).
-    * ``bestup-K-acc`` / ``worstup-K-acc``: the same, scored by the predictor's accuracy.
-    * ``bestup-offline`` / ``worstup-offline``: a target from the prior, then the sub-network
-      with the best / worst predicted accuracy in that FLOPs bin among ``pool_size`` uniform ones
-      (the table is built once, at construction).
-    * ``balanced``: drawn with probability proportional to the parameter count.
-
-    ``uniform_bins=True`` draws targets uniformly over the prior's bins instead of from it.
-    ``predictor`` is any callable from encodings [N, D] to accuracies [N] (an
-    :class:`~nasops.predictor.AccuracyPredictor`). The state (random generators, offline table)
-    is in :meth:`state_dict`."""
-
-    def __init__(self, name: str, space: SearchSpace, seed: int = 0, predictor=None,
-                 uniform_bins: bool = False, pool_size: int = 1_000_000, n_prior: int = 200_000,
-                 max_trials: int = 1000):
-        self.name = name
-        self.kind, self.direction, self.k = parse_strategy(name)
-        self.space, self.uniform_bins = space, bool(uniform_bins)
-        if self.kind in ("acc", "offline") and predictor is None:
-            raise ValueError(f"strategy {name!r} needs an accuracy predictor (the recipe's "
-                             f"'predictor' file)")
-        self.predictor = predictor
-        self.sampler = FlopsSampler(space, n_prior=n_prior, seed=seed, max_trials=max_trials)
-        self._rng = np.random.default_rng(_seed64(seed) ^ 0x5DEECE66D)
-        self._table = None
-        if self.kind == "offline":
-            pool = space.sample(_check_count("pool_size", pool_size), seed=int(self._rng.integers(2**63)))
-            self._table = offline_table(space, pool, self._scores(pool), self.sampler.step,
-                                        self.direction)
-
-    def _scores(self, archs: np.ndarray) -> np.ndarray:
-        scores = np.asarray(self.predictor(archs), dtype=np.float64).ravel()
-        if scores.shape != (len(archs),):
-            raise ValueError(f"the predictor returned {scores.size} scores for {len(archs)} "
-                             f"architectures")
-        return scores
+    def __init__(self, name: str, space: SearchSpace, **options):
+        super().__init__(name, space, **options)
+        pool = space.sample(check_count("pool_size", self.pool_size),
+                            seed=int(self.rng.integers(2**63)))
+        self.table = offline_table(space, pool, self.predicted(pool), self.sampler.step,
+                                   "best" if self.best else "worst")
 
     def sample(self, n: int, loss_fn=None) -> np.ndarray:
-        """n encoded architectures [n, D]. The ``-loss`` strategies need ``loss_fn``: encodings
-        [K, D] -> mini-batch losses [K] (lower is better)."""
-        n = _check_count("n", n)
-        if self.kind == "uniform":
-            return self.space.sample(n, seed=int(self._rng.integers(2**63)))
-        if self.kind == "balanced":
-            return self.sampler.sample_proportional(n, by="params")
-        if self.kind == "loss" and loss_fn is None:
-            raise ValueError(f"strategy {self.name!r} needs loss_fn to score its candidates")
-        targets = self.sampler.sample_target(n, uniform_bins=self.uniform_bins)
-        out = []
-        for t in targets:
-            if self.kind == "offline":
-                out.append(self._offline_pick(t))
-                continue
-            candidates = self.sampler.sample(t, self.k)
-            if self.kind == "loss":
-                losses = np.asarray(loss_fn(candidates), dtype=np.float64).ravel()
-                if losses.shape != (self.k,):
-                    raise ValueError(f"loss_fn returned {losses.size} losses for {self.k} candidates")
-                pick = np.argmin(losses) if self.direction == "best" else np.argmax(losses)
-            else:
-                acc = self._scores(candidates)
-                pick = np.argmax(acc) if self.direction == "best" else np.argmin(acc)
-            out.append(candidates[pick])
-        return np.stack(out)
-
-    def _offline_pick(self, target: float) -> np.ndarray:
-        bins, archs = self._table
-        b = int(round(target / self.sampler.step))
-        return archs[np.argmin(np.abs(bins - b))]  # the pool may miss a rare bin: nearest one
+        bins, archs = self.table
+        targets = self.sampler.sample_target(check_count("n", n), uniform_bins=self.uniform_bins)
+        # the pool may miss a rare bin: the nearest one
+        return np.stack([archs[np.argmin(np.abs(bins - int(round(t / self.sampler.step))))]
+                         for t in targets])
 
     def state_dict(self) -> dict:
-        state = {"name": self.name, "sampler": self.sampler.state_dict(),
-                 "rng": json.dumps(self._rng.bit_generator.state)}
-        if self._table is not None:
-            state["table"] = [self._table[0].tolist(), self._table[1].tolist()]
-        return state
+        return {**super().state_dict(), "table": [self.table[0].tolist(), self.table[1].tolist()]}
 
     def load_state_dict(self, state: dict) -> None:
-        if not isinstance(state, dict) or state.get("name") != self.name:
-            raise ValueError(f"strategy state is for {state.get('name') if isinstance(state, dict) else None!r}, "
-                             f"not {self.name!r}")
-        self.sampler.load_state_dict(state["sampler"])
-        self._rng.bit_generator.state = json.loads(state["rng"])
-        if "table" in state:
-            self._table = (np.asarray(state["table"][0], dtype=np.int64),
-                           np.asarray(state["table"][1], dtype=np.int64))
+        super().load_state_dict(state)
+        self.table = (np.asarray(state["table"][0], dtype=np.int64),
+                      np.asarray(state["table"][1], dtype=np.int64))
+
+
+@register_strategy("bestup-offline")
+class BestUpOffline(Offline):
+    best = True
+
+
+@register_strategy("worstup-offline")
+class WorstUpOffline(Offline):
+    best = False

@@ -24,6 +24,7 @@ import numpy as np
 import yaml
 
 from . import _C
+from .checks import is_int, seed64
 
 ARCH_FIELDS = ("resolution", "width", "depth", "kernel_size", "expand_ratio")
 ACTIVATIONS = ("swish", "relu", "hswish")
@@ -35,13 +36,9 @@ _STAGE_KEYS = {"name": "", "width": None, "depth": None, "kernel_size": None,
 _HEAD_KEYS = {"width": None, "expand_ratio": 6, "act": "swish"}
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _as_int(field: str, value) -> int:
     """An integer, or an integral float such as 4.0; anything else is refused by name."""
-    if _is_int(value):
+    if is_int(value):
         return int(value)
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         if float(value).is_integer():
@@ -109,7 +106,7 @@ def _check_keys(where: str, d, allowed: dict) -> dict:
 
 def _check_choices(where: str, value, odd: bool = False) -> list[int]:
     """A non-empty list of distinct positive integers (odd ones for kernels), sorted."""
-    if _is_int(value):
+    if is_int(value):
         value = [value]
     try:
         values = _as_int_list(where, value)
@@ -133,7 +130,7 @@ def _check_one_of(where: str, value, allowed) -> object:
 
 
 def _check_positive_int(where: str, value) -> int:
-    if not _is_int(value) or value < 1:
+    if not is_int(value) or value < 1:
         raise ValueError(f"{where} = {value!r} must be a positive integer")
     return int(value)
 
@@ -197,15 +194,6 @@ def packaged_spaces() -> list[str]:
     return sorted(names)
 
 
-def _seed64(seed) -> int:
-    """A 64-bit seed for the C++ core; None draws one from the OS."""
-    if seed is None:
-        return int(np.random.SeedSequence().generate_state(1, np.uint64)[0])
-    if not _is_int(seed) or not 0 <= seed < 2**64:
-        raise ValueError(f"seed = {seed!r} must be None or an integer in [0, 2**64)")
-    return int(seed)
-
-
 class SearchSpace:
     """A validated search space with its flat encoding and C++ cost model.
 
@@ -260,6 +248,12 @@ class SearchSpace:
         return cls(raw, source)
 
     # -- description ----------------------------------------------------------------------
+    @property
+    def core(self):
+        """The compiled space (``nasops._C.Space``) this one wraps: what the sampler, the latency
+        tables and extensions of the C++ core are built on."""
+        return self._core
+
     @property
     def name(self) -> str:
         return self.config["name"]
@@ -323,7 +317,7 @@ class SearchSpace:
         return vec
 
     def decode(self, vec) -> Arch:
-        vec = self._as_rows(vec)
+        vec = self.rows(vec)
         if vec.shape[0] != 1:
             raise ValueError(f"decode takes one encoded architecture, got {vec.shape[0]}")
         v = vec[0].tolist()
@@ -331,7 +325,7 @@ class SearchSpace:
                                         if f != "resolution"})
 
     def decode_all(self, archs) -> list[Arch]:
-        return [self.decode(row) for row in self._as_rows(archs)]
+        return [self.decode(row) for row in self.rows(archs)]
 
     def dim_groups(self) -> np.ndarray:
         """Per dimension of the encoding, the part of the network it belongs to: 0 the input
@@ -347,7 +341,7 @@ class SearchSpace:
     def to_index(self, archs) -> np.ndarray:
         """Each value's position among its dimension's (sorted) choices: [N, D] int64 from
         encoded architectures [N, D] (or [D] -> [D])."""
-        rows = self._as_rows(archs)
+        rows = self.rows(archs)
         index = np.stack([np.searchsorted(c, rows[:, d]) for d, c in enumerate(self.choices)], 1)
         return index[0] if np.ndim(archs) == 1 else index
 
@@ -370,9 +364,10 @@ class SearchSpace:
     def max_arch(self) -> Arch:
         return self.decode(np.asarray(self._core.max_arch(), dtype=np.int64))
 
-    def _as_rows(self, x, check_values: bool = True) -> np.ndarray:
-        """[N, D] int64 array from an encoded vector or array; with check_values, every value
-        is checked against its choices (the C++ cost functions check on their own)."""
+    def rows(self, x, check_values: bool = True) -> np.ndarray:
+        """Encoded architectures as a contiguous [N, D] int64 array (a single [D] vector becomes
+        one row). TypeError for a non-integer array, ValueError for a wrong shape and, with
+        check_values, for a value that is not one of its dimension's choices."""
         a = np.asarray(x)
         if a.dtype.kind not in "iu":
             raise TypeError(f"encoded architectures must be an integer array, got dtype {a.dtype}")
@@ -392,7 +387,7 @@ class SearchSpace:
             return self.encode(x)[None, :], True
         if isinstance(x, (list, tuple)) and x and isinstance(x[0], (Arch, Mapping)):
             return np.stack([self.encode(a) for a in x]), False
-        rows = self._as_rows(x, check_values=False)  # the cost functions check
+        rows = self.rows(x, check_values=False)  # the cost functions check
         return rows, np.ndim(x) == 1
 
     # -- cost -----------------------------------------------------------------------------
@@ -412,6 +407,6 @@ class SearchSpace:
     # -- sampling -------------------------------------------------------------------------
     def sample(self, n: int, seed: int | None = None) -> np.ndarray:
         """n encoded architectures drawn uniformly (each dimension independently)."""
-        if not _is_int(n) or n < 0:
+        if not is_int(n) or n < 0:
             raise ValueError(f"n = {n!r} must be a non-negative integer")
-        return self._core.sample_uniform(int(n), _seed64(seed))
+        return self._core.sample_uniform(int(n), seed64(seed))

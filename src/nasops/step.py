@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from . import distributed as dist
-from .losses import KD_LOSSES, distillation_loss, smoothed_cross_entropy
+from .losses import distillation_loss, distillation_weight, smoothed_cross_entropy
 from .nn import Supernet, frozen_bn_stats, resize_batch
 from .sampling import Strategy
 
@@ -54,7 +54,7 @@ def train_step(net: Supernet, cfg: dict, strategy: Strategy, largest, smallest, 
                 net.dropout, net.drop_connect = saved
         return (dist.all_reduce_sum(torch.stack(out)) / world).cpu().numpy()
 
-    kd_weight = KD_LOSSES[cfg["kd"]] if cfg["kd_weight"] is None else cfg["kd_weight"]
+    kd_weight = distillation_weight(cfg)
     sampled = strategy.sample(cfg["num_sampled"], batch_losses) if cfg["num_sampled"] else []
     archs = np.stack([largest, smallest, *sampled])
     net.zero_grad(set_to_none=True)
@@ -70,8 +70,7 @@ def train_step(net: Supernet, cfg: dict, strategy: Strategy, largest, smallest, 
             teacher = logits.detach()
             weighted = loss
         else:
-            loss = distillation_loss(cfg["kd"], logits, teacher, cfg["alpha_min"],
-                                     cfg["alpha_max"], cfg["alpha_clip"])
+            loss = distillation_loss(cfg["kd"], logits, teacher, cfg)
             weighted = kd_weight * loss
         (weighted if scaler is None else scaler.scale(weighted)).backward()
         losses.append(loss.detach())  # (stays on the device: no synchronisation per sub-network)

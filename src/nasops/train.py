@@ -39,7 +39,8 @@ from tqdm import tqdm
 
 from . import distributed as dist
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
-from .cli import STAGES, prog as prog_name
+from .cli import STAGES, add_import_option, prog as prog_name
+from .registry import import_modules
 from .data import BatchStream, FolderSet, FolderStream, splits_of
 from .evaluate import Evaluator
 from .nn import Supernet, preserved_bn_stats, sync_batchnorm
@@ -50,7 +51,7 @@ from .predictor import AccuracyPredictor
 from .recipe import (DEFAULTS, KEYS, Recipe, apply_overrides, check_config,  # noqa: F401
                      load_recipe, packaged_recipes)
 from .rundir import RunDir
-from .sampling import Strategy
+from .sampling import Strategy, build_strategy
 from .space import SearchSpace
 from .step import AMP_DTYPES, clip_gradients, forward_active, train_step  # noqa: F401
 
@@ -205,9 +206,9 @@ def build_run(cfg, device: torch.device | str = "cpu", rank: int = 0, world: int
                                 lr=peak_lr(cfg), momentum=cfg["momentum"], nesterov=cfg["nesterov"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg, stream.steps_per_epoch))
     predictor = AccuracyPredictor.load(cfg["predictor"], space) if cfg["predictor"] else None
-    strategy = Strategy(cfg["strategy"], space, seed=cfg["seed"], predictor=predictor,
-                        uniform_bins=cfg["target_bins"] == "uniform", pool_size=cfg["pool_size"],
-                        n_prior=cfg["n_prior"])
+    strategy = build_strategy(cfg["strategy"], space, seed=cfg["seed"], predictor=predictor,
+                              uniform_bins=cfg["target_bins"] == "uniform",
+                              pool_size=cfg["pool_size"], n_prior=cfg["n_prior"])
     scaler = torch.amp.GradScaler(torch.device(device).type, enabled=cfg["amp"] == "fp16")
     return Run(cfg, splits, stream, space, net, optimizer, scheduler, strategy, scaler)
 
@@ -419,11 +420,13 @@ def main(argv=None, prog=None) -> int:
     parser.add_argument("--run-dir", help="run directory (default: runs/RECIPE-STRATEGY-seedS-TIME)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_import_option(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("nasops").setLevel(logging.INFO)  # (not the INFO of every library)
     start = time.perf_counter()
     try:
+        import_modules(args.imports)
         if args.resume:
             if args.overrides or args.run_dir:
                 raise ValueError("--resume continues a run as it was configured; it takes no "

@@ -13,8 +13,10 @@ import os
 import zipfile
 
 import numpy as np
+from scipy.stats import kendalltau
 
 from .. import _C
+from ..files import atomic_open
 from ..space import SearchSpace
 
 FORMAT = "nasops-forest-1"
@@ -22,18 +24,15 @@ _ARRAYS = ("feature", "threshold", "left", "right", "value", "roots")
 
 
 def kendall_tau(a, b) -> float:
-    """Kendall's tau-b rank correlation of two equal-length sequences (ties handled)."""
+    """Kendall's tau-b rank correlation of two equal-length sequences (ties handled), in
+    O(n log n) (scipy's); NaN when either sequence is constant."""
     a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
     if a.shape != b.shape or a.size < 2:
         raise ValueError(f"kendall_tau needs two sequences of the same length >= 2, got "
                          f"{a.size} and {b.size}")
-    i, j = np.triu_indices(a.size, k=1)
-    da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
-    concordant_minus_discordant = float((da * db).sum())
-    pairs_a, pairs_b = float(np.count_nonzero(da)), float(np.count_nonzero(db))
-    if pairs_a == 0 or pairs_b == 0:
+    if np.all(a == a[0]) or np.all(b == b[0]):
         return float("nan")  # one sequence is constant: no ranking to compare
-    return concordant_minus_discordant / np.sqrt(pairs_a * pairs_b)
+    return float(kendalltau(a, b).statistic)
 
 
 class AccuracyPredictor:
@@ -96,7 +95,7 @@ class AccuracyPredictor:
 
     # -- prediction -------------------------------------------------------------------------
     def _rows(self, X) -> np.ndarray:
-        return self.space._as_rows(X)
+        return self.space.rows(X)
 
     def predict(self, X) -> np.ndarray:
         """Predicted accuracy of each row of X ([N, D] or one [D] encoding): float64 [N]."""
@@ -119,10 +118,8 @@ class AccuracyPredictor:
         meta = {"format": FORMAT, "space": self.space.name, "dim_names": self.space.dim_names,
                 "choices": [c.tolist() for c in self.space.choices],
                 "n_estimators": self.n_estimators, "max_depth": self.max_depth, "seed": self.seed}
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
+        with atomic_open(path, "wb") as f:
             np.savez(f, meta=np.array(json.dumps(meta)), **self._arrays)
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, space: SearchSpace) -> "AccuracyPredictor":

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from ..sampling import FlopsSampler, _check_count
-from ..space import Arch, SearchSpace, _seed64
+from ..checks import check_count, seed64
+from ..sampling import FlopsSampler
+from ..space import Arch, SearchSpace
 
 METHODS = ("repair", "paper")
 PART_MOVES = 0.5  # with method "repair": the fraction of mutations that redraw one whole part
@@ -300,19 +301,19 @@ def evolve(space: SearchSpace, objective, budget: float, population: int = 512,
     budget = check_budget(space, budget, cost_fn)
     if method not in METHODS:
         raise ValueError(f"method = {method!r} is not allowed; allowed: {list(METHODS)}")
-    population = _check_count("population", population, 2)
-    mutations = _check_count("mutations", mutations, 0)
-    crossovers = _check_count("crossovers", crossovers, 0)
-    generations = _check_count("generations", generations, 0)
+    population = check_count("population", population, 2)
+    mutations = check_count("mutations", mutations, 0)
+    crossovers = check_count("crossovers", crossovers, 0)
+    generations = check_count("generations", generations, 0)
     if polish is None:
         polish = (population + generations * (mutations + crossovers)) // 4
-    polish = _check_count("polish", polish, 0)
+    polish = check_count("polish", polish, 0)
     n_parents = population - mutations - crossovers
     if n_parents < 1:
         raise ValueError(f"population = {population} must exceed mutations + crossovers = "
                          f"{mutations + crossovers} (the rest are the parents)")
     mutate_prob = _check_probability("mutate_prob", mutate_prob)
-    rng = np.random.default_rng(_seed64(seed))
+    rng = np.random.default_rng(seed64(seed))
     if sampler is None:
         sampler = FlopsSampler(space, n_prior=50_000, seed=int(rng.integers(2**63)))
     scores = _Scores(objective, cache)
@@ -358,8 +359,8 @@ def pareto(space: SearchSpace, objective, budgets, seed: int | None = 0, **kwarg
     cache = kwargs.pop("cache", None)
     cache = {} if cache is None else cache
     sampler = kwargs.pop("sampler", None) or FlopsSampler(space, n_prior=50_000,
-                                                          seed=_seed64(seed) ^ 1)
-    results = [evolve(space, objective, b, seed=None if seed is None else _seed64(seed) + i,
+                                                          seed=seed64(seed) ^ 1)
+    results = [evolve(space, objective, b, seed=None if seed is None else seed64(seed) + i,
                       sampler=sampler, cache=cache, **kwargs) for i, b in enumerate(budgets)]
     keys = list(cache)
     encs = np.stack([np.frombuffer(k, dtype=np.int64) for k in keys])
@@ -486,10 +487,10 @@ def front(space: SearchSpace, objective, flops_range, evaluations: int = 5000,
             or not math.isfinite(lo) or not lo < hi:
         raise ValueError(f"flops_range = {tuple(flops_range)!r}: lo must be a number below hi")
     lo = float(lo)
-    evaluations = _check_count("evaluations", evaluations, 1)
-    population = _check_count("population", population, 4)
+    evaluations = check_count("evaluations", evaluations, 1)
+    population = check_count("population", population, 4)
     mutate_prob = _check_probability("mutate_prob", mutate_prob)
-    rng = np.random.default_rng(_seed64(seed))
+    rng = np.random.default_rng(seed64(seed))
     sampler = FlopsSampler(space, n_prior=50_000, seed=int(rng.integers(2**63)))
     scores = _Scores(objective, cache)
     moves = _Moves(space, _Flops(space), hi, rng, mutate_prob, repair=True)

@@ -13,7 +13,6 @@ sub-networks) and, with a checkpoint, each chosen sub-network exported as a stat
 state_dict, meta.json).
 """
 import argparse
-import json
 import logging
 import os
 import sys
@@ -24,9 +23,11 @@ import numpy as np
 from . import METHODS, SupernetAccuracy, front, pareto
 from .. import distributed as dist
 from ..checkpoint import load_trained
-from ..cli import STAGES, prog as prog_name
+from ..cli import STAGES, add_import_option, prog as prog_name
+from ..registry import import_modules
 from ..evaluate import Evaluator, binomial_interval, keep_freed_memory
 from ..export import export_subnet
+from ..files import write_json
 from ..latency import LatencyTable
 from ..plots import MISSING as PLOTS_MISSING, plot_front
 from ..predictor import AccuracyPredictor
@@ -77,11 +78,13 @@ def main(argv=None, prog=None) -> int:
                         help="training images for BN re-calibration (default: the run's recipe)")
     parser.add_argument("--no-export", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
+    add_import_option(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("nasops").setLevel(logging.INFO)  # (not the INFO of every library)
     prog = parser.prog
     try:
+        import_modules(args.imports)
         device = dist.init_from_env()
         evaluator = splits = None
         if args.checkpoint:
@@ -160,7 +163,7 @@ def main(argv=None, prog=None) -> int:
                     if "onnx_skipped" in entry["export"]:
                         skipped.add(f"model.onnx ({entry['export']['onnx_skipped']})")
             entries.append(entry)
-    except (ValueError, FileNotFoundError, TypeError) as e:
+    except (ValueError, FileNotFoundError, TypeError, ImportError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     if dist.rank() == 0:
@@ -178,9 +181,7 @@ def main(argv=None, prog=None) -> int:
             cloud_ci = binomial_interval(cloud_scores, len(splits.holdout))
             doc["cloud"]["ci95"] = np.stack(cloud_ci, 1).tolist()
         path = os.path.join(out, "pareto.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump(doc, f, indent=2)
-        os.replace(path + ".tmp", path)
+        write_json(path, doc)
         title = (f"{space.name}: the best sub-network found under each "
                  f"{'FLOPs' if cost is None else 'latency'} budget")
         intervals = {}

@@ -1,0 +1,146 @@
+"""One write path: every file nasops writes is whole or absent. A failing writer and a killed
+process leave the old file; a search whose write fails keeps the previous front; no module of the
+package writes a file any other way."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import nasops
+from nasops import files
+from nasops.predictor import AccuracyPredictor
+from nasops.search.__main__ import main as search_main
+
+PACKAGE = os.path.dirname(nasops.__file__)
+
+
+class DiskFull(OSError):
+    pass
+
+
+def failing_open(real_open):
+    """open() whose files accept half of what is written, then fail, like a full disk."""
+    class Half:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            self.f.write(data[:len(data) // 2])
+            raise DiskFull("no space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    return lambda *a, **k: Half(real_open(*a, **k))
+
+
+def test_a_failing_writer_leaves_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "doc.json"
+    files.write_json(path, {"old": list(range(100))})
+    monkeypatch.setattr(files, "open", failing_open(open), raising=False)
+    with pytest.raises(DiskFull):
+        files.write_json(path, {"new": list(range(1000))})
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == {"old": list(range(100))}
+    assert os.listdir(tmp_path) == ["doc.json"]  # the temporary file is gone
+    with pytest.raises(RuntimeError):
+        with files.atomic_path(path) as tmp:
+            with open(tmp, "w") as f:
+                f.write("partial")
+            raise RuntimeError("the writer failed")
+    assert json.loads(path.read_text()) == {"old": list(range(100))}
+    assert os.listdir(tmp_path) == ["doc.json"]
+    with pytest.raises(ValueError, match="mode = 'a'"):
+        with files.atomic_open(path, "a"):
+            pass
+
+
+def test_a_killed_writer_leaves_a_whole_file(tmp_path):
+    """A process rewriting a 2 MB JSON file in a loop, killed at 20 moments: each time the
+    file is one of the complete versions."""
+    path = tmp_path / "big.json"
+    code = ("import sys; from nasops.files import write_json\n"
+            "i = 0\n"
+            "while True:\n"
+            "    write_json(sys.argv[1], {'i': i, 'pad': 'x' * 2_000_000}); i += 1\n"
+            "    print(i, flush=True)\n")
+    for delay in np.linspace(0.0, 0.4, 20):
+        proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE)
+        proc.stdout.readline()  # one version written: from here on the file must stay whole
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        doc = json.loads(path.read_text())
+        assert doc["pad"] == "x" * 2_000_000 and doc["i"] >= 0
+
+
+def test_a_torn_log_line_is_cut_before_appending(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2')  # a run killed mid-line
+    assert files.read_lines(path) == ['{"step": 1}']
+    log = files.open_log(path)
+    files.append_line(log, '{"step": 2}')
+    log.close()
+    assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
+    with pytest.raises(ValueError, match="one line"):
+        files.append_line(None, "a\nb")
+
+
+def test_search_whose_write_fails_keeps_the_previous_front(tmp_path, monkeypatch):
+    space = nasops.SearchSpace.load("small")
+    X = space.sample(300, seed=0)
+    AccuracyPredictor(space, n_estimators=10).fit(X, space.params(X)).save(tmp_path / "p.npz")
+    out = tmp_path / "search"
+    args = ["--predictor", str(tmp_path / "p.npz"), "--space", "small", "--budgets", "8",
+            "--population", "16", "--mutations", "4", "--crossovers", "4", "--generations", "2",
+            "--out", str(out), "--no-progress"]
+    assert search_main(args) == 0
+    before = (out / "pareto.json").read_text()
+    assert json.loads(before)["results"][0]["budget"] == 8
+    monkeypatch.setattr(files, "open", failing_open(open), raising=False)
+    with pytest.raises(DiskFull):
+        search_main(args[:5] + ["12"] + args[6:])
+    monkeypatch.undo()
+    assert (out / "pareto.json").read_text() == before
+    assert not [name for name in os.listdir(out) if name.endswith(".tmp")]
+
+
+# What writes a file: open() for writing or appending, and the writers that take a path.
+WRITERS = re.compile(r"""(?<!\w)open\([^)]*["'][wax]b?\+?["']|torch\.save\(|\.savefig\(|np\.savez|"""
+                     r"""os\.replace\(|os\.rename\(|\.write_text\(|\.write_bytes\(|"""
+                     r"""torch\.jit\.save\(|torch\.onnx\.export\(|\.to_csv\(|shutil\.copy""")
+
+
+def test_every_write_in_the_package_goes_through_the_helper():
+    """Outside nasops/files.py, a writer may only be handed the temporary path of an
+    atomic_path block just above it (np.savez gets atomic_open's file). TensorBoard's
+    SummaryWriter writes its own event files and is not a match."""
+    found = []
+    for root, _, names in os.walk(PACKAGE):
+        for name in sorted(names):
+            if not name.endswith(".py") or name == "files.py":
+                continue
+            path = os.path.join(root, name)
+            with open(path) as f:
+                lines = [line.split("#", 1)[0] for line in f]
+            for i, code in enumerate(lines):
+                if not WRITERS.search(code):
+                    continue
+                above = "".join(lines[max(0, i - 3):i + 1])
+                inside = ("tmp" in code and "atomic_path(" in above) or \
+                         ("np.savez(f," in code and "atomic_open(" in above)
+                if not inside:
+                    found.append(f"{os.path.relpath(path, PACKAGE)}:{i + 1}: {code.strip()}")
+    assert not found, "writes outside nasops.files:\n" + "\n".join(found)

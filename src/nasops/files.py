@@ -1,0 +1,96 @@
+"""The one way nasops writes files: whole, or not at all.
+
+Every file goes to ``<path>.tmp`` in the target's directory and is renamed over the target only
+once it is complete (``os.replace`` is atomic on POSIX and Windows), so an interrupted run, a
+full disk or a failing writer leaves either the old file or the new one, never a part of one;
+the temporary file is removed on failure. ::
+
+    write_text(path, text)          # str
+    write_json(path, doc)           # JSON, indented
+    with atomic_open(path, "wb") as f: ...      # a file object (np.savez, pickled bytes)
+    with atomic_path(path) as tmp: ...          # a path, for writers that want one
+                                                # (torch.save, savefig, torch.jit.save, ONNX)
+    log = open_log(path); append_line(log, line)   # logs (metrics.jsonl): whole lines
+
+A log is the one kind of file appended to instead of replaced: rewriting it whole at every step
+would cost the square of its length. Each line is written with one call and flushed; reopening
+the log cuts off a torn last line, and ``read_lines`` leaves one out.
+
+The writer of TensorBoard's event files is TensorBoard's own and stays outside this module.
+A test greps the package for any other writer.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+
+
+def _tmp(path: str) -> str:
+    return f"{path}.tmp"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yields a temporary path beside `path`; when the block ends without an exception, the
+    file written there replaces `path`. On an exception, the temporary file is removed and
+    `path` is untouched."""
+    path = os.fspath(path)
+    tmp = _tmp(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w"):
+    """Like ``open(path, mode)`` for writing ("w" or "wb"), but the file replaces `path` only
+    when the block ends without an exception (see :func:`atomic_path`)."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"mode = {mode!r} is not allowed; allowed: ['w', 'wb']")
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Writes `text` to `path` atomically."""
+    with atomic_open(path, "w") as f:
+        f.write(text)
+
+
+def write_json(path: str | os.PathLike, doc, indent: int | None = 2) -> None:
+    """Writes `doc` as JSON to `path` atomically (serialised first: a value JSON cannot hold
+    raises before anything is written)."""
+    write_text(path, json.dumps(doc, indent=indent))
+
+
+def open_log(path: str | os.PathLike):
+    """Opens a log for :func:`append_line`, cutting off a torn last line first (one a run
+    killed mid-write left without its newline, which the next line would otherwise join)."""
+    if os.path.exists(path):
+        with open(path, "rb+") as f:
+            data = f.read()
+            end = data.rfind(b"\n") + 1
+            if end != len(data):
+                f.truncate(end)
+    return open(path, "a")
+
+
+def append_line(log, line: str) -> None:
+    """Appends one line (a newline is added) to a log opened by :func:`open_log`, with a single
+    write, flushed."""
+    if "\n" in line:
+        raise ValueError("append_line writes one line: the text holds a newline")
+    log.write(line + "\n")
+    log.flush()
+
+
+def read_lines(path: str | os.PathLike) -> list[str]:
+    """The complete lines of a log (a torn last line is left out)."""
+    with open(path) as f:
+        text = f.read()
+    return text.split("\n")[:-1]
