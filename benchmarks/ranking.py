@@ -40,6 +40,7 @@ from nasops.checkpoint import load_trained
 from nasops.evaluate import Evaluator
 from nasops.files import write_json, write_text
 from nasops.losses import smoothed_cross_entropy
+from nasops.ops import set_dw_backend
 from nasops.predictor import kendall_tau
 from nasops.space import SearchSpace
 from nasops.step import clip_gradients, forward_active
@@ -82,6 +83,8 @@ def spread_over_flops(space: SearchSpace, n: int, seed: int, pool: int = 20_000)
     """n distinct sub-networks whose FLOPs are evenly spaced in log FLOPs over the 1st-99th
     percentile of uniform samples: for each target, the nearest unused sample."""
     x = space.sample(pool, seed=seed)
+    _, first = np.unique(x, axis=0, return_index=True)
+    x = x[np.sort(first)]  # (without repeats, in the order drawn)
     flops = space.flops(x)
     targets = np.geomspace(np.quantile(flops, 0.01), np.quantile(flops, 0.99), n)
     chosen: list[int] = []
@@ -107,28 +110,38 @@ def one_arch_space(space: SearchSpace, encoding) -> dict:
 
 
 def train_alone(cfg: dict, space_path: str) -> tuple[float, float]:
-    """Trains the one sub-network of the space at space_path from scratch with recipe cfg;
-    returns (held-out accuracy after BN re-calibration, seconds)."""
+    """Trains the one sub-network of the space at space_path from scratch with recipe cfg, as
+    the training loop trains the largest sub-network (its gradient clipped alone, not summed
+    with a sandwich's); returns (held-out accuracy after BN re-calibration, seconds)."""
     start = time.time()
     cfg = train_mod.check_config(dict(cfg, space=space_path, strategy="uniform", n_prior=100))
-    run = train_mod.build_run(cfg)  # seeds, data stream, fresh network, optimizer, schedule
-    net, opt, scheduler = run.net, run.optimizer, run.scheduler
-    arch = run.space.encode(run.space.max_arch())
-    net.set_active(arch)
-    net.dropout, net.drop_connect = cfg["dropout"], cfg["drop_connect"]
-    net.train()
-    for epoch in range(cfg["epochs"]):
-        for x, y in run.stream.epoch(epoch, 0, "cpu"):
-            net.zero_grad(set_to_none=True)
-            loss = smoothed_cross_entropy(forward_active(net, cfg, x), y, cfg["label_smoothing"])
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"stand-alone training of {space_path}: loss {loss.item()}")
-            loss.backward()
-            clip_gradients(net, cfg)
-            opt.step()
-            scheduler.step()
-    net.eval()
-    acc = Evaluator(net, run.splits, cfg["eval_batch_size"], cfg["calib_images"]).accuracy(arch[None])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    previous = set_dw_backend(cfg["dw_backend"])
+    try:
+        run = train_mod.build_run(cfg, device)  # seeds, data, fresh network, optimizer, schedule
+        net, opt, scheduler, scaler = run.net, run.optimizer, run.scheduler, run.scaler
+        arch = run.space.encode(run.space.max_arch())
+        net.set_active(arch)
+        net.dropout, net.drop_connect = cfg["dropout"], cfg["drop_connect"]
+        net.train()
+        for epoch in range(cfg["epochs"]):
+            for x, y in run.stream.epoch(epoch, 0, device):
+                net.zero_grad(set_to_none=True)
+                loss = smoothed_cross_entropy(forward_active(net, cfg, x), y, cfg["label_smoothing"])
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"stand-alone training of {space_path}: loss "
+                                             f"{loss.item()} in epoch {epoch + 1}")
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+                clip_gradients(net, cfg)
+                scaler.step(opt)
+                scaler.update()
+                scheduler.step()
+        net.eval()
+        acc = Evaluator(net, run.splits, cfg["eval_batch_size"], cfg["calib_images"],
+                        device).accuracy(arch[None])
+    finally:
+        set_dw_backend(previous)
     return float(acc[0]), time.time() - start
 
 
@@ -137,12 +150,10 @@ class Ranking:
         self.study, self.settings = study, settings
         self.dir = os.path.join(study.runs_dir, "ranking")
         os.makedirs(self.dir, exist_ok=True)
-        self._space = self._archs = None
+        self._archs = None
 
     def space(self) -> SearchSpace:
-        if self._space is None:
-            self._space = train_mod.build_space(self.study.config("uniform"), self.study.splits())
-        return self._space
+        return self.study.space()
 
     def archs(self) -> np.ndarray:
         if self._archs is None:
@@ -176,6 +187,7 @@ class Ranking:
         return acc
 
     def run(self) -> dict:
+        self.study.require_pilot()
         for name in SUPERNETS:  # the supernets first: the study's arms, shared with it
             for checkpoint in CHECKPOINTS:
                 self.inherited(name, checkpoint)
@@ -280,7 +292,7 @@ def main(argv=None) -> int:
         print("ranking: interrupted; what finished is kept: run the same command to resume",
               file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, study_mod.GateFailed) as e:
+    except (ValueError, FileNotFoundError, study_mod.GateFailed, study_mod.Busy) as e:
         print(f"ranking: error: {e}", file=sys.stderr)
         return 1
     return 0

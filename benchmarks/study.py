@@ -66,7 +66,7 @@ RUNS = {
 }
 SEEDED = ("uniform", "bestup-3-loss")  # the arms run with seeds 0, 1 and 2
 
-# Fashion-MNIST, the small_wide space (0.28-16.8 MFLOPs). 30,000 training and 5,000 held-out
+# Fashion-MNIST, the small_wide space (0.18-18.9 MFLOPs). 30,000 training and 5,000 held-out
 # images (a fixed subset of the training set; the 10,000 test images stay apart), 6 epochs of
 # 128. One measurement on 5,000 images has a binomial standard error of about 0.45 points at 88%.
 FULL = {"recipe": "study", "dataset": "fashion-mnist", "space": "small_wide", "limit": 35000,
@@ -109,6 +109,10 @@ class GateFailed(Exception):
     pass
 
 
+class Busy(Exception):
+    pass
+
+
 @contextlib.contextmanager
 def exclusive(runs_dir: str):
     """Holds runs_dir's lock: a second study on the same runs would train beside the first."""
@@ -117,8 +121,8 @@ def exclusive(runs_dir: str):
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise GateFailed(f"another study is running on {runs_dir}; wait for it (one heavy "
-                             "torch process at a time)") from None
+            raise Busy(f"another study is running on {runs_dir}; wait for it (one heavy torch "
+                       "process at a time)") from None
         yield
 
 
@@ -127,8 +131,10 @@ class Study:
         self.base, self.study, self.runs_dir, self.out = base, study, runs_dir, out
         os.makedirs(runs_dir, exist_ok=True)
         os.makedirs(out, exist_ok=True)
-        self._archs = None
-        self._splits = None
+        self._archs = self._splits = self._space = None
+        if not 0 < study["early_epochs"] < base["epochs"]:
+            raise ValueError(f"early_epochs = {study['early_epochs']} must be between 0 and the "
+                             f"runs' epochs ({base['epochs']}), both excluded")
 
     def config(self, name: str) -> dict:
         strategy, kd, seed = RUNS[name]
@@ -149,7 +155,11 @@ class Study:
         after its first early_epochs to keep that checkpoint (early.pt: the predictor study's,
         and the ranking study's early supernets)."""
         early = self.early_checkpoint(name)
-        if not os.path.exists(early) and self._train(name, self.study["early_epochs"]):
+        if not os.path.exists(early):
+            if not self._train(name, self.study["early_epochs"]):
+                raise FileNotFoundError(f"{early} is missing and cannot be made: run {name!r} "
+                                        f"is already past epoch {self.study['early_epochs']}; "
+                                        f"remove {self.run_dir(name)} to train it again")
             with atomic_path(early) as tmp:
                 shutil.copyfile(os.path.join(self.run_dir(name), "checkpoint.pt"), tmp)
         self._train(name)
@@ -175,24 +185,29 @@ class Study:
         log(f"training {name}" + (f" (first {stop_after_epochs} epochs)" if stop else ""))
         start = time.time()
         result = train_mod.train(cfg, run, resume=resume, progress=False, stop_after_steps=stop)
-        self._note_time(name, "train_s", time.time() - start)
+        self._note_train_time(name, time.time() - start)
         planned = stop_after_epochs is not None and \
             result.get("interrupted") == stop_after_epochs * per_epoch  # (a global step)
         if "interrupted" in result and not planned:
             raise Interrupted(f"training {name} was interrupted; run the same command to resume")
         return planned
 
-    def _note_time(self, name, stage, seconds):
+    def _note_train_time(self, name, seconds):
         path = os.path.join(self.run_dir(name), "study_times.json")
         times = read_json(path) if os.path.exists(path) else {}
-        times[stage] = times.get(stage, 0.0) + seconds
+        times["train_s"] = times.get("train_s", 0.0) + seconds
         write_json(path, times)
+
+    def space(self):
+        """The search space, as the runs build it for their data."""
+        if self._space is None:
+            self._space = train_mod.build_space(self.config("uniform"), self.splits())
+        return self._space
 
     def archs(self) -> np.ndarray:
         """The random sub-networks every supernet is measured on (same for all)."""
         if self._archs is None:
-            space = train_mod.build_space(self.config("uniform"), self.splits())
-            self._archs = space.sample(self.study["archs"], seed=2026)
+            self._archs = self.space().sample(self.study["archs"], seed=2026)
         return self._archs
 
     def splits(self):
@@ -248,7 +263,7 @@ class Study:
         """The uniform run's early checkpoint -> its measured sub-networks -> a forest fitted on
         the first half (used by the -acc strategies and the predictor study)."""
         path = os.path.join(self.runs_dir, "early_predictor.npz")
-        space = train_mod.build_space(self.config("uniform"), self.splits())
+        space = self.space()
         if not os.path.exists(path):
             self.train("uniform")
             acc = self.measure(self.early_checkpoint("uniform"),
@@ -280,13 +295,17 @@ class Study:
         return doc
 
     # -- the whole study ------------------------------------------------------------------------
-    def run(self) -> dict:
+    def require_pilot(self) -> None:
+        """The pilot (run if need be); GateFailed unless it passed: nothing else is trained."""
         pilot = self.pilot()
         if not pilot["passed"]:
             raise GateFailed(f"the pilot did not pass the gate {pilot['gate']}: Spearman "
                              f"{pilot['spearman_mflops_acc']:.2f}, largest {pilot['largest']:.4f}, "
                              f"spread {pilot['spread_over_noise']:.1f}x the binomial sd "
                              f"({os.path.join(self.runs_dir, 'pilot.json')}); no other run trained")
+
+    def run(self) -> dict:
+        self.require_pilot()
         self.early_predictor()
         for name in RUNS:
             self.train(name)
@@ -308,6 +327,8 @@ class Study:
         returns their rows: training minutes, the largest's and smallest's held-out accuracy
         and the mean over the study's sub-networks."""
         rows = ["| run | train min | largest | smallest | mean |", "|---|---|---|---|---|"]
+        if any(name != "uniform" for name in names):
+            self.require_pilot()
         for name in names:
             self.train(name)
             run = self.run_dir(name)
@@ -322,8 +343,13 @@ class Study:
     def summarize(self) -> dict:
         """Everything the report and plots show, from the runs whose search is done."""
         done = [n for n in RUNS if os.path.exists(os.path.join(self.run_dir(n), "study_search.json"))]
-        if "uniform" not in done:
-            raise FileNotFoundError(f"no summary yet: the uniform run is not finished in {self.runs_dir}")
+        needed = [os.path.join(self.run_dir("uniform"), "study_search.json"),
+                  os.path.join(self.runs_dir, "pilot.json"),
+                  os.path.join(self.runs_dir, "early_predictor.npz")]
+        for path in needed:  # (so that nothing below trains or measures)
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"no summary yet: {path} does not exist (python "
+                                        f"benchmarks/study.py makes it)")
         evals = {n: read_json(os.path.join(self.run_dir(n), "study_evals.json")) for n in done}
         mflops = np.asarray(evals["uniform"]["mflops"])
         edges = np.quantile(mflops, np.linspace(0, 1, 5))
@@ -356,15 +382,15 @@ class Study:
     def predictor_study(self, evals: dict) -> dict:
         """AttentiveNAS Sec. 3.3: Kendall tau of forests fitted on the first half of the study's
         sub-networks, on the other half: across checkpoints (early -> final) and seeds. The
-        tau between two seeds' measurements of the same sub-networks bounds what any
-        predictor fitted on one seed can reach on the other."""
+        tau between two seeds' measurements of the same sub-networks is a reference point: how
+        far two supernets' own rankings agree (a forest averages noise and may exceed it)."""
         half = len(self.archs()) // 2
         measured = {"early": np.asarray(read_json(os.path.join(
             self.run_dir("uniform"), "study_early_evals.json"))["accuracy"])}
         for name, key in (("uniform", "final"), ("uniform-seed1", "seed 1"), ("uniform-seed2", "seed 2")):
             if name in evals:
                 measured[key] = np.asarray(evals[name]["accuracy"])
-        space = train_mod.build_space(self.config("uniform"), self.splits())
+        space = self.space()
         forests = {"early": self.early_predictor(),
                    "final": AccuracyPredictor(space).fit(self.archs()[:half], measured["final"][:half])}
         predicted = {k: f.predict(self.archs()[half:]) for k, f in forests.items()}
@@ -456,26 +482,32 @@ def arm_of(name: str) -> str:
 
 def compare(runs: dict, images: int, baseline: str = "uniform") -> dict:
     """Each arm's per-bin statistics (best, median, worst) and mean, minus the baseline arm's
-    (arms with several seeds: the mean over them), with a 95% interval. The interval's variance is the
-    seed-to-seed variance of that statistic, pooled over the arms run with several seeds, but at
-    least the binomial variance of one measurement on the held-out images (three seeds can
-    happen to agree); t quantile with the pooled degrees of freedom."""
-    from scipy.stats import t as student_t
+    (arms with several seeds: the mean over them), with a 95% interval. The interval's variance
+    is the seed-to-seed variance of that statistic, pooled over the arms run with several seeds,
+    with a t quantile at the pooled degrees of freedom. The best and the worst are single
+    sub-networks' measurements, so their variance is at least one measurement's binomial
+    variance on the held-out images (three seeds can happen to agree; without seeds to pool,
+    that floor alone, with the normal quantile). The median and the mean average many
+    measurements: for them the seeds alone (NaN without seeds to pool)."""
+    from scipy.stats import norm, t as student_t
     arms: dict[str, list[str]] = {}
     for name in runs:
         arms.setdefault(arm_of(name), []).append(name)
     seeded = [names for names in arms.values() if len(names) > 1]
     dof = sum(len(names) - 1 for names in seeded)
-    quantile = float(student_t.ppf(0.975, dof)) if dof else float("nan")
+    quantile = float(student_t.ppf(0.975, dof) if dof else norm.ppf(0.975))
 
     def values(names, stat, b):
         return np.array([runs[n]["mean_acc"] if stat == "mean" else runs[n]["per_bin"][b][stat]
                          for n in names])
 
-    def seed_var(stat, b):
-        if not dof:
-            return float("nan")
-        return sum(((values(n, stat, b) - values(n, stat, b).mean()) ** 2).sum() for n in seeded) / dof
+    def variance(stat, b, p):
+        seeds = (sum(((values(n, stat, b) - values(n, stat, b).mean()) ** 2).sum() for n in seeded)
+                 / dof) if dof else float("nan")
+        if stat in ("max", "min"):
+            floor = p * (1 - p) / images
+            return floor if np.isnan(seeds) else max(seeds, floor)
+        return seeds
 
     out = {}
     for arm, names in arms.items():
@@ -486,8 +518,7 @@ def compare(runs: dict, images: int, baseline: str = "uniform") -> dict:
             rows = []
             for b in range(1 if stat == "mean" else 4):
                 x, u = values(names, stat, b), values(arms[baseline], stat, b)
-                p = (x.mean() + u.mean()) / 2
-                var = max(seed_var(stat, b), p * (1 - p) / images)
+                var = variance(stat, b, (x.mean() + u.mean()) / 2)
                 half = quantile * np.sqrt(var * (1 / len(x) + 1 / len(u)))
                 rows.append({"diff": float(x.mean() - u.mean()), "half_width": float(half),
                              "seeds": len(x)})
@@ -581,12 +612,13 @@ def main(argv=None) -> int:
     if args.data_dir:
         base["data_dir"] = args.data_dir
     try:
+        study_ = Study(base, study, args.runs_dir, args.out)
+        if args.summary:  # reads what is on disk: no lock, so it runs beside a study
+            study_.write_summary()
+            return 0
         with exclusive(args.runs_dir):
-            study_ = Study(base, study, args.runs_dir, args.out)
             if args.pilot:
                 print(json.dumps(study_.pilot(), indent=2))
-            elif args.summary:
-                study_.write_summary()
             elif args.only:
                 print(study_.some(args.only))
             else:
@@ -594,11 +626,14 @@ def main(argv=None) -> int:
     except Interrupted as e:
         print(f"study: {e}", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, GateFailed) as e:
+    except KeyboardInterrupt:
+        print("study: interrupted; what finished is kept: run the same command to resume",
+              file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, GateFailed, Busy) as e:
         print(f"study: error: {e}", file=sys.stderr)
         return 1
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -54,6 +54,18 @@ def test_compare_intervals_follow_the_pooled_seed_variance_with_a_binomial_floor
     row = out["single"]["min"][0]
     assert row["diff"] == 0
     assert row["half_width"] == pytest.approx(q * math.sqrt(0.6 * 0.4 / 5000 * (1 + 1 / 3)))
+    # the median and the mean average many measurements: no binomial floor, the seeds alone
+    agree = study.compare({"uniform": _run(0.80, 0.90), "uniform-seed1": _run(0.80, 0.92),
+                           "single": _run(0.70, 0.80)}, images=5000)["single"]
+    assert agree["median"][0]["half_width"] == 0 and agree["mean"][0]["half_width"] == 0
+    assert agree["max"][0]["half_width"] > 0
+    # no arm run with several seeds: the best and worst get the floor and the normal quantile,
+    # the mean has no interval
+    alone = study.compare({"uniform": _run(0.80, 0.90), "single": _run(0.70, 0.80)}, images=5000)
+    p = (0.90 + 0.80) / 2
+    assert alone["single"]["max"][0]["half_width"] == \
+        pytest.approx(stats.norm.ppf(0.975) * math.sqrt(p * (1 - p) / 5000 * 2))
+    assert math.isnan(alone["single"]["mean"][0]["half_width"])
 
 
 @pytest.mark.slow

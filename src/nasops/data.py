@@ -38,6 +38,7 @@ import torch
 
 # (BadImageError and FolderStream: re-exported, nasops.data is where users look for them)
 from .folders import BadImageError, FolderSet, FolderStream, class_folders  # noqa: F401
+from .checks import check_count
 from .registry import Registry
 
 # ImageNet's per-channel statistics, the normalisation of the released AttentiveNAS/AlphaNet models
@@ -259,8 +260,7 @@ def _folders(name: str, root: str, split: str, workers: int = 0, skip_bad_images
     """A split of image folders: `root`'s train/ and the first of `test_dirs` found beside it;
     without them (and unless `split_required`), a fixed 20% of the images of `root` is the test
     split."""
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"workers = {workers!r} must be an integer >= 0")
+    workers = check_count("workers", workers, 0)
     options = {"dataset": name, "workers": workers, "skip_bad_images": skip_bad_images}
     train_dir = os.path.join(root, "train")
     test_dir = next((os.path.join(root, d) for d in test_dirs if os.path.isdir(os.path.join(root, d))),

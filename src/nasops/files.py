@@ -1,9 +1,11 @@
 """The one way nasops writes files: whole, or not at all.
 
-Every file goes to ``<path>.tmp`` in the target's directory and is renamed over the target only
-once it is complete (``os.replace`` is atomic on POSIX and Windows), so an interrupted run, a
-full disk or a failing writer leaves either the old file or the new one, never a part of one;
-the temporary file is removed on failure. ::
+Every file goes to a temporary file beside the target (``<path>.<random>.tmp``: two writers never
+share one), is flushed to disk and is renamed over the target only once complete (``os.replace``
+is atomic on POSIX and Windows). So a killed process, a full disk or a failing writer leaves
+either the old file or the new one, never a part of one; the temporary file is removed on
+failure. (After a power loss the rename itself may be lost, as the directory is not synced:
+then the old file is there.) ::
 
     write_text(path, text)          # str
     write_json(path, doc)           # JSON, indented
@@ -24,10 +26,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import uuid
 
 
 def _tmp(path: str) -> str:
-    return f"{path}.tmp"
+    return f"{path}.{uuid.uuid4().hex[:12]}.tmp"
+
+
+def _sync(path: str) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 @contextlib.contextmanager
@@ -39,6 +47,7 @@ def atomic_path(path: str | os.PathLike):
     tmp = _tmp(path)
     try:
         yield tmp
+        _sync(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -105,12 +105,19 @@ class Registry:
         return None
 
     def load_entry_points(self) -> None:
-        for entry in importlib.metadata.entry_points(group=self.group):
+        for entry in _entry_points(self.group):
             if entry.name in self.names():
                 continue
             obj = entry.load()
             if entry.name not in self.names() and not isinstance(obj, types.ModuleType):
                 self._adopt(entry.name, obj)
+
+
+def _entry_points(group: str):
+    found = importlib.metadata.entry_points()
+    if hasattr(found, "select"):  # Python 3.10+
+        return found.select(group=group)
+    return found.get(group, [])  # Python 3.9: a dict of groups
 
 
 def _same_definition(a, b) -> bool:

@@ -323,6 +323,8 @@ class Offline(Strategy):
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
+        if "table" not in state:
+            raise ValueError(f"strategy state of {self.name!r} is malformed: it has no offline table")
         self.table = (np.asarray(state["table"][0], dtype=np.int64),
                       np.asarray(state["table"][1], dtype=np.int64))
 

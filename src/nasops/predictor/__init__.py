@@ -32,7 +32,7 @@ def kendall_tau(a, b) -> float:
                          f"{a.size} and {b.size}")
     if np.all(a == a[0]) or np.all(b == b[0]):
         return float("nan")  # one sequence is constant: no ranking to compare
-    return float(kendalltau(a, b).statistic)
+    return float(kendalltau(a, b)[0])  # ([0]: scipy < 1.10 names it correlation)
 
 
 class AccuracyPredictor:
