@@ -281,21 +281,11 @@ def main(argv=None) -> int:
         base["space"] = args.space
     if args.data_dir:
         base["data_dir"] = args.data_dir
-    try:
+    def work():
         with study_mod.exclusive(args.runs_dir):
             os.makedirs(args.out, exist_ok=True)
             Ranking(study_mod.Study(base, study, args.runs_dir, args.out), settings).run()
-    except study_mod.Interrupted as e:
-        print(f"ranking: {e}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("ranking: interrupted; what finished is kept: run the same command to resume",
-              file=sys.stderr)
-        return 130
-    except (ValueError, FileNotFoundError, study_mod.GateFailed, study_mod.Busy) as e:
-        print(f"ranking: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return study_mod.run_command("ranking", work)
 
 
 if __name__ == "__main__":

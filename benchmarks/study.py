@@ -611,11 +611,11 @@ def main(argv=None) -> int:
         base["space"] = args.space
     if args.data_dir:
         base["data_dir"] = args.data_dir
-    try:
+    def work():
         study_ = Study(base, study, args.runs_dir, args.out)
         if args.summary:  # reads what is on disk: no lock, so it runs beside a study
             study_.write_summary()
-            return 0
+            return
         with exclusive(args.runs_dir):
             if args.pilot:
                 print(json.dumps(study_.pilot(), indent=2))
@@ -623,17 +623,26 @@ def main(argv=None) -> int:
                 print(study_.some(args.only))
             else:
                 study_.run()
+    return run_command("study", work)
+
+
+def run_command(name: str, work) -> int:
+    """Run `work()` as a command: the exit code, with interruptions and known errors reported
+    as one line on stderr (shared by the study and the ranking study)."""
+    try:
+        work()
     except Interrupted as e:
-        print(f"study: {e}", file=sys.stderr)
+        print(f"{name}: {e}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print("study: interrupted; what finished is kept: run the same command to resume",
+        print(f"{name}: interrupted; what finished is kept: run the same command to resume",
               file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, GateFailed, Busy) as e:
-        print(f"study: error: {e}", file=sys.stderr)
+        print(f"{name}: error: {e}", file=sys.stderr)
         return 1
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())
