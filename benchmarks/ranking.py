@@ -16,7 +16,9 @@ Reported per supernet and checkpoint: pairwise accuracy (Luo et al. 2018, the pa
 the share of pairs whose stand-alone order the inherited accuracies keep; a tie in inherited
 accuracy counts one half) and Kendall tau between stand-alone and inherited accuracy, with
 bootstrap 95% intervals over the sub-networks; and the Kendall tau of each with model size
-(params), the paper's explanation being that inherited accuracy is biased by size.
+(params), the paper's explanation being that inherited accuracy is biased by size. Each arm
+is also compared with uniform at the same checkpoint: the difference in pairwise accuracy and in
+tau, with a paired bootstrap interval (the same sub-networks resampled for both).
 
 Every sub-network's training and every measurement is written atomically and skipped when its
 file exists, so an interrupted run continues where it stopped. Results go to --out:
@@ -64,19 +66,27 @@ def pairwise_accuracy(truth, predicted) -> float:
     return float(np.mean(np.where(p[keep] == 0, 0.5, t[keep] == p[keep])))
 
 
-def bootstrap_interval(fn, a, b, resamples: int, seed: int = 0) -> list[float]:
-    """Percentile 95% interval of fn(a, b) over resamples of the pairs (a[k], b[k])."""
+def bootstrap_interval(fn, *columns, resamples: int, seed: int = 0) -> list[float]:
+    """Percentile 95% interval of fn(*columns) over resamples of the rows: the same indices
+    drawn for every column, so that a paired statistic (a difference of two correlations with
+    one truth) keeps its pairing."""
     rng = np.random.default_rng(seed)
-    a, b = np.asarray(a), np.asarray(b)
+    columns = [np.asarray(c) for c in columns]
+    size = columns[0].size
     values = []
     for _ in range(resamples):
-        k = rng.integers(0, a.size, a.size)
-        v = fn(a[k], b[k])
+        k = rng.integers(0, size, size)
+        v = fn(*(c[k] for c in columns))
         if not np.isnan(v):
             values.append(v)
     if not values:
         return [float("nan"), float("nan")]
     return [float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))]
+
+
+def difference(fn):
+    """fn(truth, x) - fn(truth, baseline), as one statistic of (truth, x, baseline)."""
+    return lambda truth, x, baseline: fn(truth, x) - fn(truth, baseline)
 
 
 def spread_over_flops(space: SearchSpace, n: int, seed: int, pool: int = 20_000) -> np.ndarray:
@@ -203,22 +213,34 @@ class Ranking:
         truth = np.array([a["holdout_acc"] for a in alone])
         params = np.array([a["params"] for a in alone])
         n = self.settings["bootstrap"]
-        rows = []
+        interval = lambda fn, *columns: bootstrap_interval(fn, *columns, resamples=n)  # noqa: E731
+        rows, versus = [], []
         for name in SUPERNETS:
             for checkpoint in CHECKPOINTS:
                 inherited = self.inherited(name, checkpoint)
                 rows.append({
                     "supernet": name, "checkpoint": checkpoint, "inherited": inherited.tolist(),
                     "pairwise_accuracy": pairwise_accuracy(truth, inherited),
-                    "pairwise_accuracy_ci": bootstrap_interval(pairwise_accuracy, truth, inherited, n),
+                    "pairwise_accuracy_ci": interval(pairwise_accuracy, truth, inherited),
                     "kendall_tau": kendall_tau(truth, inherited),
-                    "kendall_tau_ci": bootstrap_interval(kendall_tau, truth, inherited, n),
+                    "kendall_tau_ci": interval(kendall_tau, truth, inherited),
                     "tau_params_inherited": kendall_tau(params, inherited),
-                    "tau_params_inherited_ci": bootstrap_interval(kendall_tau, params, inherited, n)})
+                    "tau_params_inherited_ci": interval(kendall_tau, params, inherited)})
+                if name == SUPERNETS[0]:
+                    continue
+                # paired over the same sub-networks: the question is whether an arm ranks
+                # better than uniform, which separate intervals cannot answer
+                uniform = self.inherited(SUPERNETS[0], checkpoint)
+                entry = {"supernet": name, "checkpoint": checkpoint}
+                for key, fn in (("pairwise_accuracy", pairwise_accuracy), ("kendall_tau", kendall_tau)):
+                    entry[key] = difference(fn)(truth, inherited, uniform)
+                    entry[key + "_ci"] = interval(difference(fn), truth, inherited, uniform)
+                versus.append(entry)
         return {"config": self.study.base, "settings": self.settings, "standalone": alone,
                 "tau_params_standalone": kendall_tau(params, truth),
-                "tau_params_standalone_ci": bootstrap_interval(kendall_tau, params, truth, n),
-                "standalone_minutes": sum(a["seconds"] for a in alone) / 60, "rows": rows}
+                "tau_params_standalone_ci": interval(kendall_tau, params, truth),
+                "standalone_minutes": sum(a["seconds"] for a in alone) / 60, "rows": rows,
+                "versus_uniform": versus}
 
     def plot(self, summary: dict) -> None:
         import matplotlib
@@ -262,6 +284,13 @@ def report(summary: dict) -> str:
                      f"{interval(r['pairwise_accuracy'], r['pairwise_accuracy_ci'])} | "
                      f"{interval(r['kendall_tau'], r['kendall_tau_ci'])} | "
                      f"{interval(r['tau_params_inherited'], r['tau_params_inherited_ci'])} |")
+    lines += ["", f"Minus {SUPERNETS[0]} at the same checkpoint, paired over the same sub-networks "
+              "(95% bootstrap intervals):", "",
+              "| supernet | checkpoint | pairwise accuracy | Kendall tau |", "|---|---|---|---|"]
+    for r in summary["versus_uniform"]:
+        lines.append(f"| {r['supernet']} | {r['checkpoint']} | "
+                     f"{interval(r['pairwise_accuracy'], r['pairwise_accuracy_ci'])} | "
+                     f"{interval(r['kendall_tau'], r['kendall_tau_ci'])} |")
     return "\n".join(lines) + "\n"
 
 

@@ -48,9 +48,26 @@ def test_bootstrap_interval_brackets_the_estimate_and_is_seeded():
     rng = np.random.default_rng(1)
     a = rng.normal(size=24)
     b = a + rng.normal(scale=0.5, size=24)
-    lo, hi = ranking.bootstrap_interval(ranking.pairwise_accuracy, a, b, 500)
+    lo, hi = ranking.bootstrap_interval(ranking.pairwise_accuracy, a, b, resamples=500)
     assert lo <= ranking.pairwise_accuracy(a, b) <= hi and hi - lo > 0.02
-    assert ranking.bootstrap_interval(ranking.pairwise_accuracy, a, b, 500) == [lo, hi]
+    assert ranking.bootstrap_interval(ranking.pairwise_accuracy, a, b, resamples=500) == [lo, hi]
+
+
+def test_paired_difference_interval_keeps_the_pairing():
+    rng = np.random.default_rng(2)
+    truth = rng.normal(size=24)
+    worse = truth + rng.normal(scale=1.0, size=24)
+    better = worse + (truth - worse) * 0.5  # every sub-network nearer the truth than in `worse`
+    diff = ranking.difference(ranking.pairwise_accuracy)
+    assert diff(truth, better, worse) == pytest.approx(
+        ranking.pairwise_accuracy(truth, better) - ranking.pairwise_accuracy(truth, worse))
+    lo, hi = ranking.bootstrap_interval(diff, truth, better, worse, resamples=500)
+    assert lo <= diff(truth, better, worse) <= hi
+    # resampled by hand: the same indices for all three columns
+    k = np.random.default_rng(0).integers(0, 24, 24)
+    assert diff(truth[k], better[k], worse[k]) == pytest.approx(
+        ranking.pairwise_accuracy(truth[k], better[k]) - ranking.pairwise_accuracy(truth[k], worse[k]))
+    assert ranking.bootstrap_interval(diff, truth, truth, truth, resamples=50) == [0.0, 0.0]
 
 
 def test_picked_sub_networks_are_distinct_and_spread_over_log_flops():
@@ -100,6 +117,16 @@ def test_ci_sized_ranking(tiny, tmp_path):
     # the supernets are the study's own runs, with their early checkpoints
     for name in ranking.SUPERNETS:
         assert (runs / name / "final.json").is_file() and (runs / name / "early.pt").is_file()
+    rows = {(r["supernet"], r["checkpoint"]): r for r in summary["rows"]}
+    assert [(v["supernet"], v["checkpoint"]) for v in summary["versus_uniform"]] == \
+        [(s, c) for s in ranking.SUPERNETS[1:] for c in ranking.CHECKPOINTS]
+    for v in summary["versus_uniform"]:
+        arm, uniform = rows[v["supernet"], v["checkpoint"]], rows["uniform", v["checkpoint"]]
+        for key in ("pairwise_accuracy", "kendall_tau"):
+            expected = arm[key] - uniform[key]
+            assert (np.isnan(expected) and np.isnan(v[key])) or v[key] == pytest.approx(expected)
+            lo, hi = v[key + "_ci"]
+            assert np.isnan(lo) or lo <= hi
     table = (out / "summary.md").read_text()
     assert all(f"| {s} | {c} |" in table for s in ranking.SUPERNETS for c in ranking.CHECKPOINTS)
     for name in ranking.SUPERNETS:
