@@ -310,6 +310,7 @@ def main(argv=None) -> int:
         base["space"] = args.space
     if args.data_dir:
         base["data_dir"] = args.data_dir
+
     def work():
         with study_mod.exclusive(args.runs_dir):
             os.makedirs(args.out, exist_ok=True)

@@ -611,6 +611,7 @@ def main(argv=None) -> int:
         base["space"] = args.space
     if args.data_dir:
         base["data_dir"] = args.data_dir
+
     def work():
         study_ = Study(base, study, args.runs_dir, args.out)
         if args.summary:  # reads what is on disk: no lock, so it runs beside a study
