@@ -296,20 +296,10 @@ def report(summary: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ci", action="store_true", help="the minutes-long version (digits)")
-    parser.add_argument("--space", help="search space (default: small_wide)")
-    parser.add_argument("--data-dir", help="Fashion-MNIST directory (default: the Debian one)")
-    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "ranking"))
-    parser.add_argument("--runs-dir", default=os.path.join(ROOT, "benchmarks", "study_v2_runs"),
-                        help="the study's runs directory (its supernets are shared)")
+    study_mod.add_common_arguments(parser, "ranking")
     args = parser.parse_args(argv)
-    base, study, settings = ((dict(study_mod.CI), dict(study_mod.CI_STUDY), dict(CI_RANKING))
-                             if args.ci else
-                             (dict(study_mod.FULL), dict(study_mod.FULL_STUDY), dict(FULL_RANKING)))
-    if args.space:
-        base["space"] = args.space
-    if args.data_dir:
-        base["data_dir"] = args.data_dir
+    base, study = study_mod.configs(args)
+    settings = dict(CI_RANKING) if args.ci else dict(FULL_RANKING)
 
     def work():
         with study_mod.exclusive(args.runs_dir):

@@ -591,13 +591,30 @@ def report(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_common_arguments(parser: argparse.ArgumentParser, out_name: str) -> None:
+    """The options the study and the ranking study share; `configs(args)` reads them."""
     parser.add_argument("--ci", action="store_true", help="the minutes-long version (digits)")
     parser.add_argument("--space", help="search space (default: small_wide)")
     parser.add_argument("--data-dir", help="Fashion-MNIST directory (default: the Debian one)")
-    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "study_v2"))
-    parser.add_argument("--runs-dir", default=os.path.join(ROOT, "benchmarks", "study_v2_runs"))
+    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", out_name),
+                        help="where the summary, tables and plots are written")
+    parser.add_argument("--runs-dir", default=os.path.join(ROOT, "benchmarks", "study_v2_runs"),
+                        help="where the supernet runs are kept (shared by both studies)")
+
+
+def configs(args) -> tuple:
+    """(training config, study settings) as the common options select them."""
+    base, study = (dict(CI), dict(CI_STUDY)) if args.ci else (dict(FULL), dict(FULL_STUDY))
+    if args.space:
+        base["space"] = args.space
+    if args.data_dir:
+        base["data_dir"] = args.data_dir
+    return base, study
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_arguments(parser, "study_v2")
     parser.add_argument("--pilot", action="store_true",
                         help="train and measure the uniform run only and print the pilot check")
     parser.add_argument("--summary", action="store_true",
@@ -606,11 +623,7 @@ def main(argv=None) -> int:
                         help="train and measure only these runs and print their rows (no search, "
                              f"no summary); runs: {', '.join(RUNS)}")
     args = parser.parse_args(argv)
-    base, study = (dict(CI), dict(CI_STUDY)) if args.ci else (dict(FULL), dict(FULL_STUDY))
-    if args.space:
-        base["space"] = args.space
-    if args.data_dir:
-        base["data_dir"] = args.data_dir
+    base, study = configs(args)
 
     def work():
         study_ = Study(base, study, args.runs_dir, args.out)
