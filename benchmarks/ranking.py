@@ -47,7 +47,6 @@ from nasops.predictor import kendall_tau
 from nasops.space import SearchSpace
 from nasops.step import clip_gradients, forward_active
 
-ROOT = study_mod.ROOT
 SUPERNETS = ("uniform", "balanced", "bestup-3-loss")
 CHECKPOINTS = {"early": "early.pt", "final": "checkpoint.pt"}
 FULL_RANKING = {"archs": 24, "seed": 2026, "bootstrap": 2000}
