@@ -34,7 +34,8 @@ import torch
 import nasops
 from nasops.files import write_json
 from nasops.data import load_splits
-from nasops.evaluate import Evaluator, keep_freed_memory
+from nasops.cpu import keep_freed_memory
+from nasops.evaluate import Evaluator
 from nasops.predictor import AccuracyPredictor
 from nasops.latency import LatencyTable, check
 from nasops.search import evolve, front, hypervolume, non_dominated, pareto

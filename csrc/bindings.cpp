@@ -130,7 +130,8 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "nasops C++ core: FLOPs, parameter counts and samplers over search spaces";
   m.def("cpu_isa", &nasops::cpu_isa, "instruction set of the CPU depthwise kernels in use");
   m.def("cpu_isas", &nasops::cpu_isas, "instruction sets this processor can run");
-  m.def("set_cpu_isa", &nasops::set_cpu_isa, "use the 'base' or 'avx2' CPU depthwise kernels");
+  m.def("set_cpu_isa", &nasops::set_cpu_isa,
+        "use the 'base', 'avx2' or 'avx512' CPU kernels (depthwise, batch norm + activation)");
 
   py::class_<Space, std::shared_ptr<Space>>(m, "Space")
       .def(py::init([](const py::dict& d, const py::dict& tables) {

@@ -93,8 +93,9 @@ def test_gradcheck_float64(isa):
                                         (x, weight))
 
 
-def test_opcheck():
-    x, weight, k, s = make((2, 5, 8, 9, 9, 3, 7, 2))
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_opcheck(layout):
+    x, weight, k, s = make((2, 5, 8, 9, 9, 3, 7, 2), layout)
     x.requires_grad_(True)
     weight.requires_grad_(True)
     torch.library.opcheck(torch.ops.nasops.dw_conv2d.default, (x, weight, k, s))
@@ -384,21 +385,122 @@ def test_batch_norm_act_does_not_depend_on_the_thread_count():
         assert all(torch.equal(a, b) for a, b in zip(results[0], other))
 
 
-def test_batch_norm_act_wrapper_overwrites_only_without_autograd():
-    """ops.batch_norm_act_ runs the fused operator over x under no_grad on a channels-last
-    float32 tensor, and PyTorch's ops (x untouched) otherwise; the results agree."""
+def test_batch_norm_act_wrapper_picks_the_fused_operators():
+    """ops.batch_norm_act: over x in place (batch_norm_act_) only under no_grad with overwrite
+    on a channels-last float32 tensor; out of place by bn_act on channels-last otherwise;
+    PyTorch's ops (x untouched) on NCHW. The results agree."""
     from torch import nn
     x, weight, bias, mean, var = make_bn((4, 12, 5, 5))
     expected, _, _ = bn_act_reference(x, weight, bias, mean, var, False, 0.1, 1e-5, "silu")
-    for grad, layout in ((True, torch.channels_last), (False, torch.contiguous_format),
-                         (False, torch.channels_last)):
+    for grad, layout, overwrite, op in (
+            (True, torch.channels_last, True, "nasops::bn_act"),
+            (False, torch.channels_last, False, "nasops::bn_act"),
+            (False, torch.channels_last, True, "nasops::batch_norm_act_"),
+            (False, torch.contiguous_format, True, None), (True, torch.contiguous_format, False, None)):
         x_in = x.contiguous(memory_format=layout).clone(memory_format=layout)
-        with torch.set_grad_enabled(grad):
-            y = ops.batch_norm_act_(x_in, weight, bias, mean, var, False, 0.1, 1e-5, nn.SiLU())
-        fused = not grad and layout == torch.channels_last
-        assert (y.data_ptr() == x_in.data_ptr()) == fused
-        assert torch.equal(x_in, x) != fused
+        with torch.set_grad_enabled(grad), torch.profiler.profile() as profile:
+            y = ops.batch_norm_act(x_in, weight, bias, mean, var, False, 0.1, 1e-5, nn.SiLU(),
+                                   overwrite)
+        names = {e.name for e in profile.events()}
+        assert {n for n in ("nasops::bn_act", "nasops::batch_norm_act_") if n in names} == ({op} - {None})
+        in_place = op == "nasops::batch_norm_act_"
+        assert (y.data_ptr() == x_in.data_ptr()) == in_place
+        assert torch.equal(x_in, x) != in_place
         assert close(y, expected, 2e-6)
+
+
+def bn_act_grads(x, weight, bias, mean, var, training, act, grad, bn=None):
+    """Output, (grad x, grad weight, grad bias) and running statistics of `bn` (default: the
+    float64 reference) under autograd."""
+    x, weight, bias = (t.detach().clone().requires_grad_(True) for t in (x, weight, bias))
+    mean, var = mean.clone(), var.clone()
+    if bn is None:
+        y, new_mean, new_var = bn_act_reference(x, weight, bias, mean, var, training, 0.3, 1e-5, act)
+    else:
+        y = bn(x, weight, bias, mean, var, training, 0.3, 1e-5, act)[0]
+        new_mean, new_var = mean, var
+    y.backward(grad.to(y.dtype))
+    return y, (x.grad, weight.grad, bias.grad), (new_mean, new_var)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("act", BN_ACTS)
+@pytest.mark.parametrize("shape", BN_SHAPES)
+def test_bn_act_forward_and_backward_match_float64(isa, shape, act, training):
+    """The training operator (nasops::bn_act, its C++ autograd and nasops::bn_act_backward)
+    against the formulas in float64 under autograd: output, the three gradients and the
+    running statistics, in training and evaluation mode."""
+    x, weight, bias, mean, var = make_bn(shape, scale=40.0 if act == "silu" else 2.0)
+    grad = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    y_ref, grads_ref, stats_ref = bn_act_grads(x, weight, bias, mean, var, training, act, grad)
+    y, grads, stats = bn_act_grads(x, weight, bias, mean, var, training, act, grad,
+                                   torch.ops.nasops.bn_act)
+    assert y.dtype == torch.float32 and y.is_contiguous(memory_format=torch.channels_last)
+    assert close(y, y_ref.detach(), 2e-6)
+    for got, expected in zip(grads, grads_ref):
+        assert rel_err(got, expected) < 1e-5
+    for got, expected in zip(stats, stats_ref):
+        assert close(got, expected, 1e-6)
+
+
+def test_bn_act_takes_any_layout_and_frozen_statistics():
+    """An NCHW input is read as channels-last; without running statistics (training mode: the
+    frozen-statistics forward of loss-scored candidates) the batch statistics normalise and
+    nothing is updated."""
+    x, weight, bias, mean, var = make_bn((3, 10, 4, 5))
+    y_ref, _, _ = bn_act_reference(x, weight, bias, mean, var, True, 0.1, 1e-5, "relu")
+    y, batch_mean, invstd = torch.ops.nasops.bn_act(x.contiguous(), weight, bias, None, None,
+                                                    True, 0.1, 1e-5, "relu")
+    assert close(y, y_ref, 2e-6)
+    assert close(batch_mean, x.double().mean((0, 2, 3)), 1e-6)
+    assert close(invstd, 1 / torch.sqrt(x.double().var((0, 2, 3), unbiased=False) + 1e-5), 1e-6)
+
+
+def test_bn_act_does_not_depend_on_the_thread_count():
+    x, weight, bias, mean, var = make_bn((32, 24, 9, 9))
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+    results = []
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            y, grads, stats = bn_act_grads(x, weight, bias, mean, var, True, "silu", grad,
+                                           torch.ops.nasops.bn_act)
+            results.append((y, *grads, *stats))
+    finally:
+        torch.set_num_threads(previous)
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
+def test_bn_act_opcheck():
+    for training in (True, False):
+        x, weight, bias, mean, var = make_bn((3, 10, 4, 5))
+        x.requires_grad_(True)
+        weight.requires_grad_(True)
+        torch.library.opcheck(torch.ops.nasops.bn_act.default,
+                              (x, weight, bias, mean, var, training, 0.1, 1e-5, "silu"))
+
+
+@pytest.mark.parametrize("args, error, message", [
+    (lambda x, w, b, m, v: (x.double(), w, b, m, v, True, 0.1, 1e-5, "silu"),
+     TypeError, "bn_act: x must be a float32 CPU tensor, got Double"),
+    (lambda x, w, b, m, v: (x, w[:3], b, m, v, True, 0.1, 1e-5, "silu"),
+     ValueError, r"bn_act: weight must have C = 5 values, got shape \[3\]"),
+    (lambda x, w, b, m, v: (x, w, b, m, None, True, 0.1, 1e-5, "silu"),
+     ValueError, "give both running_mean and running_var, or neither"),
+    (lambda x, w, b, m, v: (x, w, b, None, None, False, 0.1, 1e-5, "silu"),
+     ValueError, "evaluation mode needs the running statistics"),
+    (lambda x, w, b, m, v: (x, w, b, m, v, True, 0.1, 1e-5, "gelu"),
+     ValueError, "bn_act: act = 'gelu' is not supported; allowed: identity, relu, silu, hardswish"),
+    (lambda x, w, b, m, v: (x[:1, :, :1, :1], w, b, m, v, True, 0.1, 1e-5, "silu"),
+     ValueError, "training mode needs more than one value per channel"),
+    (lambda x, w, b, m, v: (x[0], w, b, m, v, True, 0.1, 1e-5, "silu"),
+     ValueError, r"bn_act: x must be 4-D \[N, C, H, W\]"),
+])
+def test_bn_act_bad_inputs_raise(args, error, message):
+    with pytest.raises(error, match=message):
+        torch.ops.nasops.bn_act(*args(*make_bn((2, 5, 3, 3))))
 
 
 @pytest.mark.parametrize("call, error, message", [
@@ -407,7 +509,7 @@ def test_batch_norm_act_wrapper_overwrites_only_without_autograd():
     (lambda x, w, b, m, v: (x.double(), w, b, m, v, True, 0.1, 1e-5, "silu"),
      TypeError, "x has dtype Double; allowed: float32"),
     (lambda x, w, b, m, v: (x, w[:3], b, m, v, True, 0.1, 1e-5, "silu"),
-     ValueError, r"weight must be contiguous with C = 5 values, got shape \[3\]"),
+     ValueError, r"weight must have C = 5 values, got shape \[3\]"),
     (lambda x, w, b, m, v: (x, w, b, m, v.double(), True, 0.1, 1e-5, "silu"),
      TypeError, "running_var must be a float32 CPU tensor"),
     (lambda x, w, b, m, v: (x, w, b, m, v, True, 0.1, 1e-5, "gelu"),

@@ -36,6 +36,18 @@ struct DwKernels {
                            int64_t channels, int64_t H, int64_t W, int64_t k, int64_t s);
   void (*grad_weight_group)(const T* grad_out, const T* in, double* acc, int64_t channels,
                             int64_t H, int64_t W, int64_t k, int64_t s);
+  // Channels-last tensors (cpu/dw_conv2d_nhwc.h): taps are [k * k][round_up(C, lanes)], tap
+  // (i, j) of channel c at taps[(i * k + j) * Cp + c], zero past C. Forward: output rows
+  // [begin, end) of the N * Ho; input gradient: input rows [begin, end) of the N * H; weight
+  // gradient: channels [c0, c0 + count) (count <= lanes) over output rows [begin, end), added to
+  // total[(i * k + j) * lanes + v] in double.
+  void (*forward_nhwc)(const T* in, const T* taps, T* out, int64_t C, int64_t H, int64_t W,
+                       int64_t k, int64_t s, int64_t begin, int64_t end);
+  void (*grad_input_nhwc)(const T* grad_out, const T* taps, T* grad_in, int64_t C, int64_t H,
+                          int64_t W, int64_t k, int64_t s, int64_t begin, int64_t end);
+  void (*grad_weight_nhwc)(const T* grad_out, const T* in, double* total, int64_t C, int64_t H,
+                           int64_t W, int64_t k, int64_t s, int64_t c0, int64_t count,
+                           int64_t begin, int64_t end);
 };
 
 

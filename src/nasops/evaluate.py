@@ -4,8 +4,6 @@ evaluates its share whole, with local BN statistics) and the results are gathere
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import json
 import os
 import sys
@@ -16,13 +14,13 @@ from tqdm import tqdm
 
 from . import distributed as dist
 from .checkpoint import load_trained
+from .cpu import keep_freed_memory, use_channels_last
 from .cli import STAGES, add_import_option, prog as prog_name
 from .registry import import_modules
 from .data import Splits
 from .files import write_json
 from .nn import Supernet, calibrate_bn
 from .nn.layers import DynamicBatchNorm2d
-from .ops import dw_backend_as
 from .space import SearchSpace
 
 
@@ -47,16 +45,16 @@ class Evaluator:
     augmentation, in batches of `batch_size`: every sub-network sees the same ones. Results are
     cached by (architecture, split), so nothing is evaluated twice.
 
-    On CPU, ``channels_last=True`` (what the search and evaluate commands use) converts the
-    supernet's weights to channels-last and runs the evaluation on channels-last batches with
-    PyTorch's depthwise convolution: batch norm in training mode, the heart of re-calibration,
-    runs about twice as fast on that layout, and the accuracies are the same image for image
-    (tested). The resized batches of each split are kept per resolution while they fit in
-    `cache_bytes` (default 1 GiB), so that sub-networks at one resolution share them."""
+    ``channels_last`` (True, False or "auto": channels-last on CPU, nasops.cpu.use_channels_last)
+    converts the supernet's weights to channels-last and runs the evaluation on channels-last
+    batches, where the fused batch norm + activation and the NHWC depthwise kernels run; the
+    accuracies are the same image for image (tested). The resized batches of each split are
+    kept per resolution while they fit in `cache_bytes` (default 1 GiB), so that sub-networks at
+    one resolution share them."""
 
     def __init__(self, net: Supernet, splits: Splits, batch_size: int = 256,
                  calib_images: int = 2048, device: torch.device | str = "cpu",
-                 channels_last: bool = False, cache_bytes: int = 1 << 30):
+                 channels_last: bool | str = "auto", cache_bytes: int = 1 << 30):
         if isinstance(calib_images, bool) or not isinstance(calib_images, int) or calib_images < 1:
             raise ValueError(f"calib_images = {calib_images!r} must be a positive integer")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -65,7 +63,7 @@ class Evaluator:
         order = np.random.default_rng(0).permutation(len(splits.train))[:calib_images]
         self._calib = splits.train.subset(np.sort(order))  # (once: every sub-network uses it)
         self.cache: dict[tuple, float] = {}
-        self.channels_last = bool(channels_last)
+        self.channels_last = use_channels_last(channels_last, device)
         if self.channels_last:
             net.to(memory_format=torch.channels_last)
         self._stored: dict[tuple, list] = {}  # (split id, resolution) -> its batches
@@ -92,21 +90,13 @@ class Evaluator:
         self._stored_bytes += size
         return self._stored[key]
 
-    def _dw_backend(self):
-        """PyTorch's depthwise convolution for channels-last batches (nasops' CPU kernels read
-        NCHW and would copy each one)."""
-        if self.channels_last:
-            return dw_backend_as("torch")
-        return contextlib.nullcontext()
-
     @torch.no_grad()
     def calibrate(self, arch) -> int:
         """Makes `arch` the supernet's active sub-network with re-calibrated BN statistics (as
         before an export). Returns its resolution."""
         self.net.set_active(arch)
         res = self.net.active_arch.resolution
-        with self._dw_backend():
-            calibrate_bn(self.net, (x for x, _ in self._batches(self._calib, res)))
+        calibrate_bn(self.net, (x for x, _ in self._batches(self._calib, res)))
         return res
 
     @torch.no_grad()
@@ -116,10 +106,9 @@ class Evaluator:
         was_training = net.training
         net.eval()
         correct = seen = 0
-        with self._dw_backend():
-            for x, y in self._batches(getattr(self.splits, split), res):
-                correct += (net(x).argmax(1) == y).sum()  # (on the device: one sync at the end)
-                seen += len(y)
+        for x, y in self._batches(getattr(self.splits, split), res):
+            correct += (net(x).argmax(1) == y).sum()  # (on the device: one sync at the end)
+            seen += len(y)
         net.train(was_training)
         return int(correct) / seen
 
@@ -151,22 +140,6 @@ class Evaluator:
         return np.array([self.cache[k] for k in keys], dtype=np.float64)
 
 
-def keep_freed_memory(threshold_bytes: int = 256 << 20, retained_bytes: int = 1 << 30) -> bool:
-    """Asks glibc's allocator to serve blocks below `threshold_bytes` from its heap and to keep
-    up to `retained_bytes` of freed memory for reuse. Each forward pass allocates its activations
-    anew; by default each large one is mapped fresh from the kernel and zeroed page by page,
-    which cost about a fifth of an evaluation's time here (benchmarks/bench_search.py). It
-    changes the whole process, so the evaluate and search commands call it, not the library.
-    Returns whether it applied (glibc only)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold_bytes))
-                and libc.mallopt(M_TRIM_THRESHOLD, int(retained_bytes)))
-
-
 def main(argv=None, prog=None) -> int:
     """python -m nasops.evaluate --checkpoint RUN/checkpoint.pt -n 256 --out evals.json"""
     parser = argparse.ArgumentParser(prog=prog or prog_name("evaluate"),
@@ -191,8 +164,7 @@ def main(argv=None, prog=None) -> int:
         cfg, splits, net = load_trained(args.checkpoint, device)
         archs = net.space.sample(args.n, seed=args.seed)
         keep_freed_memory()
-        acc = Evaluator(net, splits, cfg["eval_batch_size"], cfg["calib_images"], device,
-                        channels_last=True).accuracy(
+        acc = Evaluator(net, splits, cfg["eval_batch_size"], cfg["calib_images"], device).accuracy(
             archs, args.split, progress=not args.no_progress)
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)

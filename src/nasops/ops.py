@@ -18,6 +18,7 @@ import os
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._prims_common import suggest_memory_format
 
 from . import _C  # noqa: F401  (registers the operators)
 
@@ -63,20 +64,46 @@ def _out_size(n, stride):
     return (n + stride - 1) // stride
 
 
+def _dw_format(input, kernel_size):
+    """The memory format of the depthwise ops' results: channels-last where the CPU kernels run
+    their NHWC path (csrc/kernels/cpu/dw_conv2d.cpp, use_nhwc), else contiguous."""
+    n, c, h, w = input.shape
+    nhwc = (input.device.type == "cpu" and c > 1 and h * w > 1 and kernel_size <= 63
+            and suggest_memory_format(input) == torch.channels_last)
+    return torch.channels_last if nhwc else torch.contiguous_format
+
+
 @torch.library.register_fake("nasops::dw_conv2d")
 def _dw_conv2d_fake(input, weight, kernel_size, stride):
     n, c, h, w = input.shape
-    return input.new_empty(n, c, _out_size(h, stride), _out_size(w, stride))
+    return input.new_empty(n, c, _out_size(h, stride), _out_size(w, stride)).contiguous(
+        memory_format=_dw_format(input, kernel_size))
 
 
 @torch.library.register_fake("nasops::dw_conv2d_grad_input")
 def _grad_input_fake(grad_output, input, weight, kernel_size, stride):
-    return input.new_empty(input.shape)
+    return torch.empty_like(input, memory_format=_dw_format(input, kernel_size))
 
 
 @torch.library.register_fake("nasops::dw_conv2d_grad_weight")
 def _grad_weight_fake(grad_output, input, weight, kernel_size, stride):
     return weight.new_empty(weight.shape)
+
+
+@torch.library.register_fake("nasops::bn_act")
+def _bn_act_fake(x, weight, bias, running_mean, running_var, training, momentum, eps, act):
+    c = x.shape[1]
+    return (torch.empty_like(x, memory_format=torch.channels_last), x.new_empty(c),
+            x.new_empty(c))
+
+
+@torch.library.register_fake("nasops::bn_act_backward")
+def _bn_act_backward_fake(grad_output, input, weight, bias, save_mean, save_invstd, training, act,
+                          output_mask):
+    c = input.shape[1]
+    return (torch.empty_like(input, memory_format=torch.channels_last) if output_mask[0] else None,
+            input.new_empty(c) if output_mask[1] else None,
+            input.new_empty(c) if output_mask[2] else None)
 
 
 @torch.library.register_fake("nasops::batch_norm_act_")
@@ -124,22 +151,43 @@ def dw_conv2d(input, weight, kernel_size: int, stride: int):
 _FUSED_ACTS = {nn.SiLU: "silu", nn.ReLU: "relu", nn.Hardswish: "hardswish", nn.Identity: "identity"}
 
 
-def batch_norm_act_(x, weight, bias, running_mean, running_var, training: bool, momentum: float,
-                    eps: float, act: nn.Module | None):
-    """``act(F.batch_norm(x, ...))`` (act None: no activation) for an `x` the caller no longer
-    needs. Without autograd, on a channels-last float32 CPU tensor with running statistics, it
-    is computed by the fused nasops operator over `x` itself: about twice as fast as PyTorch's
-    batch norm and activation, which BN re-calibration and evaluation are bound by (they read
-    and write memory; the operator reads `x` once for the statistics and once more to write the
-    result). Otherwise PyTorch's ops compute it and `x` is left as it was."""
+def _fusable(x, weight, bias, training: bool, running_mean, act) -> str | None:
+    """The fused operators' name of `act` if they apply to x: a channels-last float32 CPU
+    tensor (what they are written for), an affine batch norm, a known activation, and what
+    PyTorch's batch norm accepts (more than one value per channel in training mode, running
+    statistics in evaluation mode). None otherwise."""
     name = "identity" if act is None else _FUSED_ACTS.get(type(act))
-    if (name is not None and running_mean is not None and running_var is not None
-            and weight is not None and bias is not None and not torch.is_grad_enabled()
-            and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
-            and x.is_contiguous(memory_format=torch.channels_last)
-            and not (training and x.numel() <= x.shape[1])):  # (PyTorch's error for that)
-        torch.ops.nasops.batch_norm_act_(x, weight, bias, running_mean, running_var, training,
-                                         momentum, eps, name)
-        return x
-    y = F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
-    return y if act is None else act(y)
+    if (name is None or weight is None or bias is None or x.device.type != "cpu"
+            or x.dtype != torch.float32 or x.dim() != 4
+            or not x.is_contiguous(memory_format=torch.channels_last)
+            or (training and x.numel() <= x.shape[1]) or (not training and running_mean is None)):
+        return None
+    return name
+
+
+def batch_norm_act(x, weight, bias, running_mean, running_var, training: bool, momentum: float,
+                   eps: float, act: nn.Module | None, overwrite: bool = False):
+    """``act(F.batch_norm(x, ...))`` (act None: no activation), fused where it can be: on a
+    channels-last float32 CPU tensor, by the nasops operators (README: Speed on CPU), which
+    read and write memory three times forward and five times backward where PyTorch's batch
+    norm and activation take six and eight:
+
+    - with autograd, ``torch.ops.nasops.bn_act`` (out of place; its backward recomputes the
+      normalised values from x instead of keeping them);
+    - without autograd and with ``overwrite=True`` (the caller no longer needs x, a conv's
+      output say), ``torch.ops.nasops.batch_norm_act_`` over x itself: what BN re-calibration
+      and evaluation run.
+
+    Anything else (CUDA, NCHW, another dtype or activation) is PyTorch's batch norm and
+    activation, and x is left as it was."""
+    name = _fusable(x, weight, bias, training, running_mean, act)
+    if name is None:
+        y = F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
+        return y if act is None else act(y)
+    if not torch.is_grad_enabled():
+        if overwrite and running_mean is not None:
+            torch.ops.nasops.batch_norm_act_(x, weight, bias, running_mean, running_var, training,
+                                             momentum, eps, name)
+            return x
+    return torch.ops.nasops.bn_act(x, weight, bias, running_mean, running_var, training,
+                                   momentum, eps, name)[0]

@@ -81,8 +81,9 @@ class Recipe(Mapping):
     amp: str = option("none",
         "mixed precision of the training forwards: none, bf16 or fp16 (autocast; fp16 with a "
         "gradient scaler); losses and evaluation stay float32")
-    channels_last: bool = option(False,
-        "channels-last memory format for the supernet and its batches")
+    channels_last: bool | str = option("auto",
+        "channels-last memory format for the supernet and its batches: true, false, or auto "
+        "(channels-last on CPU, where the nasops kernels are written for it; NCHW on CUDA)")
     sync_bn: bool = option(True, "under torchrun: BN statistics over all ranks")
     # optimisation
     epochs: int = option(12, "training epochs")
@@ -271,7 +272,8 @@ def check_config(cfg: Mapping, source: str = "config") -> Recipe:
         flag(key)
     if cfg["amp"] not in AMP:
         bad("amp", list(AMP))
-    flag("channels_last")
+    if not (isinstance(cfg["channels_last"], bool) or cfg["channels_last"] == "auto"):
+        bad("channels_last", "true, false or auto")
     if cfg["dw_backend"] not in BACKENDS:
         bad("dw_backend", list(BACKENDS))
     if cfg["normalization"] not in NORMALIZATIONS + (None,):

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from . import distributed as dist
+from .cpu import use_channels_last
 from .losses import distillation_loss, distillation_weight, smoothed_cross_entropy
 from .nn import Supernet, frozen_bn_stats, resize_batch
 from .sampling import Strategy
@@ -15,12 +16,26 @@ from .sampling import Strategy
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def forward_active(net: Supernet, cfg: dict, x: torch.Tensor) -> torch.Tensor:
-    """The active sub-network's logits (float32) on batch x resized to its resolution, in the
-    recipe's memory format and mixed precision."""
-    x = resize_batch(x, net.active_arch.resolution)
-    if cfg["channels_last"]:
+def batch_view(cfg: dict, x: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Batch x resized to `resolution`, in the recipe's memory format."""
+    x = resize_batch(x, resolution)
+    if use_channels_last(cfg["channels_last"], x.device):
         x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def forward_active(net: Supernet, cfg: dict, x: torch.Tensor, views: dict | None = None
+                   ) -> torch.Tensor:
+    """The active sub-network's logits (float32) on batch x resized to its resolution, in the
+    recipe's memory format and mixed precision. `views` (resolution -> batch_view) keeps the
+    resized batches of one step: each resolution is resized once."""
+    resolution = net.active_arch.resolution
+    if views is None:
+        x = batch_view(cfg, x, resolution)
+    else:
+        if resolution not in views:
+            views[resolution] = batch_view(cfg, x, resolution)
+        x = views[resolution]
     dtype = AMP_DTYPES[cfg["amp"]]
     with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
         return net(x).float()
@@ -37,6 +52,7 @@ def train_step(net: Supernet, cfg: dict, strategy: Strategy, largest, smallest, 
     worstup-N-loss), whose choice needs their candidates' losses on the host; the sampler's other
     host work runs while the device still computes the previous step's work."""
     world = dist.world_size()
+    views = {}  # the batch at each resolution the step uses, resized once
 
     @torch.no_grad()
     def batch_losses(candidates):  # mini-batch loss of each candidate, over all ranks
@@ -47,7 +63,7 @@ def train_step(net: Supernet, cfg: dict, strategy: Strategy, largest, smallest, 
             try:
                 for arch in candidates:
                     net.set_active(arch)
-                    logits = forward_active(net, cfg, x)
+                    logits = forward_active(net, cfg, x, views)
                     # the largest's loss, as the published code scores candidates
                     out.append(smoothed_cross_entropy(logits, y, cfg["label_smoothing"]))
             finally:
@@ -64,7 +80,7 @@ def train_step(net: Supernet, cfg: dict, strategy: Strategy, largest, smallest, 
         first = i == 0
         net.dropout = cfg["dropout"] if first else 0.0  # regularise only the largest
         net.drop_connect = cfg["drop_connect"] if first else 0.0
-        logits = forward_active(net, cfg, x)
+        logits = forward_active(net, cfg, x, views)
         if first:
             loss = smoothed_cross_entropy(logits, y, cfg["label_smoothing"])
             teacher = logits.detach()

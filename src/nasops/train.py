@@ -40,6 +40,7 @@ from tqdm import tqdm
 from . import distributed as dist
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
 from .cli import STAGES, add_import_option, prog as prog_name
+from .cpu import keep_freed_memory, use_channels_last
 from .registry import import_modules
 from .data import BatchStream, FolderSet, FolderStream, splits_of
 from .evaluate import Evaluator
@@ -134,7 +135,9 @@ def train(cfg: dict, run_dir: str, resume: bool = False, progress: bool = True,
           stop_after_steps: int | None = None) -> dict:
     """Trains per `cfg` in `run_dir` (resuming from its checkpoint with `resume`). Returns the
     final metrics, or {"interrupted": step} when stopped by a signal (or, for tests, after
-    `stop_after_steps` optimizer steps of this call)."""
+    `stop_after_steps` optimizer steps of this call). Like the signal handlers it installs for
+    the run, it sets the process up for it: on CPU, glibc keeps freed memory for reuse
+    (nasops.cpu.keep_freed_memory)."""
     cfg = check_config(cfg)
     previous = set_dw_backend(cfg["dw_backend"])
     try:
@@ -195,7 +198,7 @@ def build_run(cfg, device: torch.device | str = "cpu", rank: int = 0, world: int
     net = Supernet(space, dropout=cfg["dropout"], drop_connect=cfg["drop_connect"]).to(device)
     if cfg["zero_init_residual"]:
         net.zero_init_residual_()
-    if cfg["channels_last"]:
+    if use_channels_last(cfg["channels_last"], device):
         net.to(memory_format=torch.channels_last)
     if world > 1 and cfg["sync_bn"]:
         sync_batchnorm(net, torch.distributed.group.WORLD)
@@ -215,6 +218,8 @@ def build_run(cfg, device: torch.device | str = "cpu", rank: int = 0, world: int
 
 def _train(cfg: Recipe, run_dir: str, resume, progress, stop_after_steps) -> dict:
     device = dist.init_from_env()
+    if device.type == "cpu":
+        keep_freed_memory()
     rank = dist.rank()
     folder = RunDir(run_dir, writer=rank == 0)
     ckpt = folder.load_checkpoint() if resume else None

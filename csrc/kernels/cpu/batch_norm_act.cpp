@@ -1,233 +1,358 @@
-// nasops::batch_norm_act_: batch norm followed by an activation, in place, on a channels-last
-// float32 CPU tensor, without autograd. BN re-calibration and the evaluation after it are
-// memory-bound on CPU: PyTorch's training-mode batch norm reads its input twice and writes it
-// once, and the activation reads and writes it again. This op reads it once for the statistics
-// (training mode only) and once more to write the activated result over it.
+// Batch norm followed by an activation, fused, on channels-last float32 CPU tensors:
+//
+//   nasops::bn_act            out of place, with autograd (training): statistics in one pass
+//                             over x, the activated result in a second; saves x, the batch mean
+//                             and 1 / std for the backward, not the normalised values.
+//   nasops::bn_act_backward   two passes over (x, grad_y): the sums of dz = dy * act'(z) and of
+//                             dz * (x - mean), then grad_x, recomputing z.
+//   nasops::batch_norm_act_   in place, no autograd (BN re-calibration and evaluation).
+//
+// PyTorch's batch norm and activation make five to six passes over memory forward and eight
+// backward (and keep the normalised tensor alive for the activation's backward); these make
+// three and five. Statistics are summed over a fixed number of row blocks in double, then the
+// blocks in order, so results do not depend on the number of threads.
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/grad_mode.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/util/Exception.h>
+#include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <string>
+#include <tuple>
 #include <vector>
 
+#include "batch_norm_act.h"
 #include "dw_conv2d_cpu.h"
 
 namespace nasops {
 namespace {
 
-enum class Act { identity, relu, silu, hardswish };
-
-Act act_of(const std::string& name) {
+Act act_of(const std::string& name, const char* op) {
   if (name == "identity") return Act::identity;
   if (name == "relu") return Act::relu;
   if (name == "silu") return Act::silu;
   if (name == "hardswish") return Act::hardswish;
-  TORCH_CHECK_VALUE(false, "batch_norm_act_: act = '", name,
+  TORCH_CHECK_VALUE(false, op, ": act = '", name,
                     "' is not supported; allowed: identity, relu, silu, hardswish");
 }
 
-// The loops below work on W floats at a time as one GCC/Clang vector value (two SSE registers
-// in the portable build, one AVX register in its AVX2 clone) and on single floats for the last
-// channels of a row: each helper is written once for both.
-constexpr int64_t W = 8;
-typedef float floats __attribute__((vector_size(W * sizeof(float))));
-typedef int32_t ints __attribute__((vector_size(W * sizeof(int32_t))));
-
-#define NASOPS_INLINE inline __attribute__((always_inline))
-
-NASOPS_INLINE int32_t to_int(float v) { return static_cast<int32_t>(v); }
-NASOPS_INLINE ints to_int(floats v) { return __builtin_convertvector(v, ints); }
-template <typename T> NASOPS_INLINE T clamp(T v, float lo, float hi) {
-  v = v < lo ? lo : v;
-  return v > hi ? hi : v;
+const BnKernels& kernels() {
+  static const BnKernels base = cpu_base::bn_kernels();
+#if defined(NASOPS_HAVE_AVX2)
+  static const BnKernels avx2 = cpu_avx2::bn_kernels();
+  static const BnKernels avx512 = cpu_avx512::bn_kernels();
+  const std::string isa = cpu_isa();  // the depthwise kernels' switch (NASOPS_CPU_ISA) rules both
+  if (isa == "avx512") return avx512;
+  if (isa == "avx2") return avx2;
+#endif
+  return base;
 }
 
-// exp(x) for float without a library call, so that it runs W lanes at a time: 2^n * p(r) with
-// x = n ln2 + r, |r| <= ln2 / 2, and a degree-6 Taylor polynomial (relative error about 2e-7,
-// near float's own rounding). Inputs are clamped to where float's exp is finite and normal.
-template <typename T>
-NASOPS_INLINE T exp_lanes(T x) {
-  x = clamp(x, -87.3f, 88.7f);
-  const float round = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
-  const T n = (x * 1.44269504088896341f + round) - round;
-  const T r = (x - n * 0.693359375f) + n * 2.12194440e-4f;  // ln2 split in two parts
-  T p = r * (1.0f / 720) + 1.0f / 120;
-  p = p * r + 1.0f / 24;
-  p = p * r + 1.0f / 6;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const auto bits = (to_int(n) + 127) << 23;
-  T scale;
-  static_assert(sizeof bits == sizeof scale);
-  std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
+// Rows of C values per task of the elementwise passes: about 32 K values.
+int64_t grain(int64_t C) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, C)); }
 
-template <Act act, typename T>
-NASOPS_INLINE T activate(T y) {
-  if constexpr (act == Act::relu) return y > 0.0f ? y : 0.0f;
-  if constexpr (act == Act::silu) return y / (1.0f + exp_lanes(-y));
-  if constexpr (act == Act::hardswish) return y * clamp(y + 3.0f, 0.0f, 6.0f) * (1.0f / 6);
-  return y;
-}
+constexpr int64_t kBlocks = 64;
 
-template <typename T>
-NASOPS_INLINE T load(const float* p) {
-  T v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-template <typename T>
-NASOPS_INLINE void store(float* p, T v) { std::memcpy(p, &v, sizeof v); }
-
-// y = act(x * scale + shift) over rows of C channels.
-template <Act act>
-NASOPS_INLINE void normalize_rows(float* x, int64_t rows, int64_t C, const float* scale,
-                                  const float* shift) {
-  for (int64_t r = 0; r < rows; ++r) {
-    float* row = x + r * C;
-    int64_t c = 0;
-    for (; c + W <= C; c += W)
-      store(row + c, activate<act>(load<floats>(row + c) * load<floats>(scale + c) +
-                                   load<floats>(shift + c)));
-    for (; c < C; ++c) row[c] = activate<act>(row[c] * scale[c] + shift[c]);
-  }
-}
-
-// Per-channel sum and sum of squares of rows of C channels, in double.
-NASOPS_INLINE void accumulate_rows(const float* __restrict x, int64_t rows, int64_t C,
-                                   double* __restrict sum, double* __restrict squares) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* row = x + r * C;
-    for (int64_t c = 0; c < C; ++c) {
-      const double v = row[c];
-      sum[c] += v;
-      squares[c] += v * v;
+// Runs body(rows begin, rows count, partial) over kBlocks fixed blocks of rows in parallel, each
+// with its own 2 * C doubles (zeroed), then adds the blocks in order into a and b.
+template <typename Body>
+void blocked_sums(int64_t rows, int64_t C, double* a, double* b, Body&& body) {
+  std::vector<double> partial(kBlocks * 2 * C, 0.0);
+  const int64_t per_block = (rows + kBlocks - 1) / kBlocks;
+  at::parallel_for(0, kBlocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t lo = std::min(rows, blk * per_block), hi = std::min(rows, lo + per_block);
+      if (hi > lo) body(lo, hi - lo, partial.data() + blk * 2 * C, partial.data() + blk * 2 * C + C);
     }
+  });
+  std::fill(a, a + C, 0.0);
+  std::fill(b, b + C, 0.0);
+  for (int64_t blk = 0; blk < kBlocks; ++blk)
+    for (int64_t c = 0; c < C; ++c) {
+      a[c] += partial[blk * 2 * C + c];
+      b[c] += partial[blk * 2 * C + C + c];
+    }
+}
+
+void check_vector(const at::Tensor& x, const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == x.size(1), op, ": ", name, " must have C = ",
+                    x.size(1), " values, got shape ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat && t.is_cpu(), op, ": ", name,
+                   " must be a float32 CPU tensor, got ", t.scalar_type(), " on ", t.device());
+}
+
+void check_input(const at::Tensor& x, const char* op, const char* name = "x") {
+  TORCH_CHECK_VALUE(x.dim() == 4, op, ": ", name, " must be 4-D [N, C, H, W], got shape ",
+                    x.sizes());
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat && x.is_cpu(), op, ": ", name,
+                   " must be a float32 CPU tensor, got ", x.scalar_type(), " on ", x.device());
+}
+
+// Per-channel mean and biased variance of a channels-last x [rows, C], in double.
+void batch_moments(const float* x, int64_t rows, int64_t C, std::vector<double>& mean,
+                   std::vector<double>& var) {
+  std::vector<double> sum(C), squares(C);
+  const BnKernels& k = kernels();
+  blocked_sums(rows, C, sum.data(), squares.data(),
+               [&](int64_t lo, int64_t n, double* s, double* q) { k.stats(x + lo * C, n, C, s, q); });
+  mean.resize(C);
+  var.resize(C);
+  for (int64_t c = 0; c < C; ++c) {
+    mean[c] = sum[c] / rows;
+    var[c] = std::max(squares[c] / rows - mean[c] * mean[c], 0.0);
   }
 }
 
-// The loops are built twice, for the baseline instruction set and for AVX2 + FMA, and chosen
-// by nasops' CPU instruction-set switch (cpu_isa(); SiLU's exponential makes the normalising
-// loop compute-bound on SSE).
-struct Loops {
-  void (*normalize[4])(float*, int64_t, int64_t, const float*, const float*);
-  void (*accumulate)(const float*, int64_t, int64_t, double*, double*);
-};
-
-#define NASOPS_LOOPS(attributes, name)                                                         \
-  template <Act act>                                                                           \
-  attributes void name##_normalize(float* x, int64_t rows, int64_t C, const float* scale,     \
-                                   const float* shift) {                                      \
-    normalize_rows<act>(x, rows, C, scale, shift);                                             \
-  }                                                                                            \
-  attributes void name##_accumulate(const float* x, int64_t rows, int64_t C, double* sum,      \
-                                    double* squares) {                                         \
-    accumulate_rows(x, rows, C, sum, squares);                                                 \
-  }                                                                                            \
-  const Loops name = {{name##_normalize<Act::identity>, name##_normalize<Act::relu>,           \
-                       name##_normalize<Act::silu>, name##_normalize<Act::hardswish>},         \
-                      name##_accumulate};
-
-NASOPS_LOOPS(, base_loops)
-#if defined(NASOPS_HAVE_AVX2)
-NASOPS_LOOPS(__attribute__((target("avx2,fma"))), avx2_loops)
-#endif
-
-const Loops& loops() {
-#if defined(NASOPS_HAVE_AVX2)
-  if (cpu_isa() != "base") return avx2_loops;  // the AVX-512 build's processors have AVX2
-#endif
-  return base_loops;
+// running = (1 - momentum) running + momentum batch (the variance unbiased), as PyTorch does.
+void update_running(float* running_mean, float* running_var, const std::vector<double>& mean,
+                    const std::vector<double>& var, int64_t rows, double momentum) {
+  const double n = static_cast<double>(rows);
+  for (size_t c = 0; c < mean.size(); ++c) {
+    running_mean[c] = static_cast<float>((1 - momentum) * running_mean[c] + momentum * mean[c]);
+    running_var[c] = static_cast<float>((1 - momentum) * running_var[c] + momentum * var[c] * n / (n - 1));
+  }
 }
 
-void normalize(float* x, int64_t rows, int64_t C, const float* scale, const float* shift,
-               Act act) {
-  const auto run = loops().normalize[static_cast<int>(act)];
-  at::parallel_for(0, rows, std::max<int64_t>(1, 32768 / C), [&](int64_t begin, int64_t end) {
-    run(x + begin * C, end - begin, C, scale, shift);
+// scale = weight / sqrt(var + eps) and shift = bias - mean * scale, in float.
+void affine(const float* w, const float* b, const double* mean, const double* invstd, int64_t C,
+            std::vector<float>& scale, std::vector<float>& shift) {
+  scale.resize(C);
+  shift.resize(C);
+  for (int64_t c = 0; c < C; ++c) {
+    const double s = w[c] * invstd[c];
+    scale[c] = static_cast<float>(s);
+    shift[c] = static_cast<float>(b[c] - mean[c] * s);
+  }
+}
+
+void normalize(const float* x, float* y, int64_t rows, int64_t C, const std::vector<float>& scale,
+               const std::vector<float>& shift, Act act) {
+  const auto run = kernels().forward[static_cast<int>(act)];
+  at::parallel_for(0, rows, grain(C), [&](int64_t begin, int64_t end) {
+    run(x + begin * C, y + begin * C, end - begin, C, scale.data(), shift.data());
   });
 }
 
-// The statistics are summed over a fixed number of row blocks, then the blocks in order: the
-// result does not depend on how many threads ran.
-constexpr int64_t kBlocks = 64;
+// ---- nasops::bn_act -------------------------------------------------------------------------
 
-void check(const at::Tensor& x, const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == x.size(1) && t.is_contiguous(),
-                    "batch_norm_act_: ", name, " must be contiguous with C = ", x.size(1),
-                    " values, got shape ", t.sizes());
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat && t.is_cpu(), "batch_norm_act_: ", name,
-                   " must be a float32 CPU tensor, got ", t.scalar_type(), " on ", t.device());
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_cpu(
+    const at::Tensor& input, const at::Tensor& weight, const at::Tensor& bias,
+    const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
+    bool training, double momentum, double eps, const std::string& act_name) {
+  const char* op = "bn_act";
+  const Act act = act_of(act_name, op);
+  check_input(input, op);
+  check_vector(input, weight, op, "weight");
+  check_vector(input, bias, op, "bias");
+  const bool running = running_mean.has_value() && running_var.has_value();
+  TORCH_CHECK_VALUE(running_mean.has_value() == running_var.has_value(), op,
+                    ": give both running_mean and running_var, or neither");
+  if (running) {
+    check_vector(input, *running_mean, op, "running_mean");
+    check_vector(input, *running_var, op, "running_var");
+    TORCH_CHECK_VALUE(running_mean->is_contiguous() && running_var->is_contiguous(), op,
+                      ": running statistics must be contiguous");
+  }
+  TORCH_CHECK_VALUE(training || running, op, ": evaluation mode needs the running statistics");
+  const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor w = weight.contiguous(), b = bias.contiguous();
+  const int64_t C = x.size(1), rows = C == 0 ? 0 : x.numel() / C;
+  TORCH_CHECK_VALUE(!training || rows > 1, op, ": training mode needs more than one value per ",
+                    "channel, got shape ", x.sizes());
+  at::Tensor y = at::empty_like(x, at::MemoryFormat::ChannelsLast);
+  at::Tensor save_mean = at::empty({C}, x.options()), save_invstd = at::empty({C}, x.options());
+  if (rows == 0) return {y, save_mean, save_invstd};
+  std::vector<double> mean, var;
+  if (training) {
+    batch_moments(x.data_ptr<float>(), rows, C, mean, var);
+    if (running)
+      update_running(running_mean->data_ptr<float>(), running_var->data_ptr<float>(), mean, var,
+                     rows, momentum);
+  } else {
+    const float* rm = running_mean->data_ptr<float>();
+    const float* rv = running_var->data_ptr<float>();
+    mean.assign(rm, rm + C);
+    var.assign(rv, rv + C);
+  }
+  std::vector<double> invstd(C);
+  for (int64_t c = 0; c < C; ++c) {
+    invstd[c] = 1.0 / std::sqrt(var[c] + eps);
+    save_mean.data_ptr<float>()[c] = static_cast<float>(mean[c]);
+    save_invstd.data_ptr<float>()[c] = static_cast<float>(invstd[c]);
+  }
+  std::vector<float> scale, shift;
+  affine(w.data_ptr<float>(), b.data_ptr<float>(), mean.data(), invstd.data(), C, scale, shift);
+  normalize(x.data_ptr<float>(), y.data_ptr<float>(), rows, C, scale, shift, act);
+  return {y, save_mean, save_invstd};
 }
+
+// ---- nasops::bn_act_backward ----------------------------------------------------------------
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    const at::Tensor& bias, const at::Tensor& save_mean, const at::Tensor& save_invstd,
+    bool training, const std::string& act_name, std::array<bool, 3> output_mask) {
+  const char* op = "bn_act_backward";
+  const Act act = act_of(act_name, op);
+  check_input(input, op, "input");
+  check_input(grad_output, op, "grad_output");
+  TORCH_CHECK_VALUE(grad_output.sizes() == input.sizes(), op, ": grad_output has shape ",
+                    grad_output.sizes(), " but input has ", input.sizes());
+  for (auto [t, name] : {std::pair{&weight, "weight"}, {&bias, "bias"}, {&save_mean, "save_mean"},
+                         {&save_invstd, "save_invstd"}})
+    check_vector(input, *t, op, name);
+  const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor dy = grad_output.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t C = x.size(1), rows = C == 0 ? 0 : x.numel() / C;
+  at::Tensor grad_input, grad_weight = at::empty({C}, x.options()), grad_bias = at::empty({C}, x.options());
+  if (output_mask[0]) grad_input = at::empty_like(x, at::MemoryFormat::ChannelsLast);
+  if (rows == 0) {
+    grad_weight.zero_();
+    grad_bias.zero_();
+    return {grad_input, grad_weight, grad_bias};
+  }
+  const BnKernels& k = kernels();
+  const int a = static_cast<int>(act);
+  const float* xp = x.data_ptr<float>();
+  const float* gp = dy.data_ptr<float>();
+  const float* w = weight.contiguous().data_ptr<float>();
+  const float* mean_f = save_mean.contiguous().data_ptr<float>();
+  const float* invstd_f = save_invstd.contiguous().data_ptr<float>();
+  std::vector<double> mean(mean_f, mean_f + C), invstd(invstd_f, invstd_f + C);
+  std::vector<float> scale, shift;
+  affine(w, bias.contiguous().data_ptr<float>(), mean.data(), invstd.data(), C, scale, shift);
+  // Sums of dz and dz (x - mean): the bias and weight gradients, and the training-mode terms
+  // of the input gradient.
+  std::vector<double> sum_dz(C), sum_dzx(C);
+  const bool need_sums = training || output_mask[1] || output_mask[2];
+  if (need_sums)
+    blocked_sums(rows, C, sum_dz.data(), sum_dzx.data(), [&](int64_t lo, int64_t n, double* s, double* q) {
+      k.grad_stats[a](gp + lo * C, xp + lo * C, n, C, scale.data(), shift.data(), mean_f, s, q);
+    });
+  for (int64_t c = 0; c < C; ++c) {
+    grad_bias.data_ptr<float>()[c] = static_cast<float>(sum_dz[c]);
+    grad_weight.data_ptr<float>()[c] = static_cast<float>(sum_dzx[c] * invstd[c]);
+  }
+  if (output_mask[0]) {
+    // dx = scale * (dz - sum_dz / M - (x - mean) invstd^2 sum_dzx / M) in training mode, and
+    // scale * dz in evaluation mode: dz * scale + ca * x + cb.
+    std::vector<float> ca(C, 0.0f), cb(C, 0.0f);
+    if (training) {
+      for (int64_t c = 0; c < C; ++c) {
+        const double s = scale[c], slope = -s * invstd[c] * invstd[c] * sum_dzx[c] / rows;
+        ca[c] = static_cast<float>(slope);
+        cb[c] = static_cast<float>(-s * sum_dz[c] / rows - slope * mean[c]);
+      }
+    }
+    float* ip = grad_input.data_ptr<float>();
+    at::parallel_for(0, rows, grain(C), [&](int64_t begin, int64_t end) {
+      k.grad_input[a](gp + begin * C, xp + begin * C, ip + begin * C, end - begin, C,
+                      scale.data(), shift.data(), ca.data(), cb.data());
+    });
+  }
+  return {grad_input, output_mask[1] ? grad_weight : at::Tensor(),
+          output_mask[2] ? grad_bias : at::Tensor()};
+}
+
+// ---- autograd ---------------------------------------------------------------------------------
+
+// Autograd of bn_act in C++: no Python on the training hot path.
+class BnActFunction : public torch::autograd::Function<BnActFunction> {
+ public:
+  static torch::autograd::variable_list forward(
+      torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+      const at::Tensor& bias, const std::optional<at::Tensor>& running_mean,
+      const std::optional<at::Tensor>& running_var, bool training, double momentum, double eps,
+      const std::string& act) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("nasops::bn_act", "")
+                               .typed<decltype(bn_act_cpu)>();
+    auto [y, mean, invstd] = op.call(x, weight, bias, running_mean, running_var, training,
+                                     momentum, eps, act);
+    ctx->save_for_backward({x, weight, bias, mean, invstd});
+    ctx->saved_data["training"] = training;
+    ctx->saved_data["act"] = act;
+    ctx->mark_non_differentiable({mean, invstd});
+    return {y, mean, invstd};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("nasops::bn_act_backward", "")
+                               .typed<decltype(bn_act_backward_cpu)>();
+    const at::Tensor& grad = grads[0];
+    if (!grad.defined())
+      return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+              at::Tensor(), at::Tensor(), at::Tensor()};
+    auto [gx, gw, gb] = op.call(grad, saved[0], saved[1], saved[2], saved[3], saved[4],
+                                ctx->saved_data["training"].toBool(),
+                                ctx->saved_data["act"].toStringRef(),
+                                {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                 ctx->needs_input_grad(2)});
+    return {gx, gw, gb, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_autograd(
+    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+    const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
+    bool training, double momentum, double eps, const std::string& act) {
+  auto out = BnActFunction::apply(x, weight, bias, running_mean, running_var, training, momentum,
+                                  eps, act);
+  return {out[0], out[1], out[2]};
+}
+
+// ---- nasops::batch_norm_act_ (in place, no autograd) -----------------------------------------
 
 void batch_norm_act_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                         const at::Tensor& running_mean, const at::Tensor& running_var,
                         bool training, double momentum, double eps, const std::string& act_name) {
-  const Act act = act_of(act_name);
-  const Loops& run = loops();
-  TORCH_CHECK_VALUE(x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast),
-                    "batch_norm_act_: x must be a channels-last [N, C, H, W] tensor, got shape ",
-                    x.sizes(), " with strides ", x.strides());
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, "batch_norm_act_: x has dtype ",
-                   x.scalar_type(), "; allowed: float32");
+  const char* op = "batch_norm_act_";
+  const Act act = act_of(act_name, op);
+  TORCH_CHECK_VALUE(x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast), op,
+                    ": x must be a channels-last [N, C, H, W] tensor, got shape ", x.sizes(),
+                    " with strides ", x.strides());
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat, op, ": x has dtype ", x.scalar_type(),
+                   "; allowed: float32");
   TORCH_CHECK(!(at::GradMode::is_enabled() && x.requires_grad()),
               "batch_norm_act_ has no gradient; call it under torch.no_grad()");
   for (auto [t, name] : {std::pair{&weight, "weight"}, {&bias, "bias"},
-                         {&running_mean, "running_mean"}, {&running_var, "running_var"}})
-    check(x, *t, name);
+                         {&running_mean, "running_mean"}, {&running_var, "running_var"}}) {
+    check_vector(x, *t, op, name);
+    TORCH_CHECK_VALUE(t->is_contiguous(), op, ": ", name, " must be contiguous");
+  }
   const int64_t C = x.size(1), rows = x.numel() / std::max<int64_t>(C, 1);
   if (rows == 0 || C == 0) return;
-  TORCH_CHECK_VALUE(!training || rows > 1, "batch_norm_act_: training mode needs more than one ",
+  TORCH_CHECK_VALUE(!training || rows > 1, op, ": training mode needs more than one ",
                     "value per channel, got shape ", x.sizes());
   float* data = x.data_ptr<float>();
-  float* rmean = running_mean.data_ptr<float>();
-  float* rvar = running_var.data_ptr<float>();
-  std::vector<double> mean(C), var(C);
+  std::vector<double> mean, var;
   if (training) {
-    std::vector<double> partial(kBlocks * 2 * C, 0.0);
-    const int64_t per_block = (rows + kBlocks - 1) / kBlocks;
-    at::parallel_for(0, kBlocks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        const int64_t lo = std::min(rows, b * per_block), hi = std::min(rows, lo + per_block);
-        double* s = partial.data() + b * 2 * C;
-        run.accumulate(data + lo * C, hi - lo, C, s, s + C);
-      }
-    });
-    std::vector<double> sum(C, 0.0), squares(C, 0.0);
-    for (int64_t b = 0; b < kBlocks; ++b)
-      for (int64_t c = 0; c < C; ++c) {
-        sum[c] += partial[b * 2 * C + c];
-        squares[c] += partial[b * 2 * C + C + c];
-      }
-    const double n = static_cast<double>(rows);
-    for (int64_t c = 0; c < C; ++c) {
-      mean[c] = sum[c] / n;
-      var[c] = std::max(squares[c] / n - mean[c] * mean[c], 0.0);  // biased: what normalises
-      rmean[c] = static_cast<float>((1 - momentum) * rmean[c] + momentum * mean[c]);
-      rvar[c] = static_cast<float>((1 - momentum) * rvar[c] + momentum * var[c] * n / (n - 1));
-    }
+    batch_moments(data, rows, C, mean, var);
+    update_running(running_mean.data_ptr<float>(), running_var.data_ptr<float>(), mean, var, rows,
+                   momentum);
   } else {
-    for (int64_t c = 0; c < C; ++c) {
-      mean[c] = rmean[c];
-      var[c] = rvar[c];
-    }
+    const float* rm = running_mean.data_ptr<float>();
+    const float* rv = running_var.data_ptr<float>();
+    mean.assign(rm, rm + C);
+    var.assign(rv, rv + C);
   }
-  const float* w = weight.data_ptr<float>();
-  const float* b = bias.data_ptr<float>();
-  std::vector<float> scale(C), shift(C);
-  for (int64_t c = 0; c < C; ++c) {
-    const double s = w[c] / std::sqrt(var[c] + eps);
-    scale[c] = static_cast<float>(s);
-    shift[c] = static_cast<float>(b[c] - mean[c] * s);
-  }
-  normalize(data, rows, C, scale.data(), shift.data(), act);
+  std::vector<double> invstd(C);
+  for (int64_t c = 0; c < C; ++c) invstd[c] = 1.0 / std::sqrt(var[c] + eps);
+  std::vector<float> scale, shift;
+  affine(weight.data_ptr<float>(), bias.data_ptr<float>(), mean.data(), invstd.data(), C, scale,
+         shift);
+  normalize(data, data, rows, C, scale, shift, act);
 }
 
 }  // namespace
@@ -236,6 +361,18 @@ void batch_norm_act_cpu(const at::Tensor& x, const at::Tensor& weight, const at:
 TORCH_LIBRARY_FRAGMENT(nasops, m) {
   m.def("batch_norm_act_(Tensor(a!) x, Tensor weight, Tensor bias, Tensor(b!) running_mean, "
         "Tensor(c!) running_var, bool training, float momentum, float eps, str act) -> ()");
+  m.def("bn_act(Tensor x, Tensor weight, Tensor bias, Tensor(a!)? running_mean, "
+        "Tensor(b!)? running_var, bool training, float momentum, float eps, str act) "
+        "-> (Tensor, Tensor, Tensor)");
+  m.def("bn_act_backward(Tensor grad_output, Tensor input, Tensor weight, Tensor bias, "
+        "Tensor save_mean, Tensor save_invstd, bool training, str act, bool[3] output_mask) "
+        "-> (Tensor, Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(nasops, CPU, m) { m.impl("batch_norm_act_", &nasops::batch_norm_act_cpu); }
+TORCH_LIBRARY_IMPL(nasops, CPU, m) {
+  m.impl("batch_norm_act_", &nasops::batch_norm_act_cpu);
+  m.impl("bn_act", &nasops::bn_act_cpu);
+  m.impl("bn_act_backward", &nasops::bn_act_backward_cpu);
+}
+
+TORCH_LIBRARY_IMPL(nasops, Autograd, m) { m.impl("bn_act", &nasops::bn_act_autograd); }

@@ -108,6 +108,119 @@ int64_t grain(int64_t plane_size) {
 // k = 5 (8100).
 bool use_groups(int64_t Ho, int64_t Wo, int64_t k) { return Ho * Wo * k * k < 4096; }
 
+// Channels-last inputs run the NHWC kernels and give channels-last results (a layer of C = 1,
+// or of 1 x 1 maps, is the same in both layouts and runs the plane kernels). Kernels wider than
+// 63 (the NHWC weight gradient's register budget) take the plane kernels too.
+bool use_nhwc(const at::Tensor& input, int64_t k) {
+  return input.size(1) > 1 && input.size(2) * input.size(3) > 1 && k <= 63 &&
+         input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+}
+
+// The centred window of the first C channels as [k * k][Cp] (Cp = C rounded up to `lanes`,
+// zeros past C): the NHWC kernels' layout of the taps.
+template <typename T>
+std::vector<T> nhwc_taps(const at::Tensor& w, int64_t C, int64_t k, int64_t lanes) {
+  const int64_t K = w.size(2), off = (K - k) / 2, Cp = (C + lanes - 1) / lanes * lanes;
+  std::vector<T> taps(k * k * Cp, T(0));
+  const T* wp = w.data_ptr<T>();
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t i = 0; i < k; ++i)
+      for (int64_t j = 0; j < k; ++j) taps[(i * k + j) * Cp + c] = wp[c * K * K + (off + i) * K + off + j];
+  return taps;
+}
+
+// Rows per task of the NHWC loops: about 16 K values of output each.
+int64_t row_grain(int64_t row_values) {
+  return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, row_values));
+}
+
+void check_grad_output(const at::Tensor& grad_output, const at::Tensor& input, int64_t s,
+                       const char* op) {
+  const int64_t H = input.size(2), W = input.size(3);
+  TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef({input.size(0), input.size(1),
+                                                            dw_out_size(H, s), dw_out_size(W, s)}),
+                    op, ": grad_output has shape ", grad_output.sizes(),
+                    ", which is not the output shape of this input");
+  TORCH_CHECK_TYPE(grad_output.scalar_type() == input.scalar_type(), op, ": grad_output dtype ",
+                   grad_output.scalar_type(), " differs from input dtype ", input.scalar_type());
+}
+
+constexpr auto kChannelsLast = at::MemoryFormat::ChannelsLast;
+
+at::Tensor dw_conv2d_nhwc(const at::Tensor& input, const at::Tensor& weight, int64_t k, int64_t s) {
+  const at::Tensor x = input.contiguous(kChannelsLast), w = weight.contiguous();
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t Ho = dw_out_size(H, s), Wo = dw_out_size(W, s);
+  at::Tensor out = at::empty({N, C, Ho, Wo}, x.options().memory_format(kChannelsLast));
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dw_conv2d_nhwc", [&] {
+    const auto kern = kernels<scalar_t>();
+    const std::vector<scalar_t> taps = nhwc_taps<scalar_t>(w, C, k, kern.lanes);
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, N * Ho, row_grain(Wo * C), [&](int64_t begin, int64_t end) {
+      kern.forward_nhwc(xp, taps.data(), op, C, H, W, k, s, begin, end);
+    });
+  });
+  return out;
+}
+
+at::Tensor dw_conv2d_grad_input_nhwc(const at::Tensor& grad_output, const at::Tensor& input,
+                                     const at::Tensor& weight, int64_t k, int64_t s) {
+  const at::Tensor go = grad_output.contiguous(kChannelsLast), w = weight.contiguous();
+  const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
+  at::Tensor grad_input = at::empty({N, C, H, W}, go.options().memory_format(kChannelsLast));
+  AT_DISPATCH_FLOATING_TYPES(go.scalar_type(), "dw_conv2d_grad_input_nhwc", [&] {
+    const auto kern = kernels<scalar_t>();
+    const std::vector<scalar_t> taps = nhwc_taps<scalar_t>(w, C, k, kern.lanes);
+    const scalar_t* gp = go.data_ptr<scalar_t>();
+    scalar_t* ip = grad_input.data_ptr<scalar_t>();
+    at::parallel_for(0, N * H, row_grain(W * C), [&](int64_t begin, int64_t end) {
+      kern.grad_input_nhwc(gp, taps.data(), ip, C, H, W, k, s, begin, end);
+    });
+  });
+  return grad_input;
+}
+
+// Tasks are (channel chunk, block of output rows); each sums its block in double, and the
+// blocks are added in order afterwards. How the rows are cut depends on the shape only, so the
+// result does not depend on the number of threads.
+at::Tensor dw_conv2d_grad_weight_nhwc(const at::Tensor& grad_output, const at::Tensor& input,
+                                      const at::Tensor& weight, int64_t k, int64_t s) {
+  const at::Tensor go = grad_output.contiguous(kChannelsLast), x = input.contiguous(kChannelsLast);
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t Ho = dw_out_size(H, s), Wo = dw_out_size(W, s), K = weight.size(2), off = (K - k) / 2;
+  at::Tensor grad_weight = at::zeros(weight.sizes(), weight.options());
+  AT_DISPATCH_FLOATING_TYPES(go.scalar_type(), "dw_conv2d_grad_weight_nhwc", [&] {
+    const auto kern = kernels<scalar_t>();
+    const int64_t L = kern.lanes, chunks = (C + L - 1) / L, rows = N * Ho;
+    // enough tasks for many threads on narrow layers (64 in all), none under 8 rows
+    const int64_t blocks = std::clamp<int64_t>(64 / chunks, 1, std::max<int64_t>(1, rows / 8));
+    const int64_t per_block = (rows + blocks - 1) / blocks;
+    std::vector<double> partial(chunks * blocks * k * k * L, 0.0);
+    const scalar_t* gp = go.data_ptr<scalar_t>();
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    at::parallel_for(0, chunks * blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t chunk = task / blocks, block = task % blocks, c0 = chunk * L;
+        const int64_t lo = std::min(rows, block * per_block), hi = std::min(rows, lo + per_block);
+        kern.grad_weight_nhwc(gp, xp, partial.data() + task * k * k * L, C, H, W, k, s, c0,
+                              std::min(L, C - c0), lo, hi);
+      }
+    });
+    scalar_t* wp = grad_weight.data_ptr<scalar_t>();
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t chunk = c / L, v = c % L;
+      for (int64_t t = 0; t < k * k; ++t) {
+        double sum = 0;
+        for (int64_t block = 0; block < blocks; ++block)
+          sum += partial[((chunk * blocks + block) * k * k + t) * L + v];
+        wp[c * K * K + (off + t / k) * K + off + t % k] = static_cast<scalar_t>(sum);
+      }
+    }
+  });
+  return grad_weight;
+}
+
 }  // namespace
 
 std::string cpu_isa() { return kIsaNames[chosen_isa()]; }
@@ -124,6 +237,7 @@ void set_cpu_isa(const std::string& name) { isa_choice.store(isa_named(name)); }
 at::Tensor dw_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, int64_t k,
                          int64_t s) {
   check_dw_conv2d(input, weight, k, s, "dw_conv2d");
+  if (use_nhwc(input, k)) return dw_conv2d_nhwc(input, weight, k, s);
   const at::Tensor x = input.contiguous(), w = weight.contiguous();
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t Ho = dw_out_size(H, s), Wo = dw_out_size(W, s);
@@ -156,11 +270,10 @@ at::Tensor dw_conv2d_cpu(const at::Tensor& input, const at::Tensor& weight, int6
 at::Tensor dw_conv2d_grad_input_cpu(const at::Tensor& grad_output, const at::Tensor& input,
                                     const at::Tensor& weight, int64_t k, int64_t s) {
   check_dw_conv2d(input, weight, k, s, "dw_conv2d_grad_input");
+  check_grad_output(grad_output, input, s, "dw_conv2d_grad_input");
+  if (use_nhwc(input, k)) return dw_conv2d_grad_input_nhwc(grad_output, input, weight, k, s);
   const at::Tensor go = grad_output.contiguous(), w = weight.contiguous();
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
-  TORCH_CHECK_VALUE(go.sizes() == at::IntArrayRef({N, C, dw_out_size(H, s), dw_out_size(W, s)}),
-                    "dw_conv2d_grad_input: grad_output has shape ", go.sizes(),
-                    ", which is not the output shape of this input");
   const int64_t Ho = go.size(2), Wo = go.size(3);
   at::Tensor grad_input = at::empty({N, C, H, W}, go.options());
   const Window win = window_of(w, k);
@@ -191,11 +304,10 @@ at::Tensor dw_conv2d_grad_input_cpu(const at::Tensor& grad_output, const at::Ten
 at::Tensor dw_conv2d_grad_weight_cpu(const at::Tensor& grad_output, const at::Tensor& input,
                                      const at::Tensor& weight, int64_t k, int64_t s) {
   check_dw_conv2d(input, weight, k, s, "dw_conv2d_grad_weight");
+  check_grad_output(grad_output, input, s, "dw_conv2d_grad_weight");
+  if (use_nhwc(input, k)) return dw_conv2d_grad_weight_nhwc(grad_output, input, weight, k, s);
   const at::Tensor go = grad_output.contiguous(), x = input.contiguous();
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  TORCH_CHECK_VALUE(go.sizes() == at::IntArrayRef({N, C, dw_out_size(H, s), dw_out_size(W, s)}),
-                    "dw_conv2d_grad_weight: grad_output has shape ", go.sizes(),
-                    ", which is not the output shape of this input");
   const int64_t Ho = go.size(2), Wo = go.size(3), K = weight.size(2), off = (K - k) / 2;
   // Full shape, zero outside the active channels and window: what autograd adds into the
   // shared weight's gradient.

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "../dw_conv2d.h"
@@ -712,12 +713,15 @@ void grad_weight_group(const T* go, const T* in, double* acc, int64_t channels, 
     }
 }
 
+#include "dw_conv2d_nhwc.h"
+
 }  // namespace
 
 template <typename T>
 DwKernels<T> dw_kernels() {
   return {V, &forward<T>, &grad_input<T>, &grad_weight<T>,
-          &forward_group<T>, &grad_input_group<T>, &grad_weight_group<T>};
+          &forward_group<T>, &grad_input_group<T>, &grad_weight_group<T>,
+          &forward_nhwc<T>, &grad_input_nhwc<T>, &grad_weight_nhwc<T>};
 }
 template DwKernels<float> dw_kernels<float>();
 template DwKernels<double> dw_kernels<double>();

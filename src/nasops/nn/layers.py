@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops import batch_norm_act_, dw_conv2d
+from ..ops import batch_norm_act, dw_conv2d
 
 
 def make_divisible(v: int, divisor: int = 8) -> int:
@@ -151,20 +151,16 @@ class DynamicBatchNorm2d(nn.BatchNorm2d):
 
     def forward(self, x: torch.Tensor, act: nn.Module | None = None,
                 overwrite: bool = False) -> torch.Tensor:
-        """act(batch norm of x) (act None: no activation). overwrite=True says that the caller
-        no longer needs x (a conv's output, say): without autograd the result may then be
-        computed over x in place, by one fused operator (ops.batch_norm_act_)."""
+        """act(batch norm of x) (act None: no activation), fused where it can be
+        (ops.batch_norm_act). overwrite=True says that the caller no longer needs x (a conv's
+        output, say): without autograd the result may then be computed over x in place."""
         c = x.shape[1]
         running_mean, running_var, momentum = self._statistics(x)
         if self.training and self.process_group is not None:
             y = self._synced(x, running_mean, running_var, momentum)
-        elif overwrite:
-            return batch_norm_act_(x, self.weight[:c], self.bias[:c], running_mean, running_var,
-                                   self.training, momentum, self.eps, act)
-        else:
-            y = F.batch_norm(x, running_mean, running_var, self.weight[:c], self.bias[:c],
-                             self.training, momentum, self.eps)
-        return y if act is None else act(y)
+            return y if act is None else act(y)
+        return batch_norm_act(x, self.weight[:c], self.bias[:c], running_mean, running_var,
+                              self.training, momentum, self.eps, act, overwrite)
 
     def export(self, channels: int) -> nn.BatchNorm2d:
         bn = _on_meta(nn.BatchNorm2d, channels, eps=self.eps, momentum=self.momentum)

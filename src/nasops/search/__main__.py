@@ -24,8 +24,9 @@ from . import METHODS, SupernetAccuracy, front, pareto
 from .. import distributed as dist
 from ..checkpoint import load_trained
 from ..cli import STAGES, add_import_option, prog as prog_name
+from ..cpu import keep_freed_memory
 from ..registry import import_modules
-from ..evaluate import Evaluator, binomial_interval, keep_freed_memory
+from ..evaluate import Evaluator, binomial_interval
 from ..export import export_subnet
 from ..files import write_json
 from ..latency import LatencyTable
@@ -92,8 +93,7 @@ def main(argv=None, prog=None) -> int:
             space = net.space
             keep_freed_memory()
             evaluator = Evaluator(net, splits, cfg["eval_batch_size"],
-                                  args.calib_images or cfg["calib_images"], device,
-                                  channels_last=True)
+                                  args.calib_images or cfg["calib_images"], device)
         elif args.predictor and args.space:
             space = SearchSpace.load(args.space)
         else:
