@@ -443,6 +443,20 @@ def test_bn_act_forward_and_backward_match_float64(isa, shape, act, training):
         assert close(got, expected, 1e-6)
 
 
+def test_bn_act_is_finite_and_exact_far_out(isa):
+    """Normalised values from -120 to 120 (evaluation mode with unit statistics): every
+    activation finite and within float rounding of float64, where exp overflows float."""
+    z = torch.linspace(-120, 120, 4801, dtype=torch.float64).view(1, -1, 1, 1).repeat(2, 1, 1, 1)
+    c = z.shape[1]
+    x = z.float().contiguous(memory_format=torch.channels_last)
+    for act in BN_ACTS:
+        y = torch.ops.nasops.bn_act(x, torch.ones(c), torch.zeros(c), torch.zeros(c),
+                                    torch.ones(c) - 1e-5, False, 0.1, 1e-5, act)[0]
+        expected = bn_act_reference(z, torch.ones(c), torch.zeros(c), torch.zeros(c),
+                                    torch.ones(c) - 1e-5, False, 0.1, 1e-5, act)[0]
+        assert torch.isfinite(y).all() and close(y, expected, 1e-6), act
+
+
 def test_bn_act_takes_any_layout_and_frozen_statistics():
     """An NCHW input is read as channels-last; without running statistics (training mode: the
     frozen-statistics forward of loss-scored candidates) the batch statistics normalise and

@@ -106,63 +106,80 @@ inline void sequence_output(const T* in, const T* taps, const Sequence& q, int64
   store_chunk<Full>(out + t * q.os, acc, cnt);
 }
 
-// Outputs [t, t1) of the interior, XB at a time, with compile-time KQ and S (unrolled: the KQ
-// weights and XB sums in registers, each source vector loaded once). Returns where it stopped.
-template <bool Full, int64_t KQ, int64_t S, typename T>
-int64_t sequence_block(const T* in, const T* taps, const Sequence& q, int64_t t, int64_t t1,
-                       T* out, int64_t C, int64_t cnt) {
-  constexpr int64_t XB = V >= 16 ? 8 : 4;
+// XB consecutive interior outputs from t, with compile-time KQ and S (unrolled: the KQ weights
+// and XB sums in registers, each source vector loaded once for every output that reads it).
+template <bool Full, int64_t KQ, int64_t S, int64_t XB, typename T>
+inline void sequence_block(const T* in, const T* taps, const Sequence& q, int64_t t, T* out,
+                           int64_t C, int64_t cnt) {
   constexpr int64_t SPAN = (XB - 1) * S + KQ;  // source columns the block reads per row
-  for (; t + XB <= t1; t += XB) {
-    lanes<T> acc[XB] = {};
-    for (int64_t r = 0; r < q.m; ++r) {
-      const SeqRow& row = q.rows[r];
-      const T* src = in + (row.src + (q.col0 + t * S) * C);
-      lanes<T> w[KQ];
+  lanes<T> acc[XB] = {};
+  for (int64_t r = 0; r < q.m; ++r) {
+    const SeqRow& row = q.rows[r];
+    const T* src = in + (row.src + (q.col0 + t * S) * C);
+    lanes<T> w[KQ];
 #pragma GCC unroll 16
-      for (int64_t j = 0; j < KQ; ++j) w[j] = load(taps + row.weight + j * row.wstep);
+    for (int64_t j = 0; j < KQ; ++j) w[j] = load(taps + row.weight + j * row.wstep);
 #pragma GCC unroll 32
-      for (int64_t u = 0; u < SPAN; ++u) {
-        const lanes<T> v = load_chunk<Full>(src + u * C, cnt);
+    for (int64_t u = 0; u < SPAN; ++u) {
+      const lanes<T> v = load_chunk<Full>(src + u * C, cnt);
 #pragma GCC unroll 16
-        for (int64_t b = 0; b < XB; ++b) {
-          const int64_t j = u - b * S;
-          if (j >= 0 && j < KQ) acc[b] += w[j] * v;
-        }
+      for (int64_t b = 0; b < XB; ++b) {
+        const int64_t j = u - b * S;
+        if (j >= 0 && j < KQ) acc[b] += w[j] * v;
       }
     }
-#pragma GCC unroll 16
-    for (int64_t b = 0; b < XB; ++b) store_chunk<Full>(out + (t + b) * q.os, acc[b], cnt);
   }
-  return t;
+#pragma GCC unroll 16
+  for (int64_t b = 0; b < XB; ++b) store_chunk<Full>(out + (t + b) * q.os, acc[b], cnt);
 }
 
-template <bool Full, typename T>
-int64_t sequence_block_any(const T* in, const T* taps, const Sequence& q, int64_t t, int64_t t1,
-                           T* out, int64_t C, int64_t cnt) {
-#define NASOPS_SEQ(KQ_, S_)                                                                   \
-  if (q.KQ == KQ_ && q.S == S_) return sequence_block<Full, KQ_, S_>(in, taps, q, t, t1, out, C, cnt);
-  NASOPS_SEQ(3, 1) NASOPS_SEQ(5, 1) NASOPS_SEQ(7, 1) NASOPS_SEQ(3, 2) NASOPS_SEQ(5, 2)
-  NASOPS_SEQ(7, 2) NASOPS_SEQ(1, 1) NASOPS_SEQ(2, 1) NASOPS_SEQ(4, 1)
-#undef NASOPS_SEQ
-  return t;  // other shapes: one output at a time
+// Every chunk of C channels of XB outputs from t: all channels of a block before the next
+// block, so that the block's pixels are read whole, in address order (chunk by chunk over
+// the row would stride through memory C values at a time, which the prefetchers serve badly).
+template <int64_t KQ, int64_t S, int64_t XB, typename T>
+inline void sequence_block_chunks(const T* in, const T* taps, const Sequence& q, int64_t t,
+                                  T* out, int64_t C) {
+  int64_t c0 = 0;
+  for (; c0 + V <= C; c0 += V)
+    sequence_block<true, KQ, S, XB>(in + c0, taps + c0, q, t, out + c0, C, V);
+  if (c0 < C) sequence_block<false, KQ, S, XB>(in + c0, taps + c0, q, t, out + c0, C, C - c0);
 }
 
-// The whole sequence for every chunk of C channels.
+// Output t, every chunk, each tap checked (the border columns, and shapes without a compiled
+// block).
+template <typename T>
+void sequence_output_chunks(const T* in, const T* taps, const Sequence& q, int64_t t, T* out,
+                            int64_t C) {
+  int64_t c0 = 0;
+  for (; c0 + V <= C; c0 += V) sequence_output<true>(in + c0, taps + c0, q, t, out + c0, C, V);
+  if (c0 < C) sequence_output<false>(in + c0, taps + c0, q, t, out + c0, C, C - c0);
+}
+
+// Interior outputs [t, t1): blocks of 8 (not with AVX2's 16 registers), then 4, then singles.
+template <int64_t KQ, int64_t S, typename T>
+void sequence_interior(const T* in, const T* taps, const Sequence& q, int64_t t, int64_t t1,
+                       T* out, int64_t C) {
+  if constexpr (V >= 16)
+    for (; t + 8 <= t1; t += 8) sequence_block_chunks<KQ, S, 8>(in, taps, q, t, out, C);
+  for (; t + 4 <= t1; t += 4) sequence_block_chunks<KQ, S, 4>(in, taps, q, t, out, C);
+  for (; t < t1; ++t) sequence_block_chunks<KQ, S, 1>(in, taps, q, t, out, C);
+}
+
+// The whole sequence over all C channels.
 template <typename T>
 void run_sequence(const T* in, const T* taps, const Sequence& q, T* out, int64_t C) {
   const int64_t lo = q.lo(), hi = q.hi();
-  auto chunk = [&](auto full, int64_t c0, int64_t cnt) {
-    constexpr bool F = decltype(full)::value;
-    const T *src = in + c0, *w = taps + c0;
-    T* dst = out + c0;
-    for (int64_t t = 0; t < lo; ++t) sequence_output<F>(src, w, q, t, dst, C, cnt);
-    int64_t t = sequence_block_any<F>(src, w, q, lo, hi, dst, C, cnt);
-    for (; t < q.n; ++t) sequence_output<F>(src, w, q, t, dst, C, cnt);
-  };
-  int64_t c0 = 0;
-  for (; c0 + V <= C; c0 += V) chunk(std::true_type{}, c0, V);
-  if (c0 < C) chunk(std::false_type{}, c0, C - c0);
+  for (int64_t t = 0; t < lo; ++t) sequence_output_chunks(in, taps, q, t, out, C);
+  bool done = false;
+#define NASOPS_SEQ(KQ_, S_)                                                                   \
+  if (!done && q.KQ == KQ_ && q.S == S_) {                                                    \
+    sequence_interior<KQ_, S_>(in, taps, q, lo, hi, out, C);                                  \
+    done = true;                                                                              \
+  }
+  NASOPS_SEQ(3, 1) NASOPS_SEQ(5, 1) NASOPS_SEQ(7, 1) NASOPS_SEQ(3, 2) NASOPS_SEQ(5, 2)
+  NASOPS_SEQ(7, 2) NASOPS_SEQ(1, 1) NASOPS_SEQ(2, 1) NASOPS_SEQ(4, 1)
+#undef NASOPS_SEQ
+  for (int64_t t = done ? hi : lo; t < q.n; ++t) sequence_output_chunks(in, taps, q, t, out, C);
 }
 
 // Output rows [begin, end) of the N * Ho rows of out [N, Ho, Wo, C] = the stride-s, zero-padded
@@ -211,8 +228,40 @@ void grad_input_nhwc(const T* go, const T* taps, T* gi, int64_t C, int64_t H, in
   }
 }
 
+// acc[j] += the products of outputs [x, x + XB) with their input under tap (i, j), for every
+// j < K (src: the input under tap (i, 0) of output x; outputs S input columns apart).
+template <bool Full, int64_t K, int64_t S, int64_t XB, typename T>
+inline void grad_weight_block(const T* g, const T* src, lanes<T>* acc, int64_t C, int64_t cnt) {
+  lanes<T> gx[XB];
+#pragma GCC unroll 16
+  for (int64_t b = 0; b < XB; ++b) gx[b] = load_chunk<Full>(g + b * C, cnt);
+#pragma GCC unroll 32
+  for (int64_t u = 0; u < S * (XB - 1) + K; ++u) {
+    const lanes<T> v = load_chunk<Full>(src + u * C, cnt);
+#pragma GCC unroll 16
+    for (int64_t b = 0; b < XB; ++b)
+      if (u - S * b >= 0 && u - S * b < K) acc[u - S * b] += gx[b] * v;
+  }
+}
+
+template <bool Full, int64_t K, int64_t S, typename T>
+inline int64_t grad_weight_interior(const T* g, const T* in, int64_t row, lanes<T>* acc,
+                                    int64_t x, int64_t x1, int64_t C, int64_t cnt) {
+  // (the sums of all K taps in registers, each input vector loaded once for every pair that
+  // reads it)
+  if constexpr (V >= 16)
+    for (; x + 8 <= x1; x += 8)
+      grad_weight_block<Full, K, S, 8>(g + x * C, in + (row + x * S * C), acc, C, cnt);
+  for (; x + 4 <= x1; x += 4)
+    grad_weight_block<Full, K, S, 4>(g + x * C, in + (row + x * S * C), acc, C, cnt);
+  for (; x < x1; ++x)
+    grad_weight_block<Full, K, S, 1>(g + x * C, in + (row + x * S * C), acc, C, cnt);
+  return x;
+}
+
 // total[(i k + j) * V + v] += the weight gradient of tap (i, j) of channel c0 + v (v < cnt),
-// summed over output rows [begin, end) of the N * Ho: per row in T, rows added in double.
+// summed over output rows [begin, end) of the N * Ho. Each tap is summed in T over at most
+// about 256 products (rows of a narrow map together), then added in double.
 template <bool Full, int64_t K, typename T>
 void grad_weight_rows(const T* go, const T* in, double* total, int64_t C, int64_t H, int64_t W,
                       int64_t k_runtime, int64_t s, int64_t cnt, int64_t begin, int64_t end) {
@@ -228,6 +277,9 @@ void grad_weight_rows(const T* go, const T* in, double* total, int64_t C, int64_
     x_hi = std::min(x_hi, hi[j]);
   }
   x_hi = std::max(x_hi, x_lo);
+  std::vector<lanes<T>> part(k * k, lanes<T>{});  // the taps' sums in T since the last flush
+  const int64_t rows_per_flush = std::max<int64_t>(1, 256 / std::max<int64_t>(1, Wo));
+  int64_t pending = 0;
   for (int64_t r = begin; r < end; ++r) {
     const int64_t n = r / Ho, y = r % Ho;
     const T* g = go + r * Wo * C;
@@ -235,7 +287,8 @@ void grad_weight_rows(const T* go, const T* in, double* total, int64_t C, int64_
       const int64_t h = y * s + i - p;
       if (h < 0 || h >= H) continue;
       const int64_t row = ((n * H + h) * W - p) * C;  // + (x s + j) C: input column x s + j - p
-      lanes<T> acc[kMax] = {};
+      lanes<T> acc[kMax];
+      for (int64_t j = 0; j < k; ++j) acc[j] = part[i * k + j];
       auto edge = [&](int64_t x) {
         const lanes<T> gx = load_chunk<Full>(g + x * C, cnt);
         for (int64_t j = 0; j < k; ++j)
@@ -244,35 +297,8 @@ void grad_weight_rows(const T* go, const T* in, double* total, int64_t C, int64_
       for (int64_t x = 0; x < x_lo; ++x) edge(x);
       int64_t x = x_lo;
       if constexpr (K > 0) {
-        // XB outputs at a time: their gradients stay in registers and each input vector is
-        // loaded once for every (output, tap) pair that reads it.
-        constexpr int64_t XB = V >= 16 ? 8 : 4;
-        if (s == 1 || s == 2) {
-          const int64_t S = s;
-          for (; x + XB <= x_hi; x += XB) {
-            lanes<T> gx[XB];
-#pragma GCC unroll 16
-            for (int64_t b = 0; b < XB; ++b) gx[b] = load_chunk<Full>(g + (x + b) * C, cnt);
-            const T* src = in + (row + x * S * C);
-            if (S == 1) {
-#pragma GCC unroll 32
-              for (int64_t u = 0; u < XB - 1 + K; ++u) {
-                const lanes<T> v = load_chunk<Full>(src + u * C, cnt);
-#pragma GCC unroll 16
-                for (int64_t b = 0; b < XB; ++b)
-                  if (u - b >= 0 && u - b < K) acc[u - b] += gx[b] * v;
-              }
-            } else {
-#pragma GCC unroll 32
-              for (int64_t u = 0; u < 2 * (XB - 1) + K; ++u) {
-                const lanes<T> v = load_chunk<Full>(src + u * C, cnt);
-#pragma GCC unroll 16
-                for (int64_t b = 0; b < XB; ++b)
-                  if (u - 2 * b >= 0 && u - 2 * b < K) acc[u - 2 * b] += gx[b] * v;
-              }
-            }
-          }
-        }
+        if (s == 1) x = grad_weight_interior<Full, K, 1>(g, in, row, acc, x, x_hi, C, cnt);
+        else if (s == 2) x = grad_weight_interior<Full, K, 2>(g, in, row, acc, x, x_hi, C, cnt);
       }
       for (; x < x_hi; ++x) {
         const lanes<T> gx = load_chunk<Full>(g + x * C, cnt);
@@ -280,10 +306,14 @@ void grad_weight_rows(const T* go, const T* in, double* total, int64_t C, int64_
         for (int64_t j = 0; j < k; ++j) acc[j] += gx * load_chunk<Full>(src + j * C, cnt);
       }
       for (; x < Wo; ++x) edge(x);
-      for (int64_t j = 0; j < k; ++j) {
-        double* t = total + (i * k + j) * V;
-        for (int64_t v = 0; v < V; ++v) t[v] += static_cast<double>(acc[j][v]);
+      for (int64_t j = 0; j < k; ++j) part[i * k + j] = acc[j];
+    }
+    if (++pending == rows_per_flush || r + 1 == end) {
+      for (int64_t t = 0; t < k * k; ++t) {
+        for (int64_t v = 0; v < V; ++v) total[t * V + v] += static_cast<double>(part[t][v]);
+        part[t] = lanes<T>{};
       }
+      pending = 0;
     }
   }
 }
