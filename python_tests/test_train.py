@@ -58,6 +58,9 @@ def test_mixed_precision_resumes_and_stays_close_to_float32(tiny, tmp_path):
     """amp: fp16 (autocast + loss scaling) with channels-last weights and batches: a resumed run
     ends on the uninterrupted run's weights (the scaler's state is in the checkpoint); one
     bf16 step's gradient is close to, but not, float32's."""
+    if not nasops.cpu.native_dtypes()["fp16"]:
+        pytest.skip("this CPU has no native fp16, so training refuses amp: fp16 "
+                    "(test_emulated_precision_is_refused_before_training)")
     cfg = config(tiny, amp="fp16", channels_last=True, epochs=1)
     train_mod.train(cfg, str(tmp_path / "full"), progress=False)
     assert train_mod.train(cfg, str(tmp_path / "part"), progress=False,
@@ -90,6 +93,24 @@ def test_mixed_precision_resumes_and_stays_close_to_float32(tiny, tmp_path):
     for key, value in (("amp", "fp8"), ("channels_last", "yes")):
         with pytest.raises(ValueError, match=f"{key} = "):
             config(tiny, **{key: value})
+
+
+def test_emulated_precision_is_refused_before_training(tiny, tmp_path, monkeypatch):
+    """amp: bf16 or fp16 on a CPU that would only emulate it stops before anything is written,
+    naming what was detected and the way out; amp: auto trains in float32 on CPU."""
+    assert train_mod.resolve_amp("auto", "cpu") == "none"
+    assert train_mod.resolve_amp("bf16", "cpu") == "bf16"
+    assert config(tiny)["amp"] == "auto"  # (the default)
+    monkeypatch.setattr(nasops.cpu, "native_dtypes", lambda: {"bf16": False, "fp16": False})
+    for amp in ("bf16", "fp16"):
+        run = tmp_path / amp
+        with pytest.raises(ValueError, match=rf"amp = '{amp}' on this CPU .* no native {amp}, "
+                                             rf"so oneDNN emulates it.*270x slower.*amp=none"):
+            train_mod.train(config(tiny, amp=amp), str(run), progress=False)
+        assert not run.exists()
+    train_mod.check_amp("auto", "cpu")  # (no error: float32)
+    monkeypatch.setattr(nasops.cpu, "native_dtypes", lambda: {"bf16": True, "fp16": True})
+    train_mod.check_amp("bf16", "cpu")
 
 
 def test_sigterm_saves_and_resume_finishes(tiny, tmp_path):

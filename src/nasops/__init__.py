@@ -40,9 +40,9 @@ _LAZY_NAMES = {"AccuracyPredictor": "predictor", "Arch": "space", "FlopsSampler"
                "official_state_dict": "official", "packaged_spaces": "space",
                "register_dataset": "data", "register_loss": "losses",
                "register_strategy": "sampling", "resize_batch": "nn"}
-_SUBMODULES = ("checkpoint", "checks", "convert", "data", "distributed", "evaluate", "export",
-               "files", "latency", "losses", "nn", "official", "predictor", "registry", "sampling",
-               "search", "space", "train")
+_SUBMODULES = ("checkpoint", "checks", "convert", "cpu", "data", "distributed", "evaluate",
+               "export", "files", "latency", "losses", "nn", "official", "predictor", "registry",
+               "sampling", "search", "space", "step", "train")
 
 __all__ = ["ops", *sorted(_LAZY_NAMES)]
 __version__ = "0.2.0"

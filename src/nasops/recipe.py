@@ -21,7 +21,7 @@ from .losses import LOSSES
 from .ops import BACKENDS
 from .sampling import STRATEGIES, needs_predictor
 
-AMP = ("none", "bf16", "fp16")  # mixed precision of the training forwards (step.AMP_DTYPES)
+AMP = ("auto", "none", "bf16", "fp16")  # precision of the training forwards (step.resolve_amp)
 
 
 def option(default, help: str):
@@ -78,9 +78,11 @@ class Recipe(Mapping):
     dw_backend: str = option("auto",
         "depthwise convolution: nasops (the kernels), torch (reference) or auto (the kernels on "
         "CPU, torch on CUDA, where the nasops kernels have not run on a GPU yet)")
-    amp: str = option("none",
-        "mixed precision of the training forwards: none, bf16 or fp16 (autocast; fp16 with a "
-        "gradient scaler); losses and evaluation stay float32")
+    amp: str = option("auto",
+        "mixed precision of the training forwards: none (float32), bf16 or fp16 (autocast; fp16 "
+        "with a gradient scaler), or auto (bf16 on a CUDA GPU that has it, float32 on CPU); "
+        "bf16 and fp16 are refused on a CPU without native support; losses and evaluation stay "
+        "float32")
     channels_last: bool | str = option("auto",
         "channels-last memory format for the supernet and its batches: true, false, or auto "
         "(channels-last on CPU, where the nasops kernels are written for it; NCHW on CUDA)")

@@ -6,14 +6,40 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import distributed as dist
+from . import cpu, distributed as dist
 from .cpu import use_channels_last
 from .losses import distillation_loss, distillation_weight, smoothed_cross_entropy
 from .nn import Supernet, frozen_bn_stats, resize_batch
 from .sampling import Strategy
 
-# amp key -> autocast dtype of the training forwards
+# amp key -> autocast dtype of the training forwards ("auto": resolve_amp)
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_amp(amp: str, device) -> str:
+    """The precision a recipe's `amp` trains in on `device`: "auto" is bf16 on a CUDA GPU that
+    has it, and float32 ("none") on CPU, where the nasops kernels are float32 and bf16 autocast
+    measured slower than float32 even on a CPU with native bf16 (README: Speed on CPU). Other
+    values as given."""
+    if amp != "auto":
+        return amp
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "none"
+
+
+def check_amp(amp: str, device) -> None:
+    """ValueError for a reduced precision that `device` only emulates: bf16 or fp16 on a CPU
+    without native support (nasops.cpu.native_dtypes), where oneDNN emulates it at a fraction of
+    float32's speed. Runs before training."""
+    amp = resolve_amp(amp, device)
+    if torch.device(device).type != "cpu" or amp not in ("bf16", "fp16") or cpu.native_dtypes()[amp]:
+        return
+    raise ValueError(f"amp = {amp!r} on this CPU ({cpu.describe()}): it has no native {amp}, so "
+                     f"oneDNN emulates it, and emulated {amp} runs matrix products "
+                     f"{cpu.EMULATED_SLOWDOWN[amp]}; train with amp=none (float32), or amp=auto, "
+                     f"which picks what the device runs natively")
 
 
 def batch_view(cfg: dict, x: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -36,7 +62,7 @@ def forward_active(net: Supernet, cfg: dict, x: torch.Tensor, views: dict | None
         if resolution not in views:
             views[resolution] = batch_view(cfg, x, resolution)
         x = views[resolution]
-    dtype = AMP_DTYPES[cfg["amp"]]
+    dtype = AMP_DTYPES[resolve_amp(cfg["amp"], x.device)]
     with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
         return net(x).float()
 

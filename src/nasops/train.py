@@ -54,7 +54,8 @@ from .recipe import (DEFAULTS, KEYS, Recipe, apply_overrides, check_config,  # n
 from .rundir import RunDir
 from .sampling import Strategy, build_strategy
 from .space import SearchSpace
-from .step import AMP_DTYPES, clip_gradients, forward_active, train_step  # noqa: F401
+from .step import (AMP_DTYPES, check_amp, clip_gradients, forward_active,  # noqa: F401
+                   resolve_amp, train_step)
 
 log = logging.getLogger("nasops.train")
 
@@ -182,6 +183,7 @@ def build_run(cfg, device: torch.device | str = "cpu", rank: int = 0, world: int
     under that seed), the optimizer, the schedule and the strategy of a run (also used by
     benchmarks/kd_diagnosis.py)."""
     cfg = check_config(cfg)
+    check_amp(cfg["amp"], device)
     random.seed(cfg["seed"])
     np.random.seed(cfg["seed"] % 2**32)
     torch.manual_seed(cfg["seed"])
@@ -212,7 +214,8 @@ def build_run(cfg, device: torch.device | str = "cpu", rank: int = 0, world: int
     strategy = build_strategy(cfg["strategy"], space, seed=cfg["seed"], predictor=predictor,
                               uniform_bins=cfg["target_bins"] == "uniform",
                               pool_size=cfg["pool_size"], n_prior=cfg["n_prior"])
-    scaler = torch.amp.GradScaler(torch.device(device).type, enabled=cfg["amp"] == "fp16")
+    scaler = torch.amp.GradScaler(torch.device(device).type,
+                                  enabled=resolve_amp(cfg["amp"], device) == "fp16")
     return Run(cfg, splits, stream, space, net, optimizer, scheduler, strategy, scaler)
 
 
