@@ -12,6 +12,12 @@ from torch import nn
 from ..ops import batch_norm_act, dw_conv2d
 
 
+def channels_last_cpu(x: torch.Tensor) -> bool:
+    """Whether x is a channels-last 4-D CPU tensor: what the CPU fast paths are written for."""
+    return (x.device.type == "cpu" and x.dim() == 4
+            and x.is_contiguous(memory_format=torch.channels_last))
+
+
 def make_divisible(v: int, divisor: int = 8) -> int:
     """docs/DESIGN.md's rounding of hidden widths (the C++ cost model uses the same rule)."""
     rounded = max(divisor, int(v + divisor / 2) // divisor * divisor)
@@ -89,8 +95,16 @@ class DynamicConv2d(nn.Module):
         nn.init.kaiming_normal_(self.weight, mode="fan_out")
 
     def forward(self, x: torch.Tensor, out_channels: int) -> torch.Tensor:
-        weight = self.weight[:out_channels, : x.shape[1]]
         bias = None if self.bias is None else self.bias[:out_channels]
+        if self.kernel_size == 1 and self.stride == 1 and channels_last_cpu(x):
+            # A 1x1 convolution of a channels-last tensor is a matrix product of its pixels
+            # [N H W, C] (a view) with the weight: one GEMM forward and two backward, with no
+            # layout conversions and no per-shape kernels to build (README: Speed on CPU).
+            n, c, h, w = x.shape
+            rows = F.linear(x.permute(0, 2, 3, 1).reshape(n * h * w, c),
+                            self.weight[:out_channels, :c, 0, 0], bias)
+            return rows.view(n, h, w, out_channels).permute(0, 3, 1, 2)
+        weight = self.weight[:out_channels, : x.shape[1]]
         return F.conv2d(x, weight, bias, self.stride, self.kernel_size // 2)
 
     def export(self, in_channels: int, out_channels: int) -> nn.Conv2d:
