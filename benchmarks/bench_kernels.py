@@ -2,24 +2,32 @@
 
 The shapes are the depthwise layers of the smallest and largest attentive_nas sub-networks (every
 stage's first and repeated block: resolution, active width, kernel, stride, read out of the
-supernet's shared weight), at batch 16. For each: forward, backward and both, nasops and PyTorch
-interleaved on the same data after warm-up; medians; the ratio; and achieved GB/s (input, output
-and gradients counted once each) against a measured plain copy. Prints a table, writes JSON.
+supernet's shared weight), at batch 16, and three k = 3 layers of other sub-networks (C = 480 at
+14 x 14, C = 1344 at 7 x 7, C = 200 at 29 x 29 stride 2). For each, in each memory format
+(channels-last, where the nasops kernels run their NHWC path and PyTorch oneDNN's; NCHW): forward,
+backward and both, nasops and PyTorch interleaved on the same data after warm-up; medians; the
+ratio; and achieved GB/s (input, output and gradients counted once each) against a measured plain
+copy. The process keeps freed memory as training does (nasops.cpu.keep_freed_memory). Prints a
+table per format, writes JSON (one file per instruction set of the nasops kernels).
 
-    python benchmarks/bench_kernels.py [--device cpu|cuda] [--dtype float32 ...] [--repeats 7]
+On an AVX-512 machine the AVX2 build is measured against PyTorch restricted to AVX2 the same way:
+    NASOPS_CPU_ISA=avx2 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/bench_kernels.py
+
+    python benchmarks/bench_kernels.py [--device cpu|cuda] [--layouts channels_last contiguous]
+                                       [--dtype float32 ...] [--repeats 7]
     python benchmarks/bench_kernels.py --gpu-traffic   (no timing: the CUDA kernels' predicted
                                                         global-memory traffic on the same layers)
 """
 import argparse
 import math
 import os
-import platform
 import statistics
 import time
 
 import torch
 
 import nasops
+from nasops import cpu
 from nasops.files import write_json
 from nasops.nn.layers import make_divisible
 from nasops.ops import dw_conv2d_reference
@@ -49,6 +57,8 @@ def attentive_shapes(batch):
                 shapes.setdefault(key, f"{label} {stage['name']}{'' if first else '+'}")
             n = math.ceil(n / stage["stride"])
             c_in, max_in = c_out, max_out
+    for c, h, stride in ((480, 14, 1), (1344, 7, 1), (200, 29, 2)):  # k = 3, other sub-networks
+        shapes.setdefault((batch, c, c, h, 3, 5, stride), "other k3")
     return [(label, *key) for key, label in shapes.items()]
 
 
@@ -150,10 +160,15 @@ def print_gpu_traffic(shapes, out_path):
     print(f"wrote {out_path}")
 
 
-def bench_shape(shape, device, dtype, repeats):
+FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def bench_shape(shape, device, dtype, repeats, layout="contiguous"):
     label, n, c, c_max, h, k, k_max, s = shape
     g = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn(n, c, h, h, device=device, generator=g).to(dtype).requires_grad_(True)
+    x = torch.randn(n, c, h, h, device=device, generator=g).to(dtype)
+    x = x.contiguous(memory_format=FORMATS[layout])
+    x.requires_grad_(True)
     w = torch.randn(c_max, 1, k_max, k_max, device=device, generator=g).to(dtype).requires_grad_(True)
     impls = {"nasops": lambda: torch.ops.nasops.dw_conv2d(x, w, k, s),
              "torch": lambda: dw_conv2d_reference(x, w, k, s)}
@@ -180,7 +195,7 @@ def bench_shape(shape, device, dtype, repeats):
     io = {"fwd": x.numel() + out.numel(), "bwd": 2 * x.numel() + out.numel(),
           "both": 2 * x.numel() + 2 * out.numel()}
     row = {"layer": label, "N": n, "C": c, "C_max": c_max, "H": h, "k": k, "K_max": k_max,
-           "stride": s, "dtype": str(dtype).replace("torch.", "")}
+           "stride": s, "dtype": str(dtype).replace("torch.", ""), "layout": layout}
     for part in ("fwd", "bwd", "both"):
         row[f"{part}_nasops_ms"] = 1e3 * t[("nasops", part)]
         row[f"{part}_torch_ms"] = 1e3 * t[("torch", part)]
@@ -195,6 +210,9 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", nargs="+", default=["float32"],
                         choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--layouts", nargs="+", default=None,
+                        choices=["channels_last", "contiguous"],
+                        help="memory formats (default: both on CPU, contiguous on CUDA)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", default=None)
@@ -205,10 +223,17 @@ def main():
         print_gpu_traffic(attentive_shapes(args.batch), args.out or os.path.join(
             ROOT, "benchmarks", "results", "bench_kernels_gpu_traffic.json"))
         return
-    out_path = args.out or os.path.join(ROOT, "benchmarks", "results", f"bench_kernels_{args.device}.json")
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
+    on_cpu = args.device == "cpu"
+    layouts = args.layouts or (["channels_last", "contiguous"] if on_cpu else ["contiguous"])
+    isa = nasops._C.cpu_isa()
+    out_path = args.out or os.path.join(ROOT, "benchmarks", "results",
+                                        f"bench_kernels_cpu_{isa}.json" if on_cpu else "bench_kernels_cuda.json")
+    malloc = cpu.keep_freed_memory() if on_cpu else None
+    device_name = torch.cuda.get_device_name() if not on_cpu else cpu.describe()
     results = {"device": device_name, "torch": torch.__version__, "threads": torch.get_num_threads(),
-               "cpu_isa": nasops._C.cpu_isa(), "batch": args.batch, "repeats": args.repeats, "rows": []}
+               "cpu_isa": isa, "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+               "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "malloc_kept": malloc,
+               "batch": args.batch, "repeats": args.repeats, "rows": []}
     shapes = attentive_shapes(args.batch)
     for name in args.dtype:
         dtype = getattr(torch, name)
@@ -217,26 +242,27 @@ def main():
         fresh = fresh_output_bandwidth(largest, args.device, dtype, args.repeats)
         results[f"copy_gbs_{name}"] = copy
         results[f"fresh_output_gbs_{name}"] = fresh
-        print(f"\n{args.device} {device_name}, {name}, torch {torch.__version__}, "
-              f"{torch.get_num_threads()} threads, plain copy {copy:.1f} GB/s, "
-              f"x + 1 into a new tensor (largest layer input) {fresh:.1f} GB/s")
-        print(f"{'layer':<9} {'C/Cmax':>9} {'HxW':>7} {'k/K':>5} {'s':>2} | "
-              f"{'fwd x':>6} {'bwd x':>6} {'both x':>6} | {'both ms':>8} {'torch ms':>9} {'GB/s':>6} {'%copy':>6}")
-        for shape in shapes:
-            row = bench_shape(shape, args.device, dtype, args.repeats)
-            row["both_pct_copy"] = 100 * row["both_nasops_gbs"] / copy
-            results["rows"].append(row)
-            print(f"{row['layer']:<9} {row['C']:>4}/{row['C_max']:<4} {row['H']:>3}x{row['H']:<3} "
-                  f"{row['k']:>2}/{row['K_max']:<2} {row['stride']:>2} | {row['fwd_speedup']:>6.2f} "
-                  f"{row['bwd_speedup']:>6.2f} {row['both_speedup']:>6.2f} | "
-                  f"{row['both_nasops_ms']:>8.2f} {row['both_torch_ms']:>9.2f} "
-                  f"{row['both_nasops_gbs']:>6.1f} {row['both_pct_copy']:>5.1f}%")
-        rows = [r for r in results["rows"] if r["dtype"] == name]
-        for part in ("fwd", "bwd", "both"):
-            geo = math.exp(statistics.mean(math.log(r[f"{part}_speedup"]) for r in rows))
-            results[f"geomean_{part}_speedup_{name}"] = geo
-            print(f"geometric-mean speed-up {part}: {geo:.2f}x; slowest shape "
-                  f"{min(r[f'{part}_speedup'] for r in rows):.2f}x")
+        for layout in layouts:
+            print(f"\n{args.device} {device_name}, {name}, {layout}, torch {torch.__version__}, "
+                  f"plain copy {copy:.1f} GB/s, x + 1 into a new tensor (largest layer input) "
+                  f"{fresh:.1f} GB/s")
+            print(f"{'layer':<9} {'C/Cmax':>9} {'HxW':>7} {'k/K':>5} {'s':>2} | "
+                  f"{'fwd x':>6} {'bwd x':>6} {'both x':>6} | {'both ms':>8} {'torch ms':>9} {'GB/s':>6} {'%copy':>6}")
+            for shape in shapes:
+                row = bench_shape(shape, args.device, dtype, args.repeats, layout)
+                row["both_pct_copy"] = 100 * row["both_nasops_gbs"] / copy
+                results["rows"].append(row)
+                print(f"{row['layer']:<9} {row['C']:>4}/{row['C_max']:<4} {row['H']:>3}x{row['H']:<3} "
+                      f"{row['k']:>2}/{row['K_max']:<2} {row['stride']:>2} | {row['fwd_speedup']:>6.2f} "
+                      f"{row['bwd_speedup']:>6.2f} {row['both_speedup']:>6.2f} | "
+                      f"{row['both_nasops_ms']:>8.2f} {row['both_torch_ms']:>9.2f} "
+                      f"{row['both_nasops_gbs']:>6.1f} {row['both_pct_copy']:>5.1f}%", flush=True)
+            rows = [r for r in results["rows"] if r["dtype"] == name and r["layout"] == layout]
+            for part in ("fwd", "bwd", "both"):
+                geo = math.exp(statistics.mean(math.log(r[f"{part}_speedup"]) for r in rows))
+                results[f"geomean_{part}_speedup_{name}_{layout}"] = geo
+                print(f"geometric-mean speed-up {part}: {geo:.2f}x; slowest shape "
+                      f"{min(r[f'{part}_speedup'] for r in rows):.2f}x")
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     write_json(out_path, results)
     print(f"wrote {out_path}")

@@ -250,13 +250,39 @@ def test_auto_backend_uses_the_nasops_kernels_on_cpu_only():
             ops.set_dw_backend(backend)
             assert ops.uses_nasops_kernels("cpu") == cpu
             assert ops.uses_nasops_kernels("cuda:1") == cuda
-            x, weight, k, s = make((2, 5, 8, 9, 9, 3, 7, 1))
+            x, weight, k, s = make((2, 5, 8, 9, 9, 5, 7, 1))
             with torch.profiler.profile() as profile:
                 ops.dw_conv2d(x, weight, k, s)
             ran = any(e.name == "nasops::dw_conv2d" for e in profile.events())
             assert ran == cpu
     finally:
         ops.set_dw_backend(previous)
+
+
+def ran_nasops_kernels(x, weight, k, s):
+    with torch.profiler.profile() as profile:
+        out = ops.dw_conv2d(x, weight, k, s)
+    torch.testing.assert_close(out, ops.dw_conv2d_reference(x, weight, k, s), rtol=1e-5, atol=1e-5)
+    return any(e.name == "nasops::dw_conv2d" for e in profile.events())
+
+
+def test_auto_backend_leaves_the_measured_shapes_to_pytorch(isa):
+    """"auto" on CPU: k = 3 channels-last layers, and k = 3 NCHW maps up to 14 x 14 with the
+    AVX2 or portable kernels, run PyTorch's path (measured faster: ops.pytorch_is_faster); the
+    rest the nasops kernels; "nasops" forces the kernels everywhere."""
+    assert ops.dw_backend() == "auto" or os.environ.get("NASOPS_DW_BACKEND")
+    with ops.dw_backend_as("auto"):
+        for shape, layout, nasops_runs in (
+                ((2, 8, 8, 9, 9, 3, 5, 1), "channels_last", False),
+                ((2, 8, 8, 9, 9, 5, 5, 1), "channels_last", True),
+                ((2, 8, 8, 14, 14, 3, 5, 2), "contiguous", isa == "avx512"),
+                ((2, 8, 8, 15, 15, 3, 5, 1), "contiguous", True),
+                ((2, 8, 8, 9, 9, 5, 5, 1), "contiguous", True)):
+            x, weight, k, s = make(shape, layout)
+            assert ran_nasops_kernels(x, weight, k, s) == nasops_runs, (shape, layout)
+    with ops.dw_backend_as("nasops"):
+        x, weight, k, s = make((2, 8, 8, 9, 9, 3, 5, 1), "channels_last")
+        assert ran_nasops_kernels(x, weight, k, s)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")

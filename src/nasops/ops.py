@@ -31,9 +31,10 @@ if _backend not in BACKENDS:
 def set_dw_backend(name: str) -> str:
     """Selects the depthwise implementation the dynamic layers use: "nasops" (the custom
     kernels), "torch" (slice + F.conv2d, for comparison and debugging) or "auto" (the default:
-    the nasops kernels on CPU, PyTorch's on CUDA, where the nasops kernels have been verified
-    only through the host emulator, never on a GPU). Returns the previous one. The environment
-    variable NASOPS_DW_BACKEND sets the initial value."""
+    the nasops kernels on CPU except where PyTorch's measured faster, :func:`pytorch_is_faster`;
+    PyTorch's on CUDA, where the nasops kernels have been verified only through the host
+    emulator, never on a GPU). Returns the previous one. The environment variable
+    NASOPS_DW_BACKEND sets the initial value."""
     global _backend
     if name not in BACKENDS:
         raise ValueError(f"depthwise backend {name!r} is not allowed; allowed: {list(BACKENDS)}")
@@ -140,10 +141,26 @@ def dw_conv2d_reference(input, weight, kernel_size: int, stride: int):
     return F.conv2d(input, window, None, stride, kernel_size // 2, groups=channels)
 
 
+def pytorch_is_faster(input, kernel_size: int) -> bool:
+    """Whether PyTorch's depthwise convolution measured faster than the nasops CPU kernels on
+    this layer, forward + backward (benchmarks/bench_kernels.py on both instruction sets,
+    README: Kernels): k = 3 on channels-last tensors, where oneDNN has 3 x 3 kernels of its own
+    (the nasops kernels 0.65-1.03x of its speed with AVX2, 0.80-1.11x with AVX-512, against
+    1.6-7x on every k = 5 layer), and, with the AVX2 kernels, k = 3 on NCHW maps of at most
+    14 x 14 pixels (0.85-1.05x). The "auto" backend runs PyTorch's path there."""
+    if kernel_size != 3 or input.device.type != "cpu":
+        return False
+    if input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous():
+        return True
+    return _C.cpu_isa() != "avx512" and input.shape[-2] * input.shape[-1] <= 14 * 14
+
+
 def dw_conv2d(input, weight, kernel_size: int, stride: int):
     """Depthwise convolution with the active channels and window of a shared weight, by the
-    backend selected with :func:`set_dw_backend`."""
-    if not uses_nasops_kernels(input.device):
+    backend selected with :func:`set_dw_backend` ("auto": the nasops kernels on CPU, except on
+    the layers where PyTorch's are faster, :func:`pytorch_is_faster`)."""
+    if not uses_nasops_kernels(input.device) or (
+            _backend == "auto" and pytorch_is_faster(input, kernel_size)):
         return dw_conv2d_reference(input, weight, kernel_size, stride)
     return torch.ops.nasops.dw_conv2d(input, weight, kernel_size, stride)
 
