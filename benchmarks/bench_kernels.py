@@ -7,8 +7,10 @@ supernet's shared weight), at batch 16, and three k = 3 layers of other sub-netw
 (channels-last, where the nasops kernels run their NHWC path and PyTorch oneDNN's; NCHW): forward,
 backward and both, nasops and PyTorch interleaved on the same data after warm-up; medians; the
 ratio; and achieved GB/s (input, output and gradients counted once each) against a measured plain
-copy. The process keeps freed memory as training does (nasops.cpu.keep_freed_memory). Prints a
-table per format, writes JSON (one file per instruction set of the nasops kernels).
+copy. On CPU, then the fused batch norm + SiLU (nasops::bn_act, forward and backward) against
+PyTorch's two operators on five layers of the largest sub-network. The process keeps freed
+memory as training does (nasops.cpu.keep_freed_memory). Prints a table per format, writes JSON
+(one file per instruction set of the nasops kernels).
 
 On an AVX-512 machine the AVX2 build is measured against PyTorch restricted to AVX2 the same way:
     NASOPS_CPU_ISA=avx2 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/bench_kernels.py
@@ -205,6 +207,60 @@ def bench_shape(shape, device, dtype, repeats, layout="contiguous"):
     return row
 
 
+# Batch norm + SiLU layers of the largest attentive_nas sub-network at batch 16 (the expanded
+# activations of stages 1, 2, 3 and 6, and a stage's output): [N, C, H, W].
+BN_SHAPES = [(16, 24, 144, 144), (16, 192, 72, 72), (16, 240, 36, 36), (16, 1296, 9, 9),
+             (16, 40, 36, 36)]
+
+
+def bench_bn_act(repeats):
+    """torch.ops.nasops.bn_act (training mode, SiLU, with its backward) against F.batch_norm +
+    F.silu on channels-last float32 tensors: forward, and forward + backward, interleaved,
+    medians after warm-up."""
+    from torch.nn import functional as F
+    rows = []
+    print("\nbatch norm (training mode) + SiLU, channels-last float32: nasops::bn_act against "
+          "F.batch_norm + F.silu")
+    print(f"{'N, C, H, W':<20} | {'fwd x':>6} {'both x':>6} | {'both ms':>8} {'torch ms':>9}")
+    for shape in BN_SHAPES:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(shape, generator=g).contiguous(memory_format=torch.channels_last)
+        c = shape[1]
+        weight, bias = torch.rand(c, generator=g) + 0.5, torch.randn(c, generator=g)
+        x.requires_grad_(True)
+        weight.requires_grad_(True)
+        bias.requires_grad_(True)
+        stats = {impl: (torch.zeros(c), torch.ones(c)) for impl in ("nasops", "torch")}
+        impls = {"nasops": lambda: torch.ops.nasops.bn_act(x, weight, bias, *stats["nasops"], True,
+                                                           0.1, 1e-5, "silu")[0],
+                 "torch": lambda: F.silu(F.batch_norm(x, *stats["torch"], weight, bias, True, 0.1,
+                                                      1e-5))}
+        grad = torch.randn(shape, generator=g).contiguous(memory_format=torch.channels_last)
+        times = {(impl, part): [] for impl in impls for part in ("fwd", "both")}
+
+        def run(impl):
+            with torch.no_grad():
+                times[(impl, "fwd")].append(timed(impls[impl], "cpu"))
+            times[(impl, "both")].append(
+                timed(lambda: torch.autograd.grad(impls[impl](), (x, weight, bias), grad), "cpu"))
+
+        for impl in impls:
+            run(impl)
+        times = {key: [] for key in times}
+        for _ in range(repeats):
+            for impl in impls:
+                run(impl)
+        t = {key: statistics.median(v) for key, v in times.items()}
+        row = {"shape": list(shape), **{f"{part}_{impl}_ms": 1e3 * t[(impl, part)]
+                                         for impl in impls for part in ("fwd", "both")}}
+        row["fwd_speedup"] = t[("torch", "fwd")] / t[("nasops", "fwd")]
+        row["both_speedup"] = t[("torch", "both")] / t[("nasops", "both")]
+        rows.append(row)
+        print(f"{str(list(shape)):<20} | {row['fwd_speedup']:>6.2f} {row['both_speedup']:>6.2f} | "
+              f"{row['both_nasops_ms']:>8.2f} {row['both_torch_ms']:>9.2f}", flush=True)
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -263,6 +319,8 @@ def main():
                 results[f"geomean_{part}_speedup_{name}_{layout}"] = geo
                 print(f"geometric-mean speed-up {part}: {geo:.2f}x; slowest shape "
                       f"{min(r[f'{part}_speedup'] for r in rows):.2f}x")
+    if on_cpu:
+        results["bn_act_rows"] = bench_bn_act(args.repeats)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     write_json(out_path, results)
     print(f"wrote {out_path}")

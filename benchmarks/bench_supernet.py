@@ -2,20 +2,22 @@
 
 For the smallest, a middle and the largest sub-network of each space: forward + backward of the
 supernet (set_active included) and of the static network with the same weights, on the same
-batch, interleaved, after warm-up; the median of the repeats and their ratio. Prints a table and
-writes JSON.
+batch, interleaved, after warm-up; the median of the repeats and their ratio. Both networks and
+the batch are in the training default's memory format (channels-last on CPU), and the process
+keeps freed memory as training does (nasops.cpu.keep_freed_memory). Prints a table and writes
+JSON.
 
     python benchmarks/bench_supernet.py [--repeats 5] [--batch 16]
 """
 import argparse
 import os
-import platform
 import statistics
 import time
 
 import torch
 
 import nasops
+from nasops import cpu
 from nasops.files import write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,12 +36,13 @@ def step_time(fn, repeats):
     return times
 
 
-def bench_arch(net, arch, batch, repeats):
+def bench_arch(net, arch, batch, repeats, memory_format):
     space = net.space
     x = torch.randn(batch, space.in_channels, arch.resolution, arch.resolution)
+    x = x.contiguous(memory_format=memory_format)
     y = torch.randint(space.num_classes, (batch,))
     net.set_active(arch)
-    static = net.extract().train()
+    static = net.extract().train().to(memory_format=memory_format)
 
     def supernet_step():
         net.set_active(arch)
@@ -63,15 +66,20 @@ def main():
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "bench_supernet.json"))
     args = parser.parse_args()
     torch.manual_seed(0)
+    malloc = cpu.keep_freed_memory()
+    channels_last = cpu.use_channels_last("auto", "cpu")
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     results = {"batch": args.batch, "repeats": args.repeats, "torch": torch.__version__,
-               "threads": torch.get_num_threads(), "machine": platform.machine(), "rows": []}
+               "threads": torch.get_num_threads(), "machine": cpu.describe(),
+               "channels_last": channels_last, "malloc_kept": malloc, "rows": []}
+    print(f"{cpu.describe()}; channels-last: {channels_last}")
     print(f"{'space':<14} {'sub-network':<8} {'MFLOPs':>8} {'supernet ms':>12} {'static ms':>10} {'ratio':>6}")
     for name in ("attentive_nas", "small"):
         space = nasops.SearchSpace.load(name)
-        net = nasops.Supernet(space).train()
+        net = nasops.Supernet(space).train().to(memory_format=memory_format)
         for label, arch in (("min", space.min_arch()), ("mid", middle_arch(space)),
                             ("max", space.max_arch())):
-            dynamic, plain = bench_arch(net, arch, args.batch, args.repeats)
+            dynamic, plain = bench_arch(net, arch, args.batch, args.repeats, memory_format)
             row = {"space": name, "arch": label, "mflops": space.flops(arch),
                    "supernet_s": dynamic, "static_s": plain, "ratio": dynamic / plain}
             results["rows"].append(row)

@@ -145,9 +145,9 @@ def pytorch_is_faster(input, kernel_size: int) -> bool:
     """Whether PyTorch's depthwise convolution measured faster than the nasops CPU kernels on
     this layer, forward + backward (benchmarks/bench_kernels.py on both instruction sets,
     README: Kernels): k = 3 on channels-last tensors, where oneDNN has 3 x 3 kernels of its own
-    (the nasops kernels 0.65-1.03x of its speed with AVX2, 0.80-1.11x with AVX-512, against
-    1.6-7x on every k = 5 layer), and, with the AVX2 kernels, k = 3 on NCHW maps of at most
-    14 x 14 pixels (0.85-1.05x). The "auto" backend runs PyTorch's path there."""
+    (the nasops kernels 0.76-1.15x of its speed with AVX2, 0.89-1.21x with AVX-512, against
+    1.4-4.3x on every k = 5 layer), and, with the AVX2 kernels, k = 3 on NCHW maps of at most
+    14 x 14 pixels (0.87-1.03x). The "auto" backend runs PyTorch's path there."""
     if kernel_size != 3 or input.device.type != "cpu":
         return False
     if input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous():
