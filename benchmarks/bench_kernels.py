@@ -162,6 +162,19 @@ def print_gpu_traffic(shapes, out_path):
     print(f"wrote {out_path}")
 
 
+def interleaved_medians(impls, run, repeats, times):
+    """Calls run(impl) for every impl once (warm-up, then `times`' lists are cleared) and then
+    `repeats` times, interleaved; the median of each list of `times` (run appends to them)."""
+    for impl in impls:
+        run(impl)
+    for values in times.values():
+        values.clear()
+    for _ in range(repeats):
+        for impl in impls:
+            run(impl)
+    return {key: statistics.median(v) for key, v in times.items()}
+
+
 FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
@@ -186,13 +199,7 @@ def bench_shape(shape, device, dtype, repeats, layout="contiguous"):
         times[(impl, "both")].append(
             timed(lambda: torch.autograd.grad(impls[impl](), (x, w), grad), device))
 
-    for impl in impls:  # warm-up
-        run(impl)
-    times = {key: [] for key in times}
-    for _ in range(repeats):
-        for impl in impls:
-            run(impl)
-    t = {key: statistics.median(v) for key, v in times.items()}
+    t = interleaved_medians(impls, run, repeats, times)
     elem = x.element_size()
     io = {"fwd": x.numel() + out.numel(), "bwd": 2 * x.numel() + out.numel(),
           "both": 2 * x.numel() + 2 * out.numel()}
@@ -244,13 +251,7 @@ def bench_bn_act(repeats):
             times[(impl, "both")].append(
                 timed(lambda: torch.autograd.grad(impls[impl](), (x, weight, bias), grad), "cpu"))
 
-        for impl in impls:
-            run(impl)
-        times = {key: [] for key in times}
-        for _ in range(repeats):
-            for impl in impls:
-                run(impl)
-        t = {key: statistics.median(v) for key, v in times.items()}
+        t = interleaved_medians(impls, run, repeats, times)
         row = {"shape": list(shape), **{f"{part}_{impl}_ms": 1e3 * t[(impl, part)]
                                          for impl in impls for part in ("fwd", "both")}}
         row["fwd_speedup"] = t[("torch", "fwd")] / t[("nasops", "fwd")]
