@@ -39,8 +39,10 @@ def assert_same_weights(a, b, atol=0.0):
             torch.testing.assert_close(a[k], b[k], atol=atol, rtol=atol, msg=k)
 
 
-def test_resume_gives_the_uninterrupted_weights(tiny, tmp_path):
-    cfg = config(tiny, strategy="bestup-2-loss", kd="alpha")
+@pytest.mark.parametrize("channels_last", ["auto", False])
+def test_resume_gives_the_uninterrupted_weights(tiny, tmp_path, channels_last):
+    """Also with channels_last: false: the per-epoch evaluation keeps the run's memory format."""
+    cfg = config(tiny, strategy="bestup-2-loss", kd="alpha", channels_last=channels_last)
     full = train_mod.train(cfg, str(tmp_path / "full"), progress=False)
     assert full["largest_holdout_acc"] > 0.2  # it learned something in 18 steps
     part = train_mod.train(cfg, str(tmp_path / "part"), progress=False, stop_after_steps=13)
@@ -58,17 +60,17 @@ def test_mixed_precision_resumes_and_stays_close_to_float32(tiny, tmp_path):
     """amp: fp16 (autocast + loss scaling) with channels-last weights and batches: a resumed run
     ends on the uninterrupted run's weights (the scaler's state is in the checkpoint); one
     bf16 step's gradient is close to, but not, float32's."""
-    if not nasops.cpu.native_dtypes()["fp16"]:
-        pytest.skip("this CPU has no native fp16, so training refuses amp: fp16 "
-                    "(test_emulated_precision_is_refused_before_training)")
-    cfg = config(tiny, amp="fp16", channels_last=True, epochs=1)
-    train_mod.train(cfg, str(tmp_path / "full"), progress=False)
-    assert train_mod.train(cfg, str(tmp_path / "part"), progress=False,
-                           stop_after_steps=4) == {"interrupted": 4}
-    ckpt = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
-    assert ckpt["scaler"]["scale"] > 1  # fp16's loss scale, saved
-    train_mod.train(cfg, str(tmp_path / "part"), resume=True, progress=False)
-    assert_same_weights(weights(tmp_path / "full"), weights(tmp_path / "part"))
+    # (fp16 where the CPU runs it natively: elsewhere training refuses it,
+    # test_emulated_precision_is_refused_before_training)
+    if nasops.cpu.native_dtypes()["fp16"]:
+        cfg = config(tiny, amp="fp16", channels_last=True, epochs=1)
+        train_mod.train(cfg, str(tmp_path / "full"), progress=False)
+        assert train_mod.train(cfg, str(tmp_path / "part"), progress=False,
+                               stop_after_steps=4) == {"interrupted": 4}
+        ckpt = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=True)
+        assert ckpt["scaler"]["scale"] > 1  # fp16's loss scale, saved
+        train_mod.train(cfg, str(tmp_path / "part"), resume=True, progress=False)
+        assert_same_weights(weights(tmp_path / "full"), weights(tmp_path / "part"))
 
     space = nasops.SearchSpace.load(tiny, in_channels=3)  # (1 channel: either layout)
     x = torch.randn(8, space.in_channels, 16, 16)

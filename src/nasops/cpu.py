@@ -36,8 +36,9 @@ def keep_freed_memory() -> bool:
     on CPU). With the heap, freed blocks coalesce and are reused: the same step takes about
     10,000 page faults, and its peak memory stays about where it was.
 
-    It changes the whole process, so the training, evaluation and search commands call it and
-    the library's functions do not; call it yourself to get the same speed from the Python API.
+    It changes the whole process, so only what runs a whole job calls it: the training,
+    evaluation and search commands, and ``nasops.train.train`` (on CPU); call it yourself to
+    get the same speed from the rest of the Python API (``train_step``, ``Evaluator``).
     ``NASOPS_MALLOC=system`` leaves the allocator as it is. Returns whether it applied (glibc
     only; True again on later calls)."""
     global _kept

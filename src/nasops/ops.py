@@ -6,9 +6,11 @@ autograd, and the switch between the nasops kernels and the pure-PyTorch path.
 shared ``weight`` [C_max, 1, K_max, K_max], padding kernel_size // 2. Its backward writes the
 weight gradient at the full shared shape, zero outside the active window.
 
-``torch.ops.nasops.batch_norm_act_(x, weight, bias, running_mean, running_var, training,
-momentum, eps, act)``: batch norm and an activation written over ``x`` (channels-last float32 on
-CPU, no autograd) in one pass, or two in training mode; see :func:`batch_norm_act_`.
+``torch.ops.nasops.bn_act(x, weight, bias, running_mean, running_var, training, momentum, eps,
+act)``: batch norm and an activation of a channels-last float32 CPU tensor, with autograd (C++);
+returns the output, the batch mean and 1/std it saves. ``torch.ops.nasops.batch_norm_act_``: the
+same written over ``x`` itself, without autograd. :func:`batch_norm_act` picks one of them, or
+PyTorch's ops where they do not apply.
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ def resolve_amp(amp: str, device) -> str:
     if amp != "auto":
         return amp
     device = torch.device(device)
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
         return "bf16"
     return "none"
 

@@ -274,7 +274,8 @@ def _loop(run: Run, folder: RunDir, resume_at: tuple[int, int], device, progress
                desc="train", disable=not progress or rank != 0, dynamic_ncols=True)
 
     def new_evaluator():
-        return Evaluator(net, run.splits, cfg["eval_batch_size"], cfg["calib_images"], device)
+        return Evaluator(net, run.splits, cfg["eval_batch_size"], cfg["calib_images"], device,
+                         channels_last=cfg["channels_last"])  # (the run's format, not the default)
 
     evaluator = evaluated_at = None  # the last per-epoch evaluation, reused by the final one
     steps_this_call = 0

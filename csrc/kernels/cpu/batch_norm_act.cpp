@@ -94,18 +94,22 @@ void check_input(const at::Tensor& x, const char* op, const char* name = "x") {
                    " must be a float32 CPU tensor, got ", x.scalar_type(), " on ", x.device());
 }
 
-// Per-channel mean and biased variance of a channels-last x [rows, C], in double.
+// Per-channel mean and biased variance of a channels-last x [rows, C], in double: the moments
+// of x minus its first row (a value of each channel, so near its mean however large that is
+// against the spread), then shifted back.
 void batch_moments(const float* x, int64_t rows, int64_t C, std::vector<double>& mean,
                    std::vector<double>& var) {
   std::vector<double> sum(C), squares(C);
   const BnKernels& k = kernels();
-  blocked_sums(rows, C, sum.data(), squares.data(),
-               [&](int64_t lo, int64_t n, double* s, double* q) { k.stats(x + lo * C, n, C, s, q); });
+  blocked_sums(rows, C, sum.data(), squares.data(), [&](int64_t lo, int64_t n, double* s, double* q) {
+    k.stats(x + lo * C, x, n, C, s, q);
+  });
   mean.resize(C);
   var.resize(C);
   for (int64_t c = 0; c < C; ++c) {
-    mean[c] = sum[c] / rows;
-    var[c] = std::max(squares[c] / rows - mean[c] * mean[c], 0.0);
+    const double d = sum[c] / rows;
+    mean[c] = x[c] + d;
+    var[c] = std::max(squares[c] / rows - d * d, 0.0);
   }
 }
 
@@ -119,23 +123,27 @@ void update_running(float* running_mean, float* running_var, const std::vector<d
   }
 }
 
-// scale = weight / sqrt(var + eps) and shift = bias - mean * scale, in float.
-void affine(const float* w, const float* b, const double* mean, const double* invstd, int64_t C,
-            std::vector<float>& scale, std::vector<float>& shift) {
-  scale.resize(C);
-  shift.resize(C);
-  for (int64_t c = 0; c < C; ++c) {
-    const double s = w[c] * invstd[c];
-    scale[c] = static_cast<float>(s);
-    shift[c] = static_cast<float>(b[c] - mean[c] * s);
+// The per-channel affine map of the kernels, z = (x - center) * scale + shift: center is the
+// mean rounded to float, scale = weight / sqrt(var + eps), shift = bias minus what the rounding
+// of the mean left out.
+struct Affine {
+  std::vector<float> center, scale, shift;
+  Affine(const float* w, const float* b, const double* mean, const double* invstd, int64_t C)
+      : center(C), scale(C), shift(C) {
+    for (int64_t c = 0; c < C; ++c) {
+      const double s = w[c] * invstd[c];
+      center[c] = static_cast<float>(mean[c]);
+      scale[c] = static_cast<float>(s);
+      shift[c] = static_cast<float>(b[c] - (mean[c] - center[c]) * s);
+    }
   }
-}
+};
 
-void normalize(const float* x, float* y, int64_t rows, int64_t C, const std::vector<float>& scale,
-               const std::vector<float>& shift, Act act) {
+void normalize(const float* x, float* y, int64_t rows, int64_t C, const Affine& f, Act act) {
   const auto run = kernels().forward[static_cast<int>(act)];
   at::parallel_for(0, rows, grain(C), [&](int64_t begin, int64_t end) {
-    run(x + begin * C, y + begin * C, end - begin, C, scale.data(), shift.data());
+    run(x + begin * C, y + begin * C, end - begin, C, f.center.data(), f.scale.data(),
+        f.shift.data());
   });
 }
 
@@ -166,7 +174,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_cpu(
   TORCH_CHECK_VALUE(!training || rows > 1, op, ": training mode needs more than one value per ",
                     "channel, got shape ", x.sizes());
   at::Tensor y = at::empty_like(x, at::MemoryFormat::ChannelsLast);
-  at::Tensor save_mean = at::empty({C}, x.options()), save_invstd = at::empty({C}, x.options());
+  at::Tensor save_mean = at::zeros({C}, x.options()), save_invstd = at::zeros({C}, x.options());
   if (rows == 0) return {y, save_mean, save_invstd};
   std::vector<double> mean, var;
   if (training) {
@@ -186,9 +194,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_cpu(
     save_mean.data_ptr<float>()[c] = static_cast<float>(mean[c]);
     save_invstd.data_ptr<float>()[c] = static_cast<float>(invstd[c]);
   }
-  std::vector<float> scale, shift;
-  affine(w.data_ptr<float>(), b.data_ptr<float>(), mean.data(), invstd.data(), C, scale, shift);
-  normalize(x.data_ptr<float>(), y.data_ptr<float>(), rows, C, scale, shift, act);
+  normalize(x.data_ptr<float>(), y.data_ptr<float>(), rows, C,
+            Affine(w.data_ptr<float>(), b.data_ptr<float>(), mean.data(), invstd.data(), C), act);
   return {y, save_mean, save_invstd};
 }
 
@@ -221,39 +228,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_backward_cpu(
   const int a = static_cast<int>(act);
   const float* xp = x.data_ptr<float>();
   const float* gp = dy.data_ptr<float>();
-  const float* w = weight.contiguous().data_ptr<float>();
-  const float* mean_f = save_mean.contiguous().data_ptr<float>();
-  const float* invstd_f = save_invstd.contiguous().data_ptr<float>();
+  const at::Tensor w = weight.contiguous(), b = bias.contiguous();
+  const at::Tensor saved_mean = save_mean.contiguous(), saved_invstd = save_invstd.contiguous();
+  const float* mean_f = saved_mean.data_ptr<float>();
+  const float* invstd_f = saved_invstd.data_ptr<float>();
   std::vector<double> mean(mean_f, mean_f + C), invstd(invstd_f, invstd_f + C);
-  std::vector<float> scale, shift;
-  affine(w, bias.contiguous().data_ptr<float>(), mean.data(), invstd.data(), C, scale, shift);
+  const Affine f(w.data_ptr<float>(), b.data_ptr<float>(), mean.data(), invstd.data(), C);
   // Sums of dz and dz (x - mean): the bias and weight gradients, and the training-mode terms
   // of the input gradient.
   std::vector<double> sum_dz(C), sum_dzx(C);
   const bool need_sums = training || output_mask[1] || output_mask[2];
   if (need_sums)
     blocked_sums(rows, C, sum_dz.data(), sum_dzx.data(), [&](int64_t lo, int64_t n, double* s, double* q) {
-      k.grad_stats[a](gp + lo * C, xp + lo * C, n, C, scale.data(), shift.data(), mean_f, s, q);
+      k.grad_stats[a](gp + lo * C, xp + lo * C, n, C, f.center.data(), f.scale.data(),
+                      f.shift.data(), s, q);
     });
   for (int64_t c = 0; c < C; ++c) {
+    sum_dzx[c] -= (mean[c] - f.center[c]) * sum_dz[c];  // from x - center to x - mean
     grad_bias.data_ptr<float>()[c] = static_cast<float>(sum_dz[c]);
     grad_weight.data_ptr<float>()[c] = static_cast<float>(sum_dzx[c] * invstd[c]);
   }
   if (output_mask[0]) {
     // dx = scale * (dz - sum_dz / M - (x - mean) invstd^2 sum_dzx / M) in training mode, and
-    // scale * dz in evaluation mode: dz * scale + ca * x + cb.
+    // scale * dz in evaluation mode: dz * scale + ca * (x - center) + cb.
     std::vector<float> ca(C, 0.0f), cb(C, 0.0f);
     if (training) {
       for (int64_t c = 0; c < C; ++c) {
-        const double s = scale[c], slope = -s * invstd[c] * invstd[c] * sum_dzx[c] / rows;
+        const double s = f.scale[c], slope = -s * invstd[c] * invstd[c] * sum_dzx[c] / rows;
         ca[c] = static_cast<float>(slope);
-        cb[c] = static_cast<float>(-s * sum_dz[c] / rows - slope * mean[c]);
+        cb[c] = static_cast<float>(-s * sum_dz[c] / rows - slope * (mean[c] - f.center[c]));
       }
     }
     float* ip = grad_input.data_ptr<float>();
     at::parallel_for(0, rows, grain(C), [&](int64_t begin, int64_t end) {
       k.grad_input[a](gp + begin * C, xp + begin * C, ip + begin * C, end - begin, C,
-                      scale.data(), shift.data(), ca.data(), cb.data());
+                      f.center.data(), f.scale.data(), f.shift.data(), ca.data(), cb.data());
     });
   }
   return {grad_input, output_mask[1] ? grad_weight : at::Tensor(),
@@ -349,10 +358,9 @@ void batch_norm_act_cpu(const at::Tensor& x, const at::Tensor& weight, const at:
   }
   std::vector<double> invstd(C);
   for (int64_t c = 0; c < C; ++c) invstd[c] = 1.0 / std::sqrt(var[c] + eps);
-  std::vector<float> scale, shift;
-  affine(weight.data_ptr<float>(), bias.data_ptr<float>(), mean.data(), invstd.data(), C, scale,
-         shift);
-  normalize(data, data, rows, C, scale, shift, act);
+  normalize(data, data, rows, C,
+            Affine(weight.data_ptr<float>(), bias.data_ptr<float>(), mean.data(), invstd.data(), C),
+            act);
 }
 
 }  // namespace

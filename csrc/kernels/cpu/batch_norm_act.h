@@ -10,21 +10,24 @@ enum class Act { identity = 0, relu = 1, silu = 2, hardswish = 3 };
 constexpr int kActs = 4;
 
 struct BnKernels {
-  // sum[c] += sum over the rows of x, squares[c] += of x^2 (partial sums in float, added in
-  // double every few rows).
-  void (*stats)(const float* x, int64_t rows, int64_t C, double* sum, double* squares);
-  // y = act(x * scale + shift), per channel; y may be x (in place).
-  void (*forward[kActs])(const float* x, float* y, int64_t rows, int64_t C, const float* scale,
-                         const float* shift);
-  // With dz = dy * act'(x * scale + shift): sum_dz[c] += sum of dz, sum_dzx[c] += sum of
-  // dz * (x - mean[c]).
+  // With d = x - shift[c]: sum[c] += sum over the rows of d, squares[c] += of d^2 (partial sums
+  // in float, added in double every few rows). A shift near the mean keeps E[d^2] - E[d]^2
+  // accurate when the mean is large against the spread.
+  void (*stats)(const float* x, const float* shift, int64_t rows, int64_t C, double* sum,
+                double* squares);
+  // Every kernel below normalises z = (x - center) * scale + shift: x minus a value near the
+  // channel mean first, so that z stays accurate when the mean is large against the spread.
+  // y = act(z), per channel; y may be x (in place).
+  void (*forward[kActs])(const float* x, float* y, int64_t rows, int64_t C, const float* center,
+                         const float* scale, const float* shift);
+  // With dz = dy * act'(z): sum_dz[c] += sum of dz, sum_dzx[c] += sum of dz * (x - center[c]).
   void (*grad_stats[kActs])(const float* dy, const float* x, int64_t rows, int64_t C,
-                            const float* scale, const float* shift, const float* mean,
+                            const float* center, const float* scale, const float* shift,
                             double* sum_dz, double* sum_dzx);
-  // dx = dz * scale + a * x + b, dz as above.
+  // dx = dz * scale + a * (x - center) + b, dz as above.
   void (*grad_input[kActs])(const float* dy, const float* x, float* dx, int64_t rows, int64_t C,
-                            const float* scale, const float* shift, const float* a,
-                            const float* b);
+                            const float* center, const float* scale, const float* shift,
+                            const float* a, const float* b);
 };
 
 namespace cpu_base {

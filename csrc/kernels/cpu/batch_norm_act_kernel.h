@@ -156,7 +156,8 @@ NASOPS_INLINE void flush(float* acc, int64_t C, double* a, double* b) {
   }
 }
 
-void stats(const float* x, int64_t rows, int64_t C, double* sum, double* squares) {
+void stats(const float* x, const float* shift, int64_t rows, int64_t C, double* sum,
+           double* squares) {
   float acc[2 * 4096];
   const bool small = C <= 4096;
   if (small) std::memset(acc, 0, 2 * C * sizeof(float));
@@ -164,14 +165,15 @@ void stats(const float* x, int64_t rows, int64_t C, double* sum, double* squares
     const float* row = x + r * C;
     if (!small) {  // (very wide layers: straight in double)
       for (int64_t c = 0; c < C; ++c) {
-        sum[c] += row[c];
-        squares[c] += static_cast<double>(row[c]) * row[c];
+        const double d = static_cast<double>(row[c]) - shift[c];
+        sum[c] += d;
+        squares[c] += d * d;
       }
       continue;
     }
     over_channels(C, [&](int64_t c, auto f) {
       using F = decltype(f);
-      const F v = load_v<F>(row + c);
+      const F v = load_v<F>(row + c) - load_v<F>(shift + c);
       store_v(acc + c, load_v<F>(acc + c) + v);
       store_v(acc + C + c, load_v<F>(acc + C + c) + v * v);
     });
@@ -180,21 +182,22 @@ void stats(const float* x, int64_t rows, int64_t C, double* sum, double* squares
 }
 
 template <Act act>
-void forward(const float* x, float* y, int64_t rows, int64_t C, const float* scale,
-             const float* shift) {
+void forward(const float* x, float* y, int64_t rows, int64_t C, const float* center,
+             const float* scale, const float* shift) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* in = x + r * C;
     float* out = y + r * C;
     over_channels(C, [&](int64_t c, auto f) {
       using F = decltype(f);
-      store_v(out + c, activate<act>(load_v<F>(in + c) * load_v<F>(scale + c) + load_v<F>(shift + c)));
+      const F z = (load_v<F>(in + c) - load_v<F>(center + c)) * load_v<F>(scale + c) + load_v<F>(shift + c);
+      store_v(out + c, activate<act>(z));
     });
   }
 }
 
 template <Act act>
-void grad_stats(const float* dy, const float* x, int64_t rows, int64_t C, const float* scale,
-                const float* shift, const float* mean, double* sum_dz, double* sum_dzx) {
+void grad_stats(const float* dy, const float* x, int64_t rows, int64_t C, const float* center,
+                const float* scale, const float* shift, double* sum_dz, double* sum_dzx) {
   float acc[2 * 4096];
   const bool small = C <= 4096;
   if (small) std::memset(acc, 0, 2 * C * sizeof(float));
@@ -203,18 +206,19 @@ void grad_stats(const float* dy, const float* x, int64_t rows, int64_t C, const 
     const float* in = x + r * C;
     if (!small) {
       for (int64_t c = 0; c < C; ++c) {
-        const float dz = activate_grad<act>(g[c], in[c] * scale[c] + shift[c]);
+        const float d = in[c] - center[c];
+        const float dz = activate_grad<act>(g[c], d * scale[c] + shift[c]);
         sum_dz[c] += dz;
-        sum_dzx[c] += static_cast<double>(dz) * (in[c] - mean[c]);
+        sum_dzx[c] += static_cast<double>(dz) * d;
       }
       continue;
     }
     over_channels(C, [&](int64_t c, auto f) {
       using F = decltype(f);
-      const F v = load_v<F>(in + c);
-      const F dz = activate_grad<act>(load_v<F>(g + c), v * load_v<F>(scale + c) + load_v<F>(shift + c));
+      const F d = load_v<F>(in + c) - load_v<F>(center + c);
+      const F dz = activate_grad<act>(load_v<F>(g + c), d * load_v<F>(scale + c) + load_v<F>(shift + c));
       store_v(acc + c, load_v<F>(acc + c) + dz);
-      store_v(acc + C + c, load_v<F>(acc + C + c) + dz * (v - load_v<F>(mean + c)));
+      store_v(acc + C + c, load_v<F>(acc + C + c) + dz * d);
     });
     if ((r + 1) % kFloatRows == 0 || r + 1 == rows) flush(acc, C, sum_dz, sum_dzx);
   }
@@ -222,16 +226,17 @@ void grad_stats(const float* dy, const float* x, int64_t rows, int64_t C, const 
 
 template <Act act>
 void grad_input(const float* dy, const float* x, float* dx, int64_t rows, int64_t C,
-                const float* scale, const float* shift, const float* a, const float* b) {
+                const float* center, const float* scale, const float* shift, const float* a,
+                const float* b) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* g = dy + r * C;
     const float* in = x + r * C;
     float* out = dx + r * C;
     over_channels(C, [&](int64_t c, auto f) {
       using F = decltype(f);
-      const F v = load_v<F>(in + c), s = load_v<F>(scale + c);
-      const F dz = activate_grad<act>(load_v<F>(g + c), v * s + load_v<F>(shift + c));
-      store_v(out + c, dz * s + v * load_v<F>(a + c) + load_v<F>(b + c));
+      const F d = load_v<F>(in + c) - load_v<F>(center + c), s = load_v<F>(scale + c);
+      const F dz = activate_grad<act>(load_v<F>(g + c), d * s + load_v<F>(shift + c));
+      store_v(out + c, dz * s + d * load_v<F>(a + c) + load_v<F>(b + c));
     });
   }
 }

@@ -82,7 +82,7 @@ class DynamicMBConv(nn.Module):
         # as published: never on a block whose residual pools or projects
         if self.training and drop_connect > 0 and identity:
             keep = torch.rand(h.shape[0], 1, 1, 1, device=h.device) >= drop_connect
-            h = h * (keep / (1 - drop_connect))  # (one pass over h: the scale is per image)
+            h = h * (keep / (1 - drop_connect)).to(h.dtype)  # (one pass: the scale is per image)
         if identity:
             return h + x
         res = shortcut_pool(x, self.stride)
