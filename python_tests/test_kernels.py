@@ -653,3 +653,90 @@ def test_fused_calibration_and_evaluation_match_pytorch():
     assert fused == [False, True]
     assert torch.allclose(stats[0], stats[1], rtol=1e-5, atol=1e-6)
     assert torch.allclose(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
+
+
+# -- the ops under tracing: fake kernels, saved tensors, torch.compile ---------------------------
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: torch.ops.nasops.dw_conv2d(torch.empty(2, 9, 5, 5), torch.empty(8, 1, 5, 5), 3, 1),
+     "input has C = 9 channels but the weight holds only C_max = 8"),
+    (lambda: torch.ops.nasops.dw_conv2d(torch.empty(2, 4, 5, 5), torch.empty(8, 1, 5, 5), 4, 1),
+     "kernel_size = 4 must be odd"),
+    (lambda: torch.ops.nasops.dw_conv2d(torch.empty(4, 5, 5), torch.empty(8, 1, 5, 5), 3, 1),
+     r"input must be 4-D"),
+    (lambda: torch.ops.nasops.dw_conv2d_grad_input(torch.empty(2, 4, 5, 5), torch.empty(2, 4, 5, 5),
+                                                   torch.empty(8, 1, 5, 5), 3, 2),
+     "grad_output has shape"),
+    (lambda: torch.ops.nasops.bn_act(torch.empty(2, 4, 5, 5), torch.empty(3), torch.empty(4), None,
+                                     None, True, 0.1, 1e-5, "silu"),
+     "weight must have C = 4 values"),
+])
+def test_fake_kernels_check_shapes(call, message):
+    """Traced with fake tensors (as torch.compile does), a bad call fails with the eager op's
+    message instead of producing a graph with wrong shapes."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode(), pytest.raises(RuntimeError, match=message):
+        call()
+
+
+def saved_by_autograd(fn):
+    """The tensors autograd saves while fn() runs (by their storage's data pointer)."""
+    saved = []
+
+    def pack(t):
+        saved.append(t.untyped_storage().data_ptr())
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, saved
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_dw_autograd_saves_the_input_only_for_the_weight_gradient(layout):
+    """With the weight frozen, the input's values are not kept for backward (its gradient needs
+    only its shape and layout), and the input gradient is still right."""
+    x, weight, k, s = make((2, 12, 16, 9, 9, 3, 5, 2), layout)
+    x.requires_grad_(True)
+    out, saved = saved_by_autograd(lambda: torch.ops.nasops.dw_conv2d(x, weight, k, s))
+    assert x.untyped_storage().data_ptr() not in saved
+    grad = torch.randn(out.shape, dtype=torch.float64)
+    out.backward(grad.float())
+    xr = x.detach().double().requires_grad_(True)
+    reference(xr, weight, k, s).backward(grad)
+    assert rel_err(x.grad, xr.grad) < 1e-5
+    weight.requires_grad_(True)
+    _, saved = saved_by_autograd(lambda: torch.ops.nasops.dw_conv2d(x, weight, k, s))
+    assert x.untyped_storage().data_ptr() in saved
+
+
+def test_a_subnetwork_compiles_whole_and_matches_eager():
+    """Forward + backward of a sub-network under torch.compile(fullgraph=True): the custom ops
+    trace through their fake kernels and autograd with no graph break, and give eager's result.
+    (aot_eager: the graph AOTAutograd builds, run op by op, without Inductor's C++ compile.)"""
+    space = nasops.SearchSpace.load("small", num_classes=10)
+    torch.manual_seed(0)
+    net = nasops.Supernet(space).to(memory_format=torch.channels_last)
+    arch = space.sample(1, seed=3)[0]
+    net.set_active(arch)
+    a = space.decode(arch)
+    x = torch.randn(4, space.in_channels, a.resolution, a.resolution).contiguous(
+        memory_format=torch.channels_last)
+
+    twin = nasops.Supernet(space).to(memory_format=torch.channels_last)  # (training mode
+    twin.load_state_dict(net.state_dict())  # updates the BN statistics: one copy each)
+    twin.set_active(arch)
+
+    def loss_and_grads(model, params):
+        loss = model(x).square().mean()
+        loss.backward()
+        return loss.detach(), {n: p.grad for n, p in params if p.grad is not None}
+    with ops.dw_backend_as("nasops"):
+        eager = loss_and_grads(net, net.named_parameters())
+        compiled = loss_and_grads(torch.compile(twin, fullgraph=True, backend="aot_eager"),
+                                  twin.named_parameters())
+    assert torch.allclose(compiled[0], eager[0], rtol=1e-5, atol=1e-6)
+    assert compiled[1].keys() == eager[1].keys() and eager[1]
+    for name, g in eager[1].items():
+        assert torch.allclose(compiled[1][name], g, rtol=1e-4, atol=1e-6), name
+    for (name, b), b_twin in zip(net.named_buffers(), twin.buffers()):
+        assert torch.allclose(b, b_twin, rtol=1e-5, atol=1e-7), name

@@ -76,8 +76,36 @@ def _dw_format(input, kernel_size):
     return torch.channels_last if nhwc else torch.contiguous_format
 
 
+def _check_dw_shapes(input, weight, kernel_size, stride, op, grad_output=None):
+    """The shape rules of the C++ op (csrc/kernels/dw_conv2d.cpp, check_dw_conv2d), for the fake
+    kernels: a traced graph fails where the eager op would, with the same message."""
+    torch._check(input.dim() == 4,
+                 lambda: f"{op}: input must be 4-D [N, C, H, W], got shape {list(input.shape)}")
+    torch._check(weight.dim() == 4 and weight.shape[1] == 1 and weight.shape[2] == weight.shape[3],
+                 lambda: f"{op}: weight must be the shared [C_max, 1, K_max, K_max] tensor, got "
+                         f"shape {list(weight.shape)}")
+    k_max = weight.shape[2]
+    torch._check(k_max % 2 == 1, lambda: f"{op}: the weight's K_max = {k_max} must be odd")
+    torch._check(1 <= kernel_size <= k_max and kernel_size % 2 == 1,
+                 lambda: f"{op}: kernel_size = {kernel_size} must be odd and between 1 and "
+                         f"K_max = {k_max}")
+    torch._check(stride >= 1, lambda: f"{op}: stride = {stride} must be at least 1")
+    torch._check(input.shape[1] <= weight.shape[0],
+                 lambda: f"{op}: input has C = {input.shape[1]} channels but the weight holds "
+                         f"only C_max = {weight.shape[0]}")
+    torch._check(input.dtype == weight.dtype,
+                 lambda: f"{op}: input dtype {input.dtype} differs from weight dtype {weight.dtype}")
+    if grad_output is not None:
+        n, c, h, w = input.shape
+        expected = [n, c, _out_size(h, stride), _out_size(w, stride)]
+        torch._check(list(grad_output.shape) == expected,
+                     lambda: f"{op}: grad_output has shape {list(grad_output.shape)}, which is "
+                             f"not the output shape of this input")
+
+
 @torch.library.register_fake("nasops::dw_conv2d")
 def _dw_conv2d_fake(input, weight, kernel_size, stride):
+    _check_dw_shapes(input, weight, kernel_size, stride, "dw_conv2d")
     n, c, h, w = input.shape
     return input.new_empty(n, c, _out_size(h, stride), _out_size(w, stride)).contiguous(
         memory_format=_dw_format(input, kernel_size))
@@ -85,16 +113,30 @@ def _dw_conv2d_fake(input, weight, kernel_size, stride):
 
 @torch.library.register_fake("nasops::dw_conv2d_grad_input")
 def _grad_input_fake(grad_output, input, weight, kernel_size, stride):
+    _check_dw_shapes(input, weight, kernel_size, stride, "dw_conv2d_grad_input", grad_output)
     return torch.empty_like(input, memory_format=_dw_format(input, kernel_size))
 
 
 @torch.library.register_fake("nasops::dw_conv2d_grad_weight")
 def _grad_weight_fake(grad_output, input, weight, kernel_size, stride):
+    _check_dw_shapes(input, weight, kernel_size, stride, "dw_conv2d_grad_weight", grad_output)
     return weight.new_empty(weight.shape)
+
+
+def _check_bn_shapes(x, op, **vectors):
+    """The shape rules of the C++ batch norm ops (csrc/kernels/cpu/batch_norm_act.cpp)."""
+    torch._check(x.dim() == 4, lambda: f"{op}: x must be 4-D [N, C, H, W], got shape {list(x.shape)}")
+    c = x.shape[1]
+    for name, t in vectors.items():
+        if t is not None:
+            torch._check(t.dim() == 1 and t.shape[0] == c,
+                         lambda: f"{op}: {name} must have C = {c} values, got shape {list(t.shape)}")
 
 
 @torch.library.register_fake("nasops::bn_act")
 def _bn_act_fake(x, weight, bias, running_mean, running_var, training, momentum, eps, act):
+    _check_bn_shapes(x, "bn_act", weight=weight, bias=bias, running_mean=running_mean,
+                     running_var=running_var)
     c = x.shape[1]
     return (torch.empty_like(x, memory_format=torch.channels_last), x.new_empty(c),
             x.new_empty(c))
@@ -103,6 +145,11 @@ def _bn_act_fake(x, weight, bias, running_mean, running_var, training, momentum,
 @torch.library.register_fake("nasops::bn_act_backward")
 def _bn_act_backward_fake(grad_output, input, weight, bias, save_mean, save_invstd, training, act,
                           output_mask):
+    _check_bn_shapes(input, "bn_act_backward", weight=weight, bias=bias, save_mean=save_mean,
+                     save_invstd=save_invstd)
+    torch._check(grad_output.shape == input.shape,
+                 lambda: f"bn_act_backward: grad_output has shape {list(grad_output.shape)} but "
+                         f"input has {list(input.shape)}")
     c = input.shape[1]
     return (torch.empty_like(input, memory_format=torch.channels_last) if output_mask[0] else None,
             input.new_empty(c) if output_mask[1] else None,
@@ -111,12 +158,17 @@ def _bn_act_backward_fake(grad_output, input, weight, bias, save_mean, save_invs
 
 @torch.library.register_fake("nasops::batch_norm_act_")
 def _batch_norm_act_fake(x, weight, bias, running_mean, running_var, training, momentum, eps, act):
+    _check_bn_shapes(x, "batch_norm_act_", weight=weight, bias=bias, running_mean=running_mean,
+                     running_var=running_var)
     return None  # (in place)
 
 
 def _setup_context(ctx, inputs, output):
     input, weight, kernel_size, stride = inputs
-    ctx.save_for_backward(input, weight)
+    # The input's values only when its weight gradient is asked for (the input gradient needs
+    # just its shape and layout); the weight is the shared parameter, alive anyway.
+    ctx.save_for_backward(input if ctx.needs_input_grad[1] else None, weight)
+    ctx.input_like = (input.shape, suggest_memory_format(input), input.dtype, input.device)
     ctx.kernel_size, ctx.stride = kernel_size, stride
 
 
@@ -124,6 +176,9 @@ def _backward(ctx, grad_output):
     input, weight = ctx.saved_tensors
     grad_input = grad_weight = None
     if ctx.needs_input_grad[0]:
+        if input is None:  # an uninitialised stand-in of the input's shape and layout
+            shape, memory_format, dtype, device = ctx.input_like
+            input = torch.empty(shape, dtype=dtype, device=device, memory_format=memory_format)
         grad_input = torch.ops.nasops.dw_conv2d_grad_input(grad_output, input, weight,
                                                            ctx.kernel_size, ctx.stride)
     if ctx.needs_input_grad[1]:
