@@ -232,6 +232,15 @@ def trained(tiny, tmp_path_factory):
     return run
 
 
+@pytest.mark.parametrize("bad", ["yes", 1, None])
+def test_evaluator_refuses_a_bad_memory_format(trained, bad):
+    from nasops.checkpoint import load_trained
+    _, splits, net = load_trained(str(trained / "checkpoint.pt"))
+    with pytest.raises(ValueError, match=r"channels_last = .* is not allowed; allowed: True, "
+                                         r"False or 'auto'"):
+        Evaluator(net, splits, 64, 128, channels_last=bad)
+
+
 def test_evaluator_caches_and_matches_a_direct_count(trained):
     from nasops.checkpoint import load_trained
     cfg, splits, net = load_trained(str(trained / "checkpoint.pt"))

@@ -63,10 +63,13 @@ def use_channels_last(setting: bool | str, device) -> bool:
     """The memory format of a recipe's ``channels_last`` value on `device`: True or False as
     given; "auto" is channels-last on CPU, where the nasops kernels (depthwise, batch norm +
     activation) are written for it and oneDNN's 1x1 convolutions run 2-3x faster on it, and
-    NCHW on CUDA, where the nasops kernels read NCHW."""
+    NCHW on CUDA, where the nasops kernels read NCHW. Anything else is a ValueError."""
+    if not (isinstance(setting, bool) or setting == "auto"):
+        raise ValueError(f"channels_last = {setting!r} is not allowed; allowed: True, False or "
+                         f"'auto'")
     if setting == "auto":
         return torch.device(device).type == "cpu"
-    return bool(setting)
+    return setting
 
 
 def native_dtypes() -> dict[str, bool]:

@@ -63,9 +63,6 @@ class Evaluator:
         order = np.random.default_rng(0).permutation(len(splits.train))[:calib_images]
         self._calib = splits.train.subset(np.sort(order))  # (once: every sub-network uses it)
         self.cache: dict[tuple, float] = {}
-        if not (isinstance(channels_last, bool) or channels_last == "auto"):
-            raise ValueError(f"channels_last = {channels_last!r} is not allowed; allowed: True, "
-                             f"False or 'auto'")
         self.channels_last = use_channels_last(channels_last, device)
         if self.channels_last:
             net.to(memory_format=torch.channels_last)

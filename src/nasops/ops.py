@@ -167,8 +167,10 @@ def _setup_context(ctx, inputs, output):
     input, weight, kernel_size, stride = inputs
     # The input's values only when its weight gradient is asked for (the input gradient needs
     # just its shape and layout); the weight is the shared parameter, alive anyway.
-    ctx.save_for_backward(input if ctx.needs_input_grad[1] else None, weight)
-    ctx.input_like = (input.shape, suggest_memory_format(input), input.dtype, input.device)
+    keep_input = ctx.needs_input_grad[1]
+    ctx.save_for_backward(input if keep_input else None, weight)
+    if not keep_input:
+        ctx.input_like = (input.shape, suggest_memory_format(input), input.dtype, input.device)
     ctx.kernel_size, ctx.stride = kernel_size, stride
 
 
@@ -200,11 +202,10 @@ def dw_conv2d_reference(input, weight, kernel_size: int, stride: int):
 
 def pytorch_is_faster(input, kernel_size: int) -> bool:
     """Whether PyTorch's depthwise convolution measured faster than the nasops CPU kernels on
-    this layer, forward + backward (benchmarks/bench_kernels.py on both instruction sets,
-    README: Kernels): k = 3 on channels-last tensors, where oneDNN has 3 x 3 kernels of its own
-    (the nasops kernels 0.76-1.15x of its speed with AVX2, 0.89-1.21x with AVX-512, against
-    1.4-4.3x on every k = 5 layer), and, with the AVX2 kernels, k = 3 on NCHW maps of at most
-    14 x 14 pixels (0.87-1.03x). The "auto" backend runs PyTorch's path there."""
+    this layer, forward + backward (benchmarks/bench_kernels.py on both instruction sets; the
+    ratios are in README: Kernels): k = 3 on channels-last tensors, where oneDNN has 3 x 3
+    kernels of its own, and, without the AVX-512 kernels, k = 3 on NCHW maps of at most 14 x 14
+    pixels. The "auto" backend runs PyTorch's path there."""
     if kernel_size != 3 or input.device.type != "cpu":
         return False
     if input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous():

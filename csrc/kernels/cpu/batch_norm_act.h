@@ -10,10 +10,10 @@ enum class Act { identity = 0, relu = 1, silu = 2, hardswish = 3 };
 constexpr int kActs = 4;
 
 struct BnKernels {
-  // With d = x - shift[c]: sum[c] += sum over the rows of d, squares[c] += of d^2 (partial sums
-  // in float, added in double every few rows). A shift near the mean keeps E[d^2] - E[d]^2
-  // accurate when the mean is large against the spread.
-  void (*stats)(const float* x, const float* shift, int64_t rows, int64_t C, double* sum,
+  // With d = x - center[c]: sum[c] += sum over the rows of d, squares[c] += of d^2 (partial
+  // sums in float, added in double every few rows). A center near the mean keeps
+  // E[d^2] - E[d]^2 accurate when the mean is large against the spread.
+  void (*stats)(const float* x, const float* center, int64_t rows, int64_t C, double* sum,
                 double* squares);
   // Every kernel below normalises z = (x - center) * scale + shift: x minus a value near the
   // channel mean first, so that z stays accurate when the mean is large against the spread.

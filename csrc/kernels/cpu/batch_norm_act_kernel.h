@@ -156,7 +156,7 @@ NASOPS_INLINE void flush(float* acc, int64_t C, double* a, double* b) {
   }
 }
 
-void stats(const float* x, const float* shift, int64_t rows, int64_t C, double* sum,
+void stats(const float* x, const float* center, int64_t rows, int64_t C, double* sum,
            double* squares) {
   float acc[2 * 4096];
   const bool small = C <= 4096;
@@ -165,7 +165,7 @@ void stats(const float* x, const float* shift, int64_t rows, int64_t C, double* 
     const float* row = x + r * C;
     if (!small) {  // (very wide layers: straight in double)
       for (int64_t c = 0; c < C; ++c) {
-        const double d = static_cast<double>(row[c]) - shift[c];
+        const double d = static_cast<double>(row[c]) - center[c];
         sum[c] += d;
         squares[c] += d * d;
       }
@@ -173,7 +173,7 @@ void stats(const float* x, const float* shift, int64_t rows, int64_t C, double* 
     }
     over_channels(C, [&](int64_t c, auto f) {
       using F = decltype(f);
-      const F v = load_v<F>(row + c) - load_v<F>(shift + c);
+      const F v = load_v<F>(row + c) - load_v<F>(center + c);
       store_v(acc + c, load_v<F>(acc + c) + v);
       store_v(acc + C + c, load_v<F>(acc + C + c) + v * v);
     });
