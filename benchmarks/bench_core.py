@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "python_tests"))
 
 import nasops  # noqa: E402
-from nasops.files import write_json  # noqa: E402
+from nasops.utils.files import write_json  # noqa: E402
 from reference import reference_cost  # noqa: E402  (the tests' pure-Python implementation)
 
 

@@ -1,6 +1,6 @@
 """Streaming image-folder loader against the training step it feeds: would loading starve it?
 
-Images per second of the training loader (nasops.folders.FolderStream: decode, random-resized
+Images per second of the training loader (nasops.data.folders.FolderStream: decode, random-resized
 crop at 224 px, flip, AutoAugment, normalise) with 0, 1 and 2 DataLoader workers, beside the images
 per second of the attentive_nas sandwich step (largest, smallest, 2 sampled; batch 16, float32,
 the sub-networks at their own resolutions) on the same machine, and the peak resident memory of
@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 import nasops
-from nasops.files import write_json
+from nasops.utils.files import write_json
 from nasops.data import IMAGENET_MEAN, IMAGENET_STD, load_dataset
-from nasops.folders import FolderStream
+from nasops.data.folders import FolderStream
 from nasops.train import DEFAULTS, train_step
 
 from bench_train import FixedArchs  # (this folder is on the path of a script run from it)

@@ -9,7 +9,7 @@ backward and both, nasops and PyTorch interleaved on the same data after warm-up
 ratio; and achieved GB/s (input, output and gradients counted once each) against a measured plain
 copy. On CPU, then the fused batch norm + SiLU (nasops::bn_act, forward and backward) against
 PyTorch's two operators on five layers of the largest sub-network. The process keeps freed
-memory as training does (nasops.cpu.keep_freed_memory). Prints a table per format, writes JSON
+memory as training does (nasops.utils.cpu.keep_freed_memory). Prints a table per format, writes JSON
 (one file per instruction set of the nasops kernels).
 
 On an AVX-512 machine the AVX2 build is measured against PyTorch restricted to AVX2 the same way:
@@ -29,9 +29,9 @@ import time
 import torch
 
 import nasops
-from nasops import cpu
-from nasops.files import write_json
-from nasops.nn.layers import make_divisible
+from nasops.utils import cpu
+from nasops.utils.files import write_json
+from nasops.space.cost import make_divisible
 from nasops.ops import dw_conv2d_reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

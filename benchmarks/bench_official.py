@@ -11,7 +11,7 @@ largest sub-network's logits of the two are compared (training-mode batch norm, 
 
 The two steps alternate after a warm-up and the medians are reported, with their ratio. Both
 run in this one process, so they share its allocator: by default glibc keeps freed memory
-(nasops.cpu.keep_freed_memory, what nasops's training command does), which speeds up the
+(nasops.utils.cpu.keep_freed_memory, what nasops's training command does), which speeds up the
 official step too; NASOPS_MALLOC=system runs both without it.
 
     python benchmarks/bench_official.py --official PATH [--batch 8] [--threads 1] [--repeats 5]
@@ -25,9 +25,9 @@ import time
 import torch
 
 import nasops
-from nasops import cpu
-from nasops.files import write_json
-from nasops.step import clip_gradients, train_step
+from nasops.utils import cpu
+from nasops.utils.files import write_json
+from nasops.train.step import clip_gradients, train_step
 from nasops.train import DEFAULTS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -32,12 +32,12 @@ import numpy as np
 import torch
 
 import nasops
-from nasops.files import write_json
+from nasops.utils.files import write_json
 from nasops.data import load_splits
-from nasops.cpu import keep_freed_memory
+from nasops.utils.cpu import keep_freed_memory
 from nasops.evaluate import Evaluator
 from nasops.predictor import AccuracyPredictor
-from nasops.latency import LatencyTable, check
+from nasops.search.latency import LatencyTable, check
 from nasops.search import evolve, front, hypervolume, non_dominated, pareto
 from nasops.search.synthetic import Interacting, NarrowOptimum, ResolutionTrap, exhaustive
 

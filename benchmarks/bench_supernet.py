@@ -4,7 +4,7 @@ For the smallest, a middle and the largest sub-network of each space: forward + 
 supernet (set_active included) and of the static network with the same weights, on the same
 batch, interleaved, after warm-up; the median of the repeats and their ratio. Both networks and
 the batch are in the training default's memory format (channels-last on CPU), and the process
-keeps freed memory as training does (nasops.cpu.keep_freed_memory). Prints a table and writes
+keeps freed memory as training does (nasops.utils.cpu.keep_freed_memory). Prints a table and writes
 JSON.
 
     python benchmarks/bench_supernet.py [--repeats 5] [--batch 16]
@@ -17,8 +17,8 @@ import time
 import torch
 
 import nasops
-from nasops import cpu
-from nasops.files import write_json
+from nasops.utils import cpu
+from nasops.utils.files import write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,9 +1,9 @@
 """The sandwich training step against this machine's limit (a roofline), and where its time goes.
 
-One step is what `python -m nasops.train` runs per batch (nasops.step.train_step, then the SGD
+One step is what `python -m nasops.train` runs per batch (nasops.train.step.train_step, then the SGD
 step): forward and backward of the largest, smallest and two sampled sub-networks (fixed, seeded:
 every configuration times the same work), label-smoothed cross-entropy and KL distillation. The
-process is set up as the training command sets it up (nasops.cpu.keep_freed_memory; run with
+process is set up as the training command sets it up (nasops.utils.cpu.keep_freed_memory; run with
 NASOPS_MALLOC=system to see the step without it).
 
 For each row: the median step time over interleaved repeats after warm-up, the step's arithmetic
@@ -33,8 +33,9 @@ os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
 import torch  # noqa: E402
 
 import nasops  # noqa: E402
-from nasops import cpu, ops  # noqa: E402
-from nasops.files import write_json  # noqa: E402
+from nasops import ops
+from nasops.utils import cpu  # noqa: E402
+from nasops.utils.files import write_json  # noqa: E402
 from nasops.train import DEFAULTS, train_step  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nasops import losses, train as train_mod
-from nasops.files import write_json
+from nasops.train import losses, loop as train_mod
+from nasops.utils.files import write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

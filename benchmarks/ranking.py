@@ -37,15 +37,15 @@ import torch
 import yaml
 
 import study as study_mod
-from nasops import train as train_mod
-from nasops.checkpoint import load_trained
+from nasops.train import loop as train_mod
+from nasops.evaluate import load_trained
 from nasops.evaluate import Evaluator
-from nasops.files import write_json, write_text
-from nasops.losses import smoothed_cross_entropy
+from nasops.utils.files import write_json, write_text
+from nasops.train.losses import smoothed_cross_entropy
 from nasops.ops import set_dw_backend
 from nasops.predictor import kendall_tau
 from nasops.space import SearchSpace
-from nasops.step import clip_gradients, forward_active
+from nasops.train.step import clip_gradients, forward_active
 
 SUPERNETS = ("uniform", "balanced", "bestup-3-loss")
 CHECKPOINTS = {"early": "early.pt", "final": "checkpoint.pt"}

@@ -39,11 +39,12 @@ import time
 import numpy as np
 from scipy.stats import spearmanr
 
-from nasops import train as train_mod
-from nasops.checkpoint import load_checkpoint, load_trained
+from nasops.train import loop as train_mod
+from nasops.evaluate import load_trained
+from nasops.nn.checkpoint import load_checkpoint
 from nasops.data import splits_of
 from nasops.evaluate import Evaluator
-from nasops.files import atomic_path, write_json, write_text
+from nasops.utils.files import atomic_path, write_json, write_text
 from nasops.predictor import AccuracyPredictor, kendall_tau
 from nasops.search import pareto
 

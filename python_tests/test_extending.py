@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import nasops
-from nasops import data, losses, sampling
-from nasops.registry import Registry, import_modules
+from nasops import data
+from nasops.train import losses, strategies as sampling
+from nasops.utils.registry import Registry, import_modules
 
 README = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
 needs_source = pytest.mark.skipif(not os.path.isfile(README), reason="needs the source tree")
@@ -102,7 +103,7 @@ def test_entry_points_register_on_first_lookup(tmp_path, monkeypatch):
             return ImageSet(images, torch.arange(20) % 2, ["a", "b"])
         """))
     (tmp_path / "ep_strategies.py").write_text(textwrap.dedent("""
-        from nasops.sampling import Strategy, register_strategy
+        from nasops.train.strategies import Strategy, register_strategy
 
         @register_strategy("ep-first")
         class First(Strategy):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import nasops
-from nasops import files
+from nasops.utils import files
 from nasops.predictor import AccuracyPredictor
 from nasops.search.__main__ import main as search_main
 
@@ -71,7 +71,7 @@ def test_a_killed_writer_leaves_a_whole_file(tmp_path):
     """A process rewriting a 2 MB JSON file in a loop, killed at 20 moments: each time the
     file is one of the complete versions."""
     path = tmp_path / "big.json"
-    code = ("import sys; from nasops.files import write_json\n"
+    code = ("import sys; from nasops.utils.files import write_json\n"
             "i = 0\n"
             "while True:\n"
             "    write_json(sys.argv[1], {'i': i, 'pad': 'x' * 2_000_000}); i += 1\n"
@@ -143,4 +143,4 @@ def test_every_write_in_the_package_goes_through_the_helper():
                          ("np.savez(f," in code and "atomic_open(" in above)
                 if not inside:
                     found.append(f"{os.path.relpath(path, PACKAGE)}:{i + 1}: {code.strip()}")
-    assert not found, "writes outside nasops.files:\n" + "\n".join(found)
+    assert not found, "writes outside nasops.utils.files:\n" + "\n".join(found)

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from nasops import folders
-from nasops.augment import POLICY_V0, AutoAugment, center_view, crop_box
+from nasops.data import folders
+from nasops.data.augment import POLICY_V0, AutoAugment, center_view, crop_box
 from nasops.data import BadImageError, FolderStream, load_dataset, load_splits
 
 Image = pytest.importorskip("PIL.Image")
@@ -254,7 +254,8 @@ def test_peak_memory_does_not_grow_with_the_dataset(tmp_path):
 
 @pytest.mark.slow
 def test_attentive_nas_trains_on_jpegs_with_workers_and_bf16_and_resumes_mid_epoch(tmp_path):
-    from nasops import cpu, train as train_mod
+    from nasops.train import loop as train_mod
+    from nasops.utils import cpu
     write_jpegs(tmp_path / "data", 200, classes=4)
     # (bf16 where the CPU runs it natively: elsewhere training refuses it, test_train.py)
     amp = "bf16" if cpu.native_dtypes()["bf16"] else "none"

@@ -10,8 +10,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import nasops
-from nasops import latency
-from nasops.latency import LatencyTable, device_name
+from nasops.search import latency
+from nasops.search.latency import LatencyTable, device_name
 from nasops.search import evolve
 
 

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from nasops.losses import (LOSSES, adaptive_alpha_divergence, alpha_divergence,
+from nasops.train.losses import (LOSSES, adaptive_alpha_divergence, alpha_divergence,
                            distillation_loss, distillation_weight, kl_distillation, register_loss,
                            smoothed_cross_entropy)
-from nasops.recipe import DEFAULTS
+from nasops.train.recipe import DEFAULTS
 
 
 def softmax(z):

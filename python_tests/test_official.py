@@ -10,7 +10,7 @@ import torch
 
 import nasops
 from nasops import SearchSpace, Supernet
-from nasops.official import from_official, official_state_dict
+from nasops.nn.official import official_state_dict
 
 A0 = {"resolution": 192, "width": [16, 16, 24, 32, 64, 112, 192, 216, 1792],
       "depth": [1, 3, 3, 3, 3, 3, 1], "kernel_size": [3, 3, 3, 3, 3, 3, 3],
@@ -52,7 +52,7 @@ def randomised_supernet(seed=0):
 
 def official_format(net):
     """The official state dict of `net`, built from the key facts above (37 blocks, unused
-    residual convs and bn_tracking statistics included), independently of nasops.official."""
+    residual convs and bn_tracking statistics included), independently of nasops.nn.official."""
     first = np.cumsum([0] + MAX_DEPTHS[:-1])
     out = {}
     for key, tensor in net.state_dict().items():
@@ -122,7 +122,7 @@ def test_official_state_dict_is_the_official_layout():
                                           and not any(key.startswith(b) for b in first_blocks))
         if not unused:
             assert torch.equal(got[key], tensor), key
-    again = from_official(got)  # the round trip is exact
+    again = Supernet.from_official(got)  # the round trip is exact
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), net.state_dict().values()))
 
 
@@ -132,25 +132,25 @@ def test_bad_official_state_dicts_raise_naming_the_key(tmp_path):
     key = "blocks.3.mobile_inverted_conv.depth_conv.conv.conv.weight"
     with pytest.raises(ValueError, match=re.escape(f"missing key(s) of an official attentive_nas "
                                                    f"supernet: ['{key}']")):
-        from_official({k: v for k, v in official.items() if k != key})
+        Supernet.from_official({k: v for k, v in official.items() if k != key})
     with pytest.raises(ValueError, match=r"unexpected key\(s\).*'blocks\.3\.mobile_inverted_conv\.depth_conv\.conv\.5to3_matrix'"):
-        from_official(dict(official, **{"blocks.3.mobile_inverted_conv.depth_conv.conv.5to3_matrix": torch.eye(9)}))
+        Supernet.from_official(dict(official, **{"blocks.3.mobile_inverted_conv.depth_conv.conv.5to3_matrix": torch.eye(9)}))
     bad = dict(official, **{key: official[key][:, :, 1:4, 1:4]})
     with pytest.raises(ValueError, match=re.escape(f"{key} has shape [192, 1, 3, 3]; an official "
                                                    f"attentive_nas supernet has [192, 1, 5, 5]")):
-        from_official(bad)
+        Supernet.from_official(bad)
     # the tensors the official forward never reads may be absent
     lean = {k: v for k, v in official.items() if "bn_tracking" not in k}
-    from_official(lean)
+    Supernet.from_official(lean)
     with pytest.raises(ValueError, match="expected a state dict of tensors"):
-        from_official({"state_dict": {"a": 1}})
+        Supernet.from_official({"state_dict": {"a": 1}})
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        from_official(str(tmp_path / "none.pth"))
+        Supernet.from_official(str(tmp_path / "none.pth"))
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
-        from_official(str(tmp_path / "junk.pth"))
+        Supernet.from_official(str(tmp_path / "junk.pth"))
     with pytest.raises(TypeError, match="checkpoint path or a state dict"):
-        from_official(3)
+        Supernet.from_official(3)
 
 
 @pytest.mark.parametrize("resolution, size, offset", [(192, 220, 14), (224, 256, 16),
@@ -169,8 +169,9 @@ def test_convert_then_evaluate_a_released_supernet(tmp_path):
     """The command-line path: convert an official checkpoint (with an ImageNet-layout folder),
     evaluate sub-networks of it; the checkpoint records ImageNet's normalisation and crop."""
     from PIL import Image
-    from nasops.checkpoint import load_checkpoint, load_trained
-    from nasops.convert import main as convert
+    from nasops.evaluate import load_trained
+    from nasops.nn.checkpoint import load_checkpoint
+    from nasops.train.convert import main as convert
     from nasops.evaluate import main as evaluate
     g = np.random.default_rng(0)
     for split, n in (("train", 6), ("val", 2)):
@@ -199,7 +200,7 @@ def test_convert_then_evaluate_a_released_supernet(tmp_path):
     with open(evals) as f:
         doc = json.load(f)
     assert len(doc["accuracy"]) == 2 and all(a in (0.0, 0.5, 1.0) for a in doc["accuracy"])
-    from nasops.export import input_spec
+    from nasops.search.export import input_spec
     from nasops.search.__main__ import main as search
     spec = input_spec(3, 224, splits)
     # (an image folder: the shorter side of each file to 256, then the centre 224 square)

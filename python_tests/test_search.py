@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import nasops
-from nasops import train as train_mod
+from nasops.train import loop as train_mod
 from nasops.evaluate import Evaluator, binomial_interval, read_evaluations
-from nasops.export import export_subnet, onnx_unavailable
+from nasops.search.export import export_subnet, onnx_unavailable
 from nasops.predictor import AccuracyPredictor, kendall_tau
 from nasops.search import evolve, pareto
 
@@ -204,7 +204,7 @@ def test_export_says_what_it_skipped_without_the_onnx_packages(tiny, tmp_path, m
 
     def failing(*args):
         raise ValueError("the exporter cannot\nhandle this")
-    monkeypatch.setattr(nasops.export, "_export_onnx", failing)
+    monkeypatch.setattr(nasops.search.export, "_export_onnx", failing)
     paths = export_subnet(net, space.sample(1, seed=0)[0], str(tmp_path / "net3"))
     assert paths["onnx_skipped"].endswith("ONNX exporter failed: ValueError: the exporter cannot")
     assert (tmp_path / "net3" / "model.ts").exists() and "onnx" not in paths
@@ -234,7 +234,7 @@ def trained(tiny, tmp_path_factory):
 
 @pytest.mark.parametrize("bad", ["yes", 1, None])
 def test_evaluator_refuses_a_bad_memory_format(trained, bad):
-    from nasops.checkpoint import load_trained
+    from nasops.evaluate import load_trained
     _, splits, net = load_trained(str(trained / "checkpoint.pt"))
     with pytest.raises(ValueError, match=r"channels_last = .* is not allowed; allowed: True, "
                                          r"False or 'auto'"):
@@ -242,7 +242,7 @@ def test_evaluator_refuses_a_bad_memory_format(trained, bad):
 
 
 def test_evaluator_caches_and_matches_a_direct_count(trained):
-    from nasops.checkpoint import load_trained
+    from nasops.evaluate import load_trained
     cfg, splits, net = load_trained(str(trained / "checkpoint.pt"))
     ev = Evaluator(net, splits, 64, 128)
     archs = net.space.sample(3, seed=0)
@@ -266,7 +266,7 @@ def test_channels_last_evaluation_gives_the_same_accuracies_image_for_image(trai
     """What the search and evaluate commands run on CPU (channels-last: the fused batch norm +
     activation and the NHWC depthwise kernels; batches kept per resolution) against NCHW: the
     same accuracy for every sub-network, and the same prediction for every image."""
-    from nasops.checkpoint import load_trained
+    from nasops.evaluate import load_trained
     _, splits, net = load_trained(str(trained / "checkpoint.pt"))
     _, _, net_fast = load_trained(str(trained / "checkpoint.pt"))
     archs = net.space.sample(24, seed=5)

@@ -183,7 +183,7 @@ def test_bad_search_arguments_raise(small):
 
 
 def test_search_command_front_and_latency_modes(tiny, tmp_path, capsys):
-    from nasops.latency import LatencyTable
+    from nasops.search.latency import LatencyTable
     from nasops.predictor import AccuracyPredictor
     from nasops.search.__main__ import main
     space = nasops.SearchSpace.load(tiny)

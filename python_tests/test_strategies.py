@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import nasops
-from nasops.sampling import (STRATEGIES, BestUpLoss, Strategy, Uniform, WorstUpAccuracy,
+from nasops.train.strategies import (STRATEGIES, BestUpLoss, Strategy, Uniform, WorstUpAccuracy,
                              WorstUpOffline, build_strategy, needs_predictor, offline_table)
 
 

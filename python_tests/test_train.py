@@ -15,7 +15,7 @@ import torch
 import yaml
 
 import nasops
-from nasops import train as train_mod
+from nasops.train import loop as train_mod
 from nasops.predictor import AccuracyPredictor
 
 def config(tiny, **kw):
@@ -62,7 +62,7 @@ def test_mixed_precision_resumes_and_stays_close_to_float32(tiny, tmp_path):
     bf16 step's gradient is close to, but not, float32's."""
     # (fp16 where the CPU runs it natively: elsewhere training refuses it,
     # test_emulated_precision_is_refused_before_training)
-    if nasops.cpu.native_dtypes()["fp16"]:
+    if nasops.utils.cpu.native_dtypes()["fp16"]:
         cfg = config(tiny, amp="fp16", channels_last=True, epochs=1)
         train_mod.train(cfg, str(tmp_path / "full"), progress=False)
         assert train_mod.train(cfg, str(tmp_path / "part"), progress=False,
@@ -103,7 +103,7 @@ def test_emulated_precision_is_refused_before_training(tiny, tmp_path, monkeypat
     assert train_mod.resolve_amp("auto", "cpu") == "none"
     assert train_mod.resolve_amp("bf16", "cpu") == "bf16"
     assert config(tiny)["amp"] == "auto"  # (the default)
-    monkeypatch.setattr(nasops.cpu, "native_dtypes", lambda: {"bf16": False, "fp16": False})
+    monkeypatch.setattr(nasops.utils.cpu, "native_dtypes", lambda: {"bf16": False, "fp16": False})
     for amp in ("bf16", "fp16"):
         run = tmp_path / amp
         with pytest.raises(ValueError, match=rf"amp = '{amp}' on this CPU .* no native {amp}, "
@@ -111,7 +111,7 @@ def test_emulated_precision_is_refused_before_training(tiny, tmp_path, monkeypat
             train_mod.train(config(tiny, amp=amp), str(run), progress=False)
         assert not run.exists()
     train_mod.check_amp("auto", "cpu")  # (no error: float32)
-    monkeypatch.setattr(nasops.cpu, "native_dtypes", lambda: {"bf16": True, "fp16": True})
+    monkeypatch.setattr(nasops.utils.cpu, "native_dtypes", lambda: {"bf16": True, "fp16": True})
     train_mod.check_amp("bf16", "cpu")
 
 

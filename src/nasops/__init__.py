@@ -32,24 +32,24 @@ try:
 except ImportError as e:
     raise _missing_core(e) from e
 
-from . import ops  # noqa: E402,F401  (registers the operators' autograd and fake tensors)
+from . import _moved, ops  # noqa: E402,F401  (ops registers the operators' autograd and fake tensors)
+
+_moved.install()  # the import paths from before the layout by stage keep working
 
 # Imported on first use: name -> submodule that defines it.
-_LAZY_NAMES = {"AccuracyPredictor": "predictor", "Arch": "space", "FlopsSampler": "sampling",
+_LAZY_NAMES = {"AccuracyPredictor": "predictor", "Arch": "space", "FlopsSampler": "space.sampler",
                "SearchSpace": "space", "Supernet": "nn", "calibrate_bn": "nn",
-               "official_state_dict": "official", "packaged_spaces": "space",
-               "register_dataset": "data", "register_loss": "losses",
-               "register_strategy": "sampling", "resize_batch": "nn"}
-_SUBMODULES = ("checkpoint", "checks", "convert", "cpu", "data", "distributed", "evaluate",
-               "export", "files", "latency", "losses", "nn", "official", "predictor", "registry",
-               "sampling", "search", "space", "step", "train")
+               "official_state_dict": "nn.official", "packaged_spaces": "space",
+               "register_dataset": "data", "register_loss": "train.losses",
+               "register_strategy": "train.strategies", "resize_batch": "data"}
+_SUBMODULES = ("data", "evaluate", "nn", "predictor", "search", "space", "train", "utils")
 
 __all__ = ["ops", *sorted(_LAZY_NAMES)]
 __version__ = "0.2.0"
 
 
 def __getattr__(name: str):
-    if name in _SUBMODULES:
+    if name in _SUBMODULES or f"{__name__}.{name}" in _moved.MOVED:
         return importlib.import_module(f"{__name__}.{name}")
     if name in _LAZY_NAMES:
         value = getattr(importlib.import_module(f"{__name__}.{_LAZY_NAMES[name]}"), name)

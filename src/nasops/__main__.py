@@ -15,7 +15,7 @@ import math
 import os
 import sys
 
-from .cli import COMMANDS, STAGES
+from .utils.cli import COMMANDS, STAGES
 
 
 def usage(prog: str) -> str:

@@ -12,13 +12,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import distributed as dist
-from .checkpoint import load_trained
-from .cpu import keep_freed_memory, use_channels_last
-from .cli import STAGES, add_import_option, prog as prog_name
-from .registry import import_modules
-from .data import Splits
-from .files import write_json
+from .utils import distributed as dist
+from .nn.checkpoint import load_supernet
+from .utils.cpu import keep_freed_memory, use_channels_last
+from .utils.cli import STAGES, add_import_option, prog as prog_name
+from .utils.registry import import_modules
+from .data import Splits, splits_of
+from .utils.files import write_json
 from .nn import Supernet, calibrate_bn
 from .nn.layers import DynamicBatchNorm2d
 from .space import SearchSpace
@@ -36,6 +36,13 @@ def binomial_interval(accuracy, n: int, z: float = 1.959963984540054):
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     return centre - half, centre + half
+
+
+def load_trained(path: str, device: torch.device | str = "cpu"):
+    """(recipe, splits, supernet) of a training run's checkpoint: the supernet with its trained
+    weights on `device`, in eval mode, and the data splits its recipe names."""
+    cfg, net = load_supernet(path, device)
+    return cfg, splits_of(cfg), net
 
 
 class Evaluator:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import batch_norm_act, dw_conv2d
+from ..space.cost import se_width
 
 
 def channels_last_cpu(x: torch.Tensor) -> bool:
@@ -18,30 +19,8 @@ def channels_last_cpu(x: torch.Tensor) -> bool:
             and x.is_contiguous(memory_format=torch.channels_last))
 
 
-def make_divisible(v: int, divisor: int = 8) -> int:
-    """docs/DESIGN.md's rounding of hidden widths (the C++ cost model uses the same rule)."""
-    rounded = max(divisor, int(v + divisor / 2) // divisor * divisor)
-    return rounded + divisor if rounded < 0.9 * v else rounded
-
-
 def activation(name: str) -> nn.Module:
     return {"swish": nn.SiLU, "relu": nn.ReLU, "hswish": nn.Hardswish}[name]()
-
-
-def out_size(n: int, stride: int) -> int:
-    """Map size after a layer with padding k // 2 (or the shortcut pooling) and this stride."""
-    return -(-n // stride)
-
-
-def conv_cost(c_in: int, c_out: int, kernel: int, out: int, groups: int = 1) -> tuple[int, int]:
-    """(multiply-accumulates, weights) of a conv on an out x out output map, one image; a linear
-    layer is a 1x1 conv on 1 pixel. docs/DESIGN.md section 5: biases and BN are not counted."""
-    weights = c_in // groups * c_out * kernel * kernel
-    return weights * out * out, weights
-
-
-def add_costs(*costs: tuple[int, int]) -> tuple[int, int]:
-    return sum(c[0] for c in costs), sum(c[1] for c in costs)
 
 
 def shortcut_pool(x: torch.Tensor, stride: int) -> torch.Tensor:
@@ -184,7 +163,7 @@ class DynamicBatchNorm2d(nn.BatchNorm2d):
                        num_batches_tracked=self.num_batches_tracked)
 
     def _synced(self, x, running_mean, running_var, momentum):
-        from ..distributed import differentiable_sum
+        from ..utils.distributed import differentiable_sum
         c = x.shape[1]
         local = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)),
                            x.new_full((1,), x.numel() / c)])
@@ -227,27 +206,17 @@ class DynamicSE(nn.Module):
 
     def __init__(self, max_channels: int):
         super().__init__()
-        max_reduced = self.reduced(max_channels)
+        max_reduced = se_width(max_channels)
         self.reduce = DynamicConv2d(max_channels, max_reduced, bias=True)
         self.expand = DynamicConv2d(max_reduced, max_channels, bias=True)
 
-    @staticmethod
-    def reduced(channels: int) -> int:
-        return make_divisible(channels // 4)
-
-    @classmethod
-    def cost(cls, channels: int) -> tuple[int, int]:
-        """Both 1x1 convs act on the pooled 1x1 map."""
-        r = cls.reduced(channels)
-        return add_costs(conv_cost(channels, r, 1, 1), conv_cost(r, channels, 1, 1))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
-        s = F.relu(self.reduce(F.adaptive_avg_pool2d(x, 1), self.reduced(c)))
+        s = F.relu(self.reduce(F.adaptive_avg_pool2d(x, 1), se_width(c)))
         return x * F.hardsigmoid(self.expand(s, c))
 
     def export(self, channels: int) -> nn.Module:
-        r = self.reduced(channels)
+        r = se_width(channels)
         return StaticSE(self.reduce.export(channels, r), self.expand.export(r, channels))
 
 

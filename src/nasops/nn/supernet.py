@@ -9,9 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..space import Arch, SearchSpace
+from ..space.cost import hidden_width
 from .layers import (DynamicBatchNorm2d, DynamicConv2d, DynamicDepthwiseConv2d, DynamicLinear,
-                     DynamicSE, ShortcutPool, activation, add_costs, conv_cost, make_divisible,
-                     out_size, shortcut_pool)
+                     DynamicSE, ShortcutPool, activation, shortcut_pool)
+from .official import load_official
 from .static import StaticMBConv, StaticNet
 
 
@@ -26,14 +27,14 @@ class DynamicMBConv(nn.Module):
     stride, optional SE, 1x1 project, BN after each conv; residual: identity, or average pooling
     for the stride and a 1x1 conv when the width changes.
 
-    This class is the block's one definition: its forward pass, its static export
-    (:meth:`export`) and its cost terms (:meth:`cost`, from which the C++ cost tables are built)."""
+    Its widths and cost follow :mod:`nasops.space.cost`; this class is the block's forward pass
+    and its static export (:meth:`export`)."""
 
     def __init__(self, max_in: int, max_out: int, max_kernel: int, max_expand: int, stride: int,
                  se: bool, act: str, has_expand: bool, has_shortcut_conv: bool):
         super().__init__()
         self.stride = stride
-        max_hidden = self.hidden_width(max_in, max_expand)
+        max_hidden = hidden_width(max_in, max_expand)
         self.expand = DynamicConv2d(max_in, max_hidden) if has_expand else None
         self.expand_bn = DynamicBatchNorm2d(max_hidden) if has_expand else None
         self.depthwise = DynamicDepthwiseConv2d(max_hidden, max_kernel)
@@ -45,34 +46,12 @@ class DynamicMBConv(nn.Module):
         self.shortcut = DynamicConv2d(max_in, max_out) if has_shortcut_conv else None
         self.act = activation(act)
 
-    @staticmethod
-    def hidden_width(c_in: int, expand_ratio: int) -> int:
-        """Channels of the depthwise conv: the input's at ratio 1 (no expansion), otherwise
-        make_divisible(c_in * ratio)."""
-        return c_in if expand_ratio == 1 else make_divisible(c_in * expand_ratio)
-
-    @classmethod
-    def cost(cls, n: int, c_in: int, c_out: int, kernel: int, expand_ratio: int, stride: int,
-             se: bool) -> tuple[int, int]:
-        """(MACs, weights) of the block on an n x n input (docs/DESIGN.md section 5)."""
-        hidden = cls.hidden_width(c_in, expand_ratio)
-        n_out = out_size(n, stride)
-        terms = [conv_cost(hidden, hidden, kernel, n_out, groups=hidden),  # depthwise
-                 conv_cost(hidden, c_out, 1, n_out)]                       # project
-        if expand_ratio != 1:
-            terms.append(conv_cost(c_in, hidden, 1, n))
-        if se:
-            terms.append(DynamicSE.cost(hidden))
-        if c_in != c_out:  # the residual conv, after the pooling that carries the stride
-            terms.append(conv_cost(c_in, c_out, 1, n_out))
-        return add_costs(*terms)
-
     def forward(self, x, out_channels: int, kernel_size: int, expand_ratio: int,
                 drop_connect: float = 0.0):
         c_in = x.shape[1]
         h = x
         if expand_ratio != 1:
-            h = self.expand(h, self.hidden_width(c_in, expand_ratio))
+            h = self.expand(h, hidden_width(c_in, expand_ratio))
             h = self.expand_bn(h, self.act, overwrite=True)
         h = self.depthwise_bn(self.depthwise(h, kernel_size, self.stride), self.act, overwrite=True)
         if self.se is not None:
@@ -93,7 +72,7 @@ class DynamicMBConv(nn.Module):
 
     def export(self, c_in: int, c_out: int, kernel_size: int, expand_ratio: int) -> nn.Module:
         """The block at these sizes as plain modules with copied weights and BN statistics."""
-        hidden = self.hidden_width(c_in, expand_ratio)
+        hidden = hidden_width(c_in, expand_ratio)
         expand = nn.Identity()
         if expand_ratio != 1:
             expand = nn.Sequential(self.expand.export(c_in, hidden), self.expand_bn.export(hidden),
@@ -114,8 +93,8 @@ class Supernet(nn.Module):
 
     ``net.set_active(arch)`` picks the sub-network that ``forward`` runs; the caller resizes its
     batch to ``arch.resolution`` (see :func:`nasops.resize_batch`). The stem and the head are
-    defined here (forward, :meth:`extract`, :meth:`stem_cost` / :meth:`head_cost`), the blocks
-    in :class:`DynamicMBConv`."""
+    defined here (forward, :meth:`extract`), the blocks in :class:`DynamicMBConv`; the cost of
+    each part in :mod:`nasops.space.cost`."""
 
     def __init__(self, space: SearchSpace, num_classes: int | None = None, dropout: float = 0.0,
                  drop_connect: float = 0.0):
@@ -161,24 +140,10 @@ class Supernet(nn.Module):
     @classmethod
     def from_official(cls, source, space: SearchSpace | str = "attentive_nas") -> "Supernet":
         """A released AttentiveNAS / AlphaNet supernet (checkpoint path or state dict of the
-        official dynamic model) as a Supernet: see :func:`nasops.official.from_official`."""
-        from ..official import from_official
-        return from_official(source, space)
-
-    # -- cost terms of the stem and the head (the blocks': DynamicMBConv.cost) ---------------
-    @staticmethod
-    def stem_cost(cfg: Mapping, resolution: int, width: int) -> tuple[int, int]:
-        stem = cfg["stem"]
-        return conv_cost(cfg["in_channels"], width, stem["kernel_size"],
-                         out_size(resolution, stem["stride"]))
-
-    @staticmethod
-    def head_cost(cfg: Mapping, n: int, c: int, head_width: int) -> tuple[int, int]:
-        """1x1 conv c -> expand * c on the n x n map; after the pool, the 1x1 head conv and the
-        classifier on one pixel."""
-        wide = cfg["head"]["expand_ratio"] * c
-        return add_costs(conv_cost(c, wide, 1, n), conv_cost(wide, head_width, 1, 1),
-                         conv_cost(head_width, cfg["num_classes"], 1, 1))
+        official dynamic model) as a Supernet: see :func:`nasops.nn.official.load_official`."""
+        if not isinstance(space, SearchSpace):
+            space = SearchSpace.load(space)
+        return load_official(cls(space), source)
 
     @property
     def dropout(self) -> float:
@@ -267,64 +232,3 @@ class Supernet(nn.Module):
         if self.training and self.dropout > 0:
             h = F.dropout(h, self.dropout)
         return self.classifier(h)
-
-
-def macs_and_weights(cfg: Mapping, part: str, **sizes) -> tuple[int, int]:
-    """(MACs, weights) of one part of the network: ``part`` "stem" (resolution, width), "block"
-    (stage, n, c_in, c_out, kernel, expand, stride; n the input size) or "head" (n, c,
-    head_width), from the definitions above."""
-    if part == "stem":
-        return Supernet.stem_cost(cfg, sizes["resolution"], sizes["width"])
-    if part == "block":
-        return DynamicMBConv.cost(sizes["n"], sizes["c_in"], sizes["c_out"], sizes["kernel"],
-                                  sizes["expand"], sizes["stride"],
-                                  cfg["stages"][sizes["stage"]]["se"])
-    return Supernet.head_cost(cfg, sizes["n"], sizes["c"], sizes["head_width"])
-
-
-def cost_tables(cfg: Mapping, cost=macs_and_weights) -> dict:
-    """The cost of every part of the network at every combination of its choices, for the C++
-    cost model (int64 arrays, last axis two numbers that add up over the parts: by default
-    (MACs, weights), :func:`macs_and_weights`; ``cost(cfg, part, **sizes)`` with the same
-    arguments gives another model, such as measured latencies):
-
-    stem ``[res][stem width]``; per stage ``first[res][prev width][width][kernel][expand]`` (the
-    stage's first block: it sees the previous width and carries the stride) and
-    ``rest[res][width][kernel][expand]`` (each further block); head ``[res][last width][head width]``.
-    """
-    stages = cfg["stages"]
-    entries = max(len(cfg["resolution"]) * len(p["width"]) * len(s["width"])
-                  * len(s["kernel_size"]) * len(s["expand_ratio"])
-                  for p, s in zip([cfg["stem"]] + stages[:-1], stages))
-    if entries > 2_000_000:
-        raise ValueError(f"a stage has {entries} combinations of resolution, widths, kernel size "
-                         f"and expand ratio: too many for the cost tables (at most 2,000,000)")
-    tables = {"stem": [], "first": [[] for _ in stages], "rest": [[] for _ in stages], "head": []}
-    for res in cfg["resolution"]:
-        tables["stem"].append([cost(cfg, "stem", resolution=res, width=w)
-                               for w in cfg["stem"]["width"]])
-        n = out_size(res, cfg["stem"]["stride"])
-        prev = cfg["stem"]["width"]
-        for s, stage in enumerate(stages):
-            n_out = out_size(n, stage["stride"])
-            k_e = [(k, e) for k in stage["kernel_size"] for e in stage["expand_ratio"]]
-            tables["first"][s].append([[[cost(cfg, "block", stage=s, n=n, c_in=c_in, c_out=c,
-                                              kernel=k, expand=e, stride=stage["stride"])
-                                         for k, e in k_e] for c in stage["width"]] for c_in in prev])
-            tables["rest"][s].append([[cost(cfg, "block", stage=s, n=n_out, c_in=c, c_out=c,
-                                            kernel=k, expand=e, stride=1)
-                                       for k, e in k_e] for c in stage["width"]])
-            n, prev = n_out, stage["width"]
-        tables["head"].append([[cost(cfg, "head", n=n, c=c, head_width=h)
-                                for h in cfg["head"]["width"]] for c in prev])
-    as_array = lambda t: np.ascontiguousarray(np.asarray(t, dtype=np.int64).reshape(-1, 2))  # noqa: E731
-    return {"stem": as_array(tables["stem"]), "head": as_array(tables["head"]),
-            "first": [as_array(t) for t in tables["first"]],
-            "rest": [as_array(t) for t in tables["rest"]]}
-
-
-def resize_batch(x: torch.Tensor, resolution: int) -> torch.Tensor:
-    """A batch resized to resolution x resolution (bicubic, as the paper does)."""
-    if x.shape[-1] == resolution and x.shape[-2] == resolution:
-        return x
-    return F.interpolate(x, size=(resolution, resolution), mode="bicubic", align_corners=False)

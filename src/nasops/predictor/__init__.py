@@ -16,7 +16,7 @@ import numpy as np
 from scipy.stats import kendalltau
 
 from .. import _C
-from ..files import atomic_open
+from ..utils.files import atomic_open
 from ..space import SearchSpace
 
 FORMAT = "nasops-forest-1"

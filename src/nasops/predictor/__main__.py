@@ -10,7 +10,7 @@ import sys
 import numpy as np
 
 from . import AccuracyPredictor
-from ..cli import STAGES, prog as prog_name
+from ..utils.cli import STAGES, prog as prog_name
 from ..evaluate import read_evaluations
 
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from ..checks import check_count, seed64
-from ..sampling import FlopsSampler
+from ..utils.checks import check_count, seed64
+from ..space.sampler import FlopsSampler
 from ..space import Arch, SearchSpace
 
 METHODS = ("repair", "paper")

@@ -21,16 +21,15 @@ import time
 import numpy as np
 
 from . import METHODS, SupernetAccuracy, front, pareto
-from .. import distributed as dist
-from ..checkpoint import load_trained
-from ..cli import STAGES, add_import_option, prog as prog_name
-from ..cpu import keep_freed_memory
-from ..registry import import_modules
-from ..evaluate import Evaluator, binomial_interval
-from ..export import export_subnet
-from ..files import write_json
-from ..latency import LatencyTable
-from ..plots import MISSING as PLOTS_MISSING, plot_front
+from ..utils import distributed as dist
+from ..utils.cli import STAGES, add_import_option, prog as prog_name
+from ..utils.cpu import keep_freed_memory
+from ..utils.registry import import_modules
+from ..evaluate import Evaluator, binomial_interval, load_trained
+from .export import export_subnet
+from ..utils.files import write_json
+from .latency import LatencyTable
+from ..utils.plots import MISSING as PLOTS_MISSING, plot_front
 from ..predictor import AccuracyPredictor
 from ..space import SearchSpace
 

@@ -13,10 +13,10 @@ import hashlib
 import os
 import sys
 
-from .checkpoint import FORMAT, save_checkpoint
-from .cli import STAGES, prog as prog_name
-from .official import from_official
-from .space import SearchSpace
+from ..nn.checkpoint import FORMAT, save_checkpoint
+from ..utils.cli import STAGES, prog as prog_name
+from ..nn import Supernet
+from ..space import SearchSpace
 
 EVAL_CROP = 0.875  # the official evaluation: resize to resolution / 0.875, centre crop
 
@@ -42,7 +42,7 @@ def convert_official(source: str, out: str, space: str = "attentive_nas",
                      data_dir: str | None = None) -> dict:
     """Writes the nasops checkpoint of the official supernet `source` to `out` (atomically);
     returns what it wrote besides the weights."""
-    net = from_official(source, space)
+    net = Supernet.from_official(source, space)
     if data_dir is not None and not os.path.isdir(data_dir):
         raise FileNotFoundError(f"--data-dir {data_dir!r} is not a directory")
     info = {"official_checkpoint": os.path.abspath(source), "sha256": _sha256(source),

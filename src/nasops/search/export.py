@@ -19,8 +19,8 @@ import warnings
 
 import torch
 
-from .files import atomic_path, write_json
-from .nn import Supernet
+from ..utils.files import atomic_path, write_json
+from ..nn import Supernet
 
 
 @contextlib.contextmanager

@@ -4,7 +4,7 @@ Both projects publish ImageNet-trained supernets as checkpoints of the official 
 (AttentiveNAS's ``AttentiveNasDynamicModel``; AlphaNet uses the same model). Its tensors are
 nasops's under other names, one to one, plus tensors the official forward never reads: the two
 ``bn_tracking`` statistics of every dynamic BN, and the residual conv of every block that is not
-a stage's first. :func:`from_official` maps a released state dict onto a :class:`Supernet`
+a stage's first. :func:`load_official` maps a released state dict onto a :class:`Supernet`
 (checking every key and shape), :func:`official_state_dict` maps back.
 """
 from __future__ import annotations
@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 
-from .nn import Supernet
-from .space import SearchSpace
+if TYPE_CHECKING:
+    from .supernet import Supernet
 
 _BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 # the official dynamic BN's two spare BatchNorm2d(affine=False): statistics the forward never reads
@@ -109,15 +110,13 @@ def _read(source) -> tuple[Mapping, str]:
     return loaded, where
 
 
-def from_official(source, space: SearchSpace | str = "attentive_nas") -> Supernet:
-    """A Supernet holding the weights and BN statistics of an official AttentiveNAS / AlphaNet
-    supernet: ``source`` is a checkpoint path (a dict with ``state_dict``, keys possibly prefixed
-    ``module.``) or a state dict. Every official tensor is checked: a missing, unexpected or
-    mis-shaped one raises ValueError naming it."""
-    if not isinstance(space, SearchSpace):
-        space = SearchSpace.load(space)
+def load_official(net: Supernet, source) -> Supernet:
+    """Loads the weights and BN statistics of an official AttentiveNAS / AlphaNet supernet into
+    ``net`` (a Supernet of the same space) and returns it: ``source`` is a checkpoint path (a dict
+    with ``state_dict``, keys possibly prefixed ``module.``) or a state dict. Every official tensor
+    is checked: a missing, unexpected or mis-shaped one raises ValueError naming it."""
+    space = net.space
     state, where = _read(source)
-    net = Supernet(space)
     layout = _layout(net)
     unexpected = [k for k in state if k not in layout]
     if unexpected:

@@ -23,8 +23,9 @@ from importlib import resources
 import numpy as np
 import yaml
 
-from . import _C
-from .checks import is_int, seed64
+from .. import _C
+from ..utils.checks import is_int, seed64
+from .cost import cost_tables
 
 ARCH_FIELDS = ("resolution", "width", "depth", "kernel_size", "expand_ratio")
 ACTIVATIONS = ("swish", "relu", "hswish")
@@ -201,7 +202,6 @@ class SearchSpace:
     """
 
     def __init__(self, config: Mapping, source: str = "<dict>"):
-        from .nn.supernet import cost_tables  # the network's one definition
         self.config = _check_config(config, source)
         self._core = _C.Space(self.config, cost_tables(self.config))
         self.dim_names = [name for name, _ in self._core.dims()]

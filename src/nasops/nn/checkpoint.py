@@ -5,8 +5,8 @@ import os
 
 import torch
 
-from . import __version__
-from .files import atomic_path
+from .. import __version__
+from ..utils.files import atomic_path
 
 # The layout of the supernet's weights changes the format's number (README: state-dict layout).
 FORMAT = "nasops-checkpoint-2"
@@ -44,18 +44,15 @@ def load_checkpoint(path: str) -> dict:
     return ckpt
 
 
-def load_trained(path: str, device: torch.device | str = "cpu"):
-    """(config, splits, supernet) of a training run's checkpoint: the supernet with its trained
-    weights on `device`, and the data splits its recipe names."""
-    from .data import splits_of
-    from .nn import Supernet
-    from .space import SearchSpace
+def load_supernet(path: str, device: torch.device | str = "cpu"):
+    """(recipe, supernet) of a training run's checkpoint: the supernet with its trained weights
+    on `device`, in eval mode."""
+    from ..space import SearchSpace
+    from .supernet import Supernet
     ckpt = load_checkpoint(path)
-    cfg = ckpt["config"]
-    splits = splits_of(cfg)
     net = Supernet(SearchSpace(ckpt["space"], source=path))
     try:
         net.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise ValueError(f"{path}: the weights do not fit the supernet of its own space: {e}") from None
-    return cfg, splits, net.to(device).eval()
+    return ckpt["config"], net.to(device).eval()

@@ -30,13 +30,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import _C
-from .checks import check_count
-from .files import write_json
-from .cli import STAGES, prog as prog_name
-from .nn import Supernet
-from .nn.supernet import cost_tables
-from .space import SearchSpace, packaged_spaces
+from .. import _C
+from ..utils.checks import check_count
+from ..utils.files import write_json
+from ..utils.cli import STAGES, prog as prog_name
+from ..nn import Supernet
+from ..space.cost import cost_tables
+from ..space import SearchSpace, packaged_spaces
 
 FORMAT = "nasops-latency-1"
 CALIBRATION_SEED = 0x1A7E  # the end-to-end networks a table is calibrated on (check draws seed 0)

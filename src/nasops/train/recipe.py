@@ -16,10 +16,10 @@ from importlib import resources
 
 import yaml
 
-from .data import DATASETS, NORMALIZATIONS
+from ..data import DATASETS, NORMALIZATIONS
 from .losses import LOSSES
-from .ops import BACKENDS
-from .sampling import STRATEGIES, needs_predictor
+from ..ops import BACKENDS
+from .strategies import STRATEGIES, needs_predictor
 
 AMP = ("auto", "none", "bf16", "fp16")  # precision of the training forwards (step.resolve_amp)
 

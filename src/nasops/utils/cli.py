@@ -18,9 +18,9 @@ COMMANDS = {
                  "measure random sub-networks of a trained supernet (the predictor's data)"),
     "predictor": ("nasops.predictor.__main__", "nasops-predictor",
                   "fit the accuracy predictor on those measurements (search --predictor)"),
-    "latency": ("nasops.latency", "nasops-latency",
+    "latency": ("nasops.search.latency", "nasops-latency",
                 "measure a latency lookup table (search --constraint latency)"),
-    "convert": ("nasops.convert", "nasops-convert",
+    "convert": ("nasops.train.convert", "nasops-convert",
                 "a released AttentiveNAS/AlphaNet supernet as a nasops checkpoint"),
 }
 
@@ -28,12 +28,12 @@ STAGES = """\
 the stages of two-stage NAS (each command takes --help):
   1. nasops-train        train one supernet: python -m nasops.train
   2. nasops-search       search it under FLOPs budgets, export the picks: python -m nasops.search
-     nasops-latency      for latency budgets instead: measure a table: python -m nasops.latency
+     nasops-latency      for latency budgets instead: measure a table: python -m nasops.search.latency
      optional, between the two, for searching by a predictor:
      nasops-evaluate     measure random sub-networks: python -m nasops.evaluate
      nasops-predictor    fit the accuracy predictor on them: python -m nasops.predictor
   or, instead of 1, start from a released AttentiveNAS/AlphaNet supernet:
-     nasops-convert      python -m nasops.convert --from-official CKPT --out RUN/checkpoint.pt"""
+     nasops-convert      python -m nasops.train.convert --from-official CKPT --out RUN/checkpoint.pt"""
 
 
 def add_import_option(parser) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .augment import AutoAugment, center_view, random_resized_crop, require_pil
+from .batches import check_batch_size, epoch_order, mix_seed
 
 log = logging.getLogger("nasops.data")
 
@@ -227,7 +228,6 @@ class FolderStream:
     def __init__(self, data: FolderSet, batch_size: int, mean: torch.Tensor, std: torch.Tensor,
                  size: int, seed: int = 0, augment: bool = True, flip: bool = True,
                  autoaugment: bool = False, rank: int = 0, world: int = 1):
-        from .data import check_batch_size
         check_batch_size(batch_size, world, len(data))
         self.data, self.batch_size, self.seed, self.rank, self.world = data, batch_size, seed, rank, world
         self.mean, self.std = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
@@ -240,7 +240,6 @@ class FolderStream:
 
     def keys(self, epoch: int, start_step: int = 0):
         """This rank's (image index, augmentation seed) lists, one per step from `start_step`."""
-        from .data import epoch_order, mix_seed
         order = epoch_order(len(self.data), self.seed, epoch).numpy()
         part = self.batch_size // self.world
         for step in range(start_step, self.steps_per_epoch):

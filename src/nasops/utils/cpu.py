@@ -83,7 +83,7 @@ def native_dtypes() -> dict[str, bool]:
 
 def describe() -> str:
     """One line: the processor, the kernels' instruction set, threads and native precisions."""
-    from . import _C
+    from .. import _C
     native = [k for k, v in native_dtypes().items() if v]
     return (f"{platform.processor() or platform.machine()}, nasops kernels {_C.cpu_isa()}, "
             f"PyTorch {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} "

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .registry import Registry
+from ..utils.registry import Registry
 
 # |alpha - 1| (or |alpha|) below this takes the exact-KL branch, as the published code does
 _EXACT_KL = 1e-3

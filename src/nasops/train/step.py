@@ -6,11 +6,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import cpu, distributed as dist
-from .cpu import use_channels_last
+from ..utils import cpu, distributed as dist
+from ..utils.cpu import use_channels_last
 from .losses import distillation_loss, distillation_weight, smoothed_cross_entropy
-from .nn import Supernet, frozen_bn_stats, resize_batch
-from .sampling import Strategy
+from ..data import resize_batch
+from ..nn import Supernet, frozen_bn_stats
+from .strategies import Strategy
 
 # amp key -> autocast dtype of the training forwards ("auto": resolve_amp)
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -1,23 +1,6 @@
-"""Stage 1: train a supernet with the sandwich rule, in-place distillation and a sampling strategy.
-
-    python -m nasops.train                                  # the digits recipe (CPU, minutes)
-    python -m nasops.train --recipe fashion-mnist strategy=bestup-3-loss kd=alpha epochs=10
-    python -m nasops.train --resume runs/digits-uniform-seed0-20261123-101500
-    torchrun --nproc_per_node=2 -m nasops.train --recipe fashion-mnist
-
-Each step trains, on one batch, the largest sub-network (label-smoothed cross-entropy, dropout and
-drop-connect), the smallest and ``num_sampled`` sub-networks drawn by the strategy (distilled
-from the largest's detached logits by ``kd``: "kl" or AlphaNet's "alpha"), accumulates their
-gradients and takes one SGD step (Nesterov momentum, warm-up then cosine learning rate, gradient
-clipping). Weight decay applies once per step, which is weight decay on the largest sub-network
-only (it uses every weight) as the papers do; BN and bias parameters have none.
-
-A run directory holds ``config.yaml`` (the resolved recipe), ``metrics.jsonl`` (losses and
-learning rate every ``log_every`` steps; per epoch, the BN-calibrated held-out accuracy of the
-smallest and largest sub-networks), ``curves.png`` (with matplotlib), ``tensorboard/`` (with
-tensorboard), ``checkpoint.pt`` (written atomically every epoch and on SIGINT/SIGTERM) and at the
-end ``final.json``: the held-out and test accuracy of the smallest and largest sub-networks.
-"""
+"""The training run: a recipe's data, supernet, strategy and optimizer (:func:`build_run`), the
+loop over epochs with checkpoints, evaluation and logs (:func:`train`), and the command line
+(:func:`main`)."""
 from __future__ import annotations
 
 import argparse
@@ -37,25 +20,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import distributed as dist
-from .checkpoint import FORMAT as CHECKPOINT_FORMAT
-from .cli import STAGES, add_import_option, prog as prog_name
-from .cpu import keep_freed_memory, use_channels_last
-from .registry import import_modules
-from .data import BatchStream, FolderSet, FolderStream, splits_of
-from .evaluate import Evaluator
-from .nn import Supernet, preserved_bn_stats, sync_batchnorm
-from .ops import set_dw_backend
-from .plots import MISSING as PLOTS_MISSING
-from .predictor import AccuracyPredictor
-# (the recipe and the step have their own modules; their names are importable from here too)
-from .recipe import (DEFAULTS, KEYS, Recipe, apply_overrides, check_config,  # noqa: F401
-                     load_recipe, packaged_recipes)
+from ..data import BatchStream, FolderSet, FolderStream, splits_of
+from ..evaluate import Evaluator
+from ..nn import Supernet, preserved_bn_stats, sync_batchnorm
+from ..nn.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from ..ops import set_dw_backend
+from ..predictor import AccuracyPredictor
+from ..space import SearchSpace
+from ..utils import distributed as dist
+from ..utils.cli import STAGES, add_import_option, prog as prog_name
+from ..utils.cpu import keep_freed_memory, use_channels_last
+from ..utils.plots import MISSING as PLOTS_MISSING
+from ..utils.registry import import_modules
+from .recipe import DEFAULTS, KEYS, Recipe, apply_overrides, check_config, load_recipe, packaged_recipes
 from .rundir import RunDir
-from .sampling import Strategy, build_strategy
-from .space import SearchSpace
-from .step import (AMP_DTYPES, check_amp, clip_gradients, forward_active,  # noqa: F401
-                   resolve_amp, train_step)
+from .step import check_amp, clip_gradients, resolve_amp, train_step
+from .strategies import Strategy, build_strategy
 
 log = logging.getLogger("nasops.train")
 
@@ -459,6 +439,3 @@ def main(argv=None, prog=None) -> int:
         print(summary(result, run_dir, time.perf_counter() - start))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,9 +11,9 @@ import time
 
 import yaml
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .files import append_line, open_log, read_lines, write_json, write_text
-from .plots import plot_training_curves
+from ..nn.checkpoint import load_checkpoint, save_checkpoint
+from ..utils.files import append_line, open_log, read_lines, write_json, write_text
+from ..utils.plots import plot_training_curves
 from .recipe import Recipe, check_config
 
 
