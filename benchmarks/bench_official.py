@@ -124,7 +124,7 @@ def main():
 
     def nasops_step():  # as nasops.train's loop does it
         train_step(net, cfg, strategy, largest, smallest, x, y)
-        clip_gradients(net, cfg)
+        clip_gradients(net, cfg["grad_clip"], cfg["grad_clip_mode"])
         nasops_opt.step()
 
     steps = {"official": official_step, "nasops": nasops_step}

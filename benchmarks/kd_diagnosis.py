@@ -92,7 +92,7 @@ def diagnose(cfg: dict, steps: int, window: int) -> dict:
         rows.append({"loss_largest": float(step_losses[0]), "ce_norm": float(ce.norm()),
                      "kd_norm": float(kd.norm()),
                      "cosine": float(F.cosine_similarity(ce, kd, dim=0))})
-        train_mod.clip_gradients(net, cfg)
+        train_mod.clip_gradients(net, cfg["grad_clip"], cfg["grad_clip_mode"])
         run.optimizer.step()
         run.scheduler.step()
     last = rows[-window:]

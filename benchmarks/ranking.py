@@ -38,7 +38,7 @@ import yaml
 
 import study as study_mod
 from nasops.train import loop as train_mod
-from nasops.evaluate import load_trained
+from nasops.train.rundir import load_trained
 from nasops.evaluate import Evaluator
 from nasops.utils.files import write_json, write_text
 from nasops.train.losses import smoothed_cross_entropy
@@ -136,13 +136,13 @@ def train_alone(cfg: dict, space_path: str) -> tuple[float, float]:
         for epoch in range(cfg["epochs"]):
             for x, y in run.stream.epoch(epoch, 0, device):
                 net.zero_grad(set_to_none=True)
-                loss = smoothed_cross_entropy(forward_active(net, cfg, x), y, cfg["label_smoothing"])
+                loss = smoothed_cross_entropy(forward_active(net, x, channels_last=cfg["channels_last"], amp=cfg["amp"]), y, cfg["label_smoothing"])
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"stand-alone training of {space_path}: loss "
                                              f"{loss.item()} in epoch {epoch + 1}")
                 scaler.scale(loss).backward()
                 scaler.unscale_(opt)
-                clip_gradients(net, cfg)
+                clip_gradients(net, cfg["grad_clip"], cfg["grad_clip_mode"])
                 scaler.step(opt)
                 scaler.update()
                 scheduler.step()

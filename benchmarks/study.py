@@ -40,9 +40,9 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from nasops.train import loop as train_mod
-from nasops.evaluate import load_trained
+from nasops.train.rundir import load_trained
 from nasops.nn.checkpoint import load_checkpoint
-from nasops.data import splits_of
+from nasops.train.recipe import splits_of
 from nasops.evaluate import Evaluator
 from nasops.utils.files import atomic_path, write_json, write_text
 from nasops.predictor import AccuracyPredictor, kendall_tau

@@ -30,23 +30,27 @@ def readme_example(name: str) -> str:
     return match.group(1)
 
 
+EXAMPLE_MODULES = ("mystrategies.py", "mydata.py", "mylosses.py")
+
+
 @pytest.fixture()
 def examples(tmp_path, monkeypatch):
-    """The README's two example modules, written to tmp_path and importable from it; their
+    """The README's example modules, written to tmp_path and importable from it; their
     registrations are removed afterwards."""
-    for name in ("mystrategies.py", "mydata.py"):
+    for name in EXAMPLE_MODULES:
         (tmp_path / name).write_text(readme_example(name))
     monkeypatch.syspath_prepend(str(tmp_path))
     yield tmp_path
-    for registry, name in ((sampling.STRATEGIES, "furthest"), (data.DATASETS, "bars")):
+    for registry, name in ((sampling.STRATEGIES, "furthest"), (data.DATASETS, "bars"),
+                           (losses.LOSSES, "soft-kl")):
         if name in registry.names():
             registry.unregister(name)
-    for module in ("mystrategies", "mydata"):
-        sys.modules.pop(module, None)
+    for module in EXAMPLE_MODULES:
+        sys.modules.pop(module[:-3], None)
 
 
 def test_examples_are_short():
-    for name in ("mystrategies.py", "mydata.py"):
+    for name in EXAMPLE_MODULES:
         assert len(readme_example(name).strip().splitlines()) < 30
 
 
@@ -61,6 +65,7 @@ def test_readme_commands_train_and_search_with_the_examples(examples):
     run = examples / "runs" / "bars"
     config = (run / "config.yaml").read_text()
     assert "dataset: bars" in config and "strategy: furthest" in config
+    assert "kd: soft-kl" in config and "temperature: 2" in config
     final = json.loads((run / "final.json").read_text())
     assert final["largest_holdout_acc"] > 0.9  # the bars are easy: it learned them
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
@@ -81,6 +86,21 @@ def test_example_strategy_does_what_it_says(examples):
     again = sampling.build_strategy("furthest", space, seed=5, n_prior=2000)
     again.load_state_dict(state)
     np.testing.assert_array_equal(again.sample(5), strategy.sample(5))
+
+
+def test_example_loss_takes_its_option_from_the_recipe(examples):
+    import_modules(["mylosses"])
+    from nasops.train.recipe import DEFAULTS, apply_overrides, loss_options
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(6, 10, generator=g, dtype=torch.float64), torch.randn(6, 10, generator=g,
+                                                                            dtype=torch.float64)
+    cfg = apply_overrides(DEFAULTS, ["kd=soft-kl", "kd_options={temperature: 2}"])
+    p, q = torch.softmax(t / 2, 1), torch.softmax(s / 2, 1)  # the formula, written out
+    want = 4 * (p * (p.log() - q.log())).sum(1).mean()
+    got = losses.distillation_loss("soft-kl", s, t, loss_options(cfg))
+    assert torch.allclose(got, want, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="temperature = 0 is not allowed; allowed: a number > 0"):
+        apply_overrides(DEFAULTS, ["kd=soft-kl", "kd_options={temperature: 0}"])
 
 
 def test_example_dataset_loads_as_splits(examples):

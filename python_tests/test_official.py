@@ -169,10 +169,10 @@ def test_convert_then_evaluate_a_released_supernet(tmp_path):
     """The command-line path: convert an official checkpoint (with an ImageNet-layout folder),
     evaluate sub-networks of it; the checkpoint records ImageNet's normalisation and crop."""
     from PIL import Image
-    from nasops.evaluate import load_trained
+    from nasops.train.rundir import load_trained
     from nasops.nn.checkpoint import load_checkpoint
     from nasops.train.convert import main as convert
-    from nasops.evaluate import main as evaluate
+    from nasops.evaluate.__main__ import main as evaluate
     g = np.random.default_rng(0)
     for split, n in (("train", 6), ("val", 2)):
         for c in ("n01440764", "n01443537"):

@@ -10,7 +10,7 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from nasops import SearchSpace, Supernet
-from nasops.evaluate import load_trained
+from nasops.train.rundir import load_trained
 from nasops.nn.layers import shortcut_pool
 
 

@@ -234,7 +234,7 @@ def trained(tiny, tmp_path_factory):
 
 @pytest.mark.parametrize("bad", ["yes", 1, None])
 def test_evaluator_refuses_a_bad_memory_format(trained, bad):
-    from nasops.evaluate import load_trained
+    from nasops.train.rundir import load_trained
     _, splits, net = load_trained(str(trained / "checkpoint.pt"))
     with pytest.raises(ValueError, match=r"channels_last = .* is not allowed; allowed: True, "
                                          r"False or 'auto'"):
@@ -242,7 +242,7 @@ def test_evaluator_refuses_a_bad_memory_format(trained, bad):
 
 
 def test_evaluator_caches_and_matches_a_direct_count(trained):
-    from nasops.evaluate import load_trained
+    from nasops.train.rundir import load_trained
     cfg, splits, net = load_trained(str(trained / "checkpoint.pt"))
     ev = Evaluator(net, splits, 64, 128)
     archs = net.space.sample(3, seed=0)
@@ -266,7 +266,7 @@ def test_channels_last_evaluation_gives_the_same_accuracies_image_for_image(trai
     """What the search and evaluate commands run on CPU (channels-last: the fused batch norm +
     activation and the NHWC depthwise kernels; batches kept per resolution) against NCHW: the
     same accuracy for every sub-network, and the same prediction for every image."""
-    from nasops.evaluate import load_trained
+    from nasops.train.rundir import load_trained
     _, splits, net = load_trained(str(trained / "checkpoint.pt"))
     _, _, net_fast = load_trained(str(trained / "checkpoint.pt"))
     archs = net.space.sample(24, seed=5)
@@ -309,7 +309,7 @@ with torch.no_grad():
 
 def test_end_to_end_search_reports_what_the_exports_do(trained, tmp_path, capsys):
     from nasops.search.__main__ import main as search_main
-    from nasops.evaluate import main as evaluate_main
+    from nasops.evaluate.__main__ import main as evaluate_main
     from nasops.predictor.__main__ import main as predictor_main
     ckpt = str(trained / "checkpoint.pt")
     out = tmp_path / "search"

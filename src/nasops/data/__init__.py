@@ -10,7 +10,7 @@ The small bundled sets are read whole into memory as uint8 images [N, C, H, W] a
 * ``cifar10``: the python-pickle batches directory (``data_batch_1`` ... ``data_batch_5``,
   ``test_batch``), read with an unpickler that only builds numpy arrays.
 
-Image folders are read lazily from disk by DataLoader workers (:mod:`nasops.folders`), so memory
+Image folders are read lazily from disk by DataLoader workers (:mod:`nasops.data.folders`), so memory
 does not grow with them:
 
 * ``imagefolder``: one folder of images per class; ``train/`` and ``test/`` (or ``val/``)
@@ -20,7 +20,7 @@ does not grow with them:
 
 :func:`load_splits` also sets aside a fixed, seeded held-out part of the training data, used to
 score sub-networks during search and never trained on. :class:`BatchStream` (in memory) and
-:class:`nasops.folders.FolderStream` (folders) make the training batches: a seeded permutation per
+:class:`nasops.data.folders.FolderStream` (folders) make the training batches: a seeded permutation per
 epoch, augmentation, normalised floats. Batch contents depend only on (seed, epoch, step), so a
 resumed run sees the same batches and every DDP rank takes its own slice of the same global batch.
 """
@@ -77,7 +77,7 @@ def register_dataset(name: str, *, needs_dir: bool = False, default_dir: str | N
     recipe's dataset=). `split` is "train" or "test"; `root` the recipe's data_dir (or
     `default_dir`), checked to exist when `needs_dir`; `options` are workers and
     skip_bad_images, for readers of files. `read` returns an :class:`ImageSet` (in memory) or a
-    :class:`~nasops.folders.FolderSet`."""
+    :class:`~nasops.data.folders.FolderSet`."""
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization = {normalization!r} is not allowed; allowed: "
                          f"{list(NORMALIZATIONS)}")
@@ -299,7 +299,7 @@ def load_dataset(name: str, split: str = "train", root: str | None = None, worke
                  skip_bad_images: bool = False) -> ImageSet | FolderSet:
     """One split ("train" or "test") of a registered dataset (module docstring). `root` is the
     dataset's directory (some have a default); `workers` and `skip_bad_images` apply to folders
-    (nasops.folders.FolderSet)."""
+    (nasops.data.folders.FolderSet)."""
     dataset = DATASETS.get(name)
     if split not in ("train", "test"):
         raise ValueError(f"split {split!r} is not allowed; allowed: ['train', 'test']")
@@ -340,7 +340,7 @@ def load_splits(name: str, root: str | None = None, holdout: float = 0.1,
     "dataset" (the training split's channel mean and std; for folders, those of a fixed sample
     of 256 images), "imagenet" (ImageNet's, as the released models expect) or None (imagenet for
     the imagenet dataset, dataset otherwise); `eval_crop`: see Splits (None for imagenet: 0.875).
-    `workers` and `skip_bad_images`: see nasops.folders.FolderSet."""
+    `workers` and `skip_bad_images`: see nasops.data.folders.FolderSet."""
     if not 0.0 < holdout < 1.0:
         raise ValueError(f"holdout = {holdout!r} must be a fraction in (0, 1)")
     dataset = DATASETS.get(name)
@@ -376,11 +376,3 @@ def load_splits(name: str, root: str | None = None, holdout: float = 0.1,
         pixels = train.images.permute(1, 0, 2, 3).reshape(train.channels, -1).double() / 255.0
         mean, std = pixels.mean(1).float(), pixels.std(1).float().clamp(min=1e-3)
     return Splits(train, held, test, mean, std, None if eval_crop is None else float(eval_crop))
-
-
-def splits_of(cfg: dict) -> Splits:
-    """The splits a training recipe names (its dataset, data_dir, holdout, holdout_seed, limit,
-    normalization, eval_crop, workers and skip_bad_images keys)."""
-    return load_splits(cfg["dataset"], cfg["data_dir"], cfg["holdout"], cfg["holdout_seed"],
-                       cfg["limit"], cfg.get("normalization"), cfg.get("eval_crop"),
-                       cfg.get("workers", 0), cfg.get("skip_bad_images", False))

@@ -21,7 +21,7 @@ OLD_FORMATS = {
 
 
 def save_checkpoint(path: str, payload: dict) -> None:
-    """torch.save, atomically (nasops.files): an interrupted run never leaves half a checkpoint."""
+    """torch.save, atomically (nasops.utils.files): an interrupted run never leaves half a checkpoint."""
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 

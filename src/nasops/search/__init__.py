@@ -16,7 +16,7 @@ at once (NSGA-II) and returns its non-dominated set.
 :class:`~nasops.predictor.AccuracyPredictor`, :class:`SupernetAccuracy`, or the user's own. The
 budget is in MFLOPs, or with ``cost=`` in that cost's unit: any callable from encodings to costs
 [N] that does not grow when a dimension shrinks, with a ``unit`` attribute (a
-:class:`~nasops.latency.LatencyTable` gives milliseconds).
+:class:`~nasops.search.latency.LatencyTable` gives milliseconds).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Evolutionary search of a trained supernet under each FLOPs budget (MFLOPs), or with --constraint
 latency --latency-table TABLE under each latency budget (milliseconds, predicted by the table of
-python -m nasops.latency), or with --front for the whole accuracy-FLOPs front up to the largest
+python -m nasops.search.latency), or with --front for the whole accuracy-FLOPs front up to the largest
 budget in one run (NSGA-II), from which each budget's pick is taken. The objective is the
 BN-calibrated held-out accuracy of the supernet, or with --predictor FILE the predictor's
 accuracy. Writes to --out (default RUN/search): pareto.json (per budget: the architecture, FLOPs,
@@ -25,7 +25,8 @@ from ..utils import distributed as dist
 from ..utils.cli import STAGES, add_import_option, prog as prog_name
 from ..utils.cpu import keep_freed_memory
 from ..utils.registry import import_modules
-from ..evaluate import Evaluator, binomial_interval, load_trained
+from ..evaluate import Evaluator, binomial_interval
+from ..train.rundir import load_trained
 from .export import export_subnet
 from ..utils.files import write_json
 from .latency import LatencyTable
@@ -46,7 +47,7 @@ def main(argv=None, prog=None) -> int:
                         help="MFLOPs, or milliseconds with --constraint latency")
     parser.add_argument("--constraint", choices=["flops", "latency"], default="flops")
     parser.add_argument("--latency-table", help="with --constraint latency: the table "
-                                                "(python -m nasops.latency)")
+                                                "(python -m nasops.search.latency)")
     parser.add_argument("--latency-device",
                         help="refuse a latency table not measured on this device (cpu, cuda, or "
                              "the table's full device name)")
@@ -109,7 +110,7 @@ def main(argv=None, prog=None) -> int:
         if args.constraint == "latency":
             if not args.latency_table:
                 raise ValueError("--constraint latency needs --latency-table (measure one with "
-                                 "python -m nasops.latency)")
+                                 "python -m nasops.search.latency)")
             if args.front:
                 raise ValueError("--front searches the accuracy-FLOPs front; with --constraint "
                                  "latency, search per budget (leave out --front)")

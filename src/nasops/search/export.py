@@ -71,7 +71,7 @@ def input_spec(channels: int, resolution: int, splits=None) -> dict:
         spec["normalize"] = "(x - mean[c]) / std[c] per channel c, after dividing by 255"
         if hasattr(splits.train, "images"):  # (in memory: every image stored at one size)
             spec["stored_size"] = list(splits.train.images.shape[-2:])
-        else:  # an image folder: nasops.augment.center_view of each file, before normalisation
+        else:  # an image folder: nasops.data.augment.center_view of each file, before normalisation
             crop = 1.0 if splits.eval_crop is None else splits.eval_crop
             short = math.ceil(resolution / crop - 1e-9)
             spec["resize"] = {"shorter_side": short, "method": "bicubic (Pillow)",

@@ -8,8 +8,8 @@ first block and its further blocks at each input size, width, kernel size and ex
 and the head at each input size and width, in eval mode without gradients. It keeps them in the
 layout of the FLOPs cost tables (``nn.supernet.cost_tables``), so the C++ cost model sums them.
 
-    python -m nasops.latency --space attentive_nas --device cpu --batch 1 --threads 1 --out table.json
-    python -m nasops.latency --check table.json -n 100     # predicted vs measured, end to end
+    python -m nasops.search.latency --space attentive_nas --device cpu --batch 1 --threads 1 --out table.json
+    python -m nasops.search.latency --check table.json -n 100     # predicted vs measured, end to end
 
 A table is only valid where it was measured: :meth:`LatencyTable.load` refuses one measured on
 another device, thread count or batch size when told which the caller expects, and ``--check``
@@ -322,8 +322,8 @@ def main(argv=None, prog=None) -> int:
                     "sub-network, timed on this device), or check one against end-to-end "
                     "measurements of random sub-networks.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  python -m nasops.latency --space attentive_nas --device cpu --batch 1 "
-               "--threads 1 --out table.json\n  python -m nasops.latency --check table.json -n 100"
+        epilog="examples:\n  python -m nasops.search.latency --space attentive_nas --device cpu --batch 1 "
+               "--threads 1 --out table.json\n  python -m nasops.search.latency --check table.json -n 100"
                "\n\n" + STAGES)
     parser.add_argument("--space", help=f"search space: {', '.join(packaged_spaces())} or a "
                                         f"YAML file")

@@ -1,4 +1,4 @@
-"""python -m nasops.convert --from-official CKPT --out RUN/checkpoint.pt [--data-dir IMAGENET]
+"""python -m nasops.train.convert --from-official CKPT --out RUN/checkpoint.pt [--data-dir IMAGENET]
 
 Converts a released AttentiveNAS / AlphaNet supernet (a checkpoint of the official dynamic model)
 into a nasops checkpoint, which python -m nasops.evaluate and python -m nasops.search accept. The

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data import BatchStream, FolderSet, FolderStream, splits_of
+from ..data import BatchStream, FolderSet, FolderStream
 from ..evaluate import Evaluator
 from ..nn import Supernet, preserved_bn_stats, sync_batchnorm
 from ..nn.checkpoint import FORMAT as CHECKPOINT_FORMAT
@@ -32,7 +32,9 @@ from ..utils.cli import STAGES, add_import_option, prog as prog_name
 from ..utils.cpu import keep_freed_memory, use_channels_last
 from ..utils.plots import MISSING as PLOTS_MISSING
 from ..utils.registry import import_modules
-from .recipe import DEFAULTS, KEYS, Recipe, apply_overrides, check_config, load_recipe, packaged_recipes
+from .losses import LOSSES
+from .recipe import (DEFAULTS, KEYS, Recipe, apply_overrides, check_config, load_recipe,
+                     packaged_recipes, splits_of)
 from .rundir import RunDir
 from .step import check_amp, clip_gradients, resolve_amp, train_step
 from .strategies import Strategy, build_strategy
@@ -118,7 +120,7 @@ def train(cfg: dict, run_dir: str, resume: bool = False, progress: bool = True,
     final metrics, or {"interrupted": step} when stopped by a signal (or, for tests, after
     `stop_after_steps` optimizer steps of this call). Like the signal handlers it installs for
     the run, it sets the process up for it: on CPU, glibc keeps freed memory for reuse
-    (nasops.cpu.keep_freed_memory)."""
+    (nasops.utils.cpu.keep_freed_memory)."""
     cfg = check_config(cfg)
     previous = set_dw_backend(cfg["dw_backend"])
     try:
@@ -285,7 +287,7 @@ def _loop(run: Run, folder: RunDir, resume_at: tuple[int, int], device, progress
                         f"{ckpt_path} holds the last good state (lower lr or check the data)")
                 dist.average_gradients(net.parameters())
                 scaler.unscale_(optimizer)  # (clipping sees the true gradient)
-                clip_gradients(net, cfg)
+                clip_gradients(net, cfg["grad_clip"], cfg["grad_clip_mode"])
                 scaler.step(optimizer)  # (fp16: skipped when a gradient overflowed)
                 scaler.update()
                 scheduler.step()
@@ -371,6 +373,11 @@ def keys_help(argv: list[str]) -> str:
     width = max(len(f"{k}={_show(cfg[k])}") for k in KEYS)
     lines = [f"recipe keys, set with key=value; the values shown are those {source}:"]
     lines += [f"  {f'{k}={_show(cfg[k])}':<{width}}  {text}" for k, (_, text) in KEYS.items()]
+    lines += ["", "distillation losses (kd=) and the options each takes (kd_options={name: value}):"]
+    for name in LOSSES.names():
+        options = LOSSES.get(name).options
+        lines.append(f"  {name}" + ("" if options else ": no options"))
+        lines += [f"    {key}={_show(o.default)}  ({o.allowed}) {o.help}" for key, o in options.items()]
     return "\n".join(lines)
 
 

@@ -18,8 +18,10 @@ the published code's behaviour (AlphaNet's reference implementation, the f-diver
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -111,30 +113,85 @@ def adaptive_alpha_divergence(student: torch.Tensor, teacher: torch.Tensor,
 
 
 @dataclasses.dataclass(frozen=True)
+class LossOption:
+    """A hyper-parameter that a distillation loss declares: its default, the values it allows
+    (``check(value)`` is True for them; ``allowed`` says which in words) and what it does."""
+    default: Any
+    check: Callable[[Any], bool]
+    allowed: str
+    help: str
+
+
+def number_option(default: float, help: str, *, above: float = -math.inf,
+                  below: float = math.inf) -> LossOption:
+    """A LossOption taking a real number strictly between `above` and `below`."""
+    def check(v):
+        return not isinstance(v, bool) and isinstance(v, (int, float)) and above < v < below
+    bounds = [f"> {above}"] * (above > -math.inf) + [f"< {below}"] * (below < math.inf)
+    return LossOption(default, check, "a number" + (" " + " and ".join(bounds) if bounds else ""),
+                      help)
+
+
+@dataclasses.dataclass(frozen=True)
 class DistillationLoss:
-    """A registered distillation loss: ``fn(student, teacher, cfg)`` -> a scalar (the teacher's
-    logits are detached; cfg is the run's recipe), and its weight against the largest
+    """A registered distillation loss: ``fn(student, teacher, **options)`` -> a scalar (the
+    teacher's logits are detached), the options it declares, and its weight against the largest
     sub-network's cross-entropy when the recipe's kd_weight is null."""
     fn: Callable
     default_weight: float = 1.0
+    options: Mapping[str, LossOption] = dataclasses.field(default_factory=dict)
+
+    def resolve(self, given: Mapping | None = None, where: str = "kd_options") -> dict:
+        """The loss's options: `given` over the defaults; ValueError naming an unknown option
+        or a value it does not allow."""
+        given = {} if given is None else given
+        if not isinstance(given, Mapping):
+            raise ValueError(f"{where} = {given!r} must be a mapping of option names to values")
+        unknown = sorted(set(given) - set(self.options))
+        if unknown:
+            raise ValueError(f"{where}: unknown option(s) {unknown}; this loss takes "
+                             f"{sorted(self.options) or 'none'}")
+        for name, value in given.items():
+            if not self.options[name].check(value):
+                raise ValueError(f"{where}: {name} = {value!r} is not allowed; allowed: "
+                                 f"{self.options[name].allowed}")
+        return {name: given.get(name, option.default) for name, option in self.options.items()}
+
+    def __call__(self, student: torch.Tensor, teacher: torch.Tensor, options: Mapping | None = None
+                 ) -> torch.Tensor:
+        return self.fn(student, teacher.detach(), **self.resolve(options))
 
 
-def _adopt(name: str, fn) -> None:  # an entry point's bare function: weight 1
+def _adopt(name: str, fn) -> None:  # an entry point's bare function: weight 1, no options
     register_loss(name)(fn)
 
 
 LOSSES = Registry("distillation loss", "kd", "nasops.losses", adopt=_adopt)
 
 
-def register_loss(name: str, default_weight: float = 1.0):
-    """Decorator: registers ``fn(student, teacher, cfg) -> scalar`` as the distillation loss
-    `name` (the recipe's kd=), weighted `default_weight` unless the recipe sets kd_weight."""
+def register_loss(name: str, default_weight: float = 1.0,
+                  options: Mapping[str, LossOption] | None = None):
+    """Decorator: registers ``fn(student, teacher, **options) -> scalar`` as the distillation
+    loss `name` (the recipe's kd=), weighted `default_weight` unless the recipe sets kd_weight.
+    `options` declares its hyper-parameters (name -> :class:`LossOption`); a recipe sets them in
+    ``kd_options``, checked before training."""
     if isinstance(default_weight, bool) or not isinstance(default_weight, (int, float)) \
             or not default_weight >= 0:
         raise ValueError(f"default_weight = {default_weight!r} must be a number >= 0")
+    options = dict(options or {})
+    for key, option in options.items():
+        if not isinstance(option, LossOption):
+            raise TypeError(f"option {key!r} of loss {name!r} must be a LossOption, got "
+                            f"{type(option).__name__}")
 
     def add(fn):
-        LOSSES.register(name, DistillationLoss(fn, float(default_weight)))
+        try:  # the call the step makes, with every declared option
+            inspect.signature(fn).bind(None, None, **{k: o.default for k, o in options.items()})
+        except TypeError as e:
+            raise TypeError(f"distillation loss {name!r}: {getattr(fn, '__name__', fn)} must take "
+                            f"(student, teacher, **options) with the options it declares "
+                            f"({sorted(options) or 'none'}): {e}") from None
+        LOSSES.register(name, DistillationLoss(fn, float(default_weight), options))
         return fn
     return add
 
@@ -142,21 +199,26 @@ def register_loss(name: str, default_weight: float = 1.0):
 # The published weight is 1 for both; alpha's 0.5 is measured: at 1 the largest sub-network's
 # loss stalls in short runs from scratch (README: Distillation).
 @register_loss("kl", default_weight=1.0)
-def _kl(student: torch.Tensor, teacher: torch.Tensor, cfg) -> torch.Tensor:
+def _kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return kl_distillation(student, teacher)
 
 
-@register_loss("alpha", default_weight=0.5)
-def _alpha(student: torch.Tensor, teacher: torch.Tensor, cfg) -> torch.Tensor:
-    return adaptive_alpha_divergence(student, teacher, cfg["alpha_min"], cfg["alpha_max"],
-                                     cfg["alpha_clip"])
+@register_loss("alpha", default_weight=0.5, options={
+    "alpha_min": number_option(-1.0, "the negative alpha of the adaptive divergence", below=0),
+    "alpha_max": number_option(1.0, "the positive alpha of the adaptive divergence", above=0),
+    "alpha_clip": number_option(5.0, "clip of the importance weights", above=0)})
+def _alpha(student: torch.Tensor, teacher: torch.Tensor, alpha_min: float, alpha_max: float,
+           alpha_clip: float) -> torch.Tensor:
+    return adaptive_alpha_divergence(student, teacher, alpha_min, alpha_max, alpha_clip)
 
 
-def distillation_loss(name: str, student: torch.Tensor, teacher: torch.Tensor, cfg) -> torch.Tensor:
-    """The registered distillation loss `name` (a recipe's kd) of student against teacher."""
-    return LOSSES.get(name).fn(student, teacher.detach(), cfg)
+def distillation_loss(name: str, student: torch.Tensor, teacher: torch.Tensor,
+                      options: Mapping | None = None) -> torch.Tensor:
+    """The registered distillation loss `name` (a recipe's kd) of student against teacher, with
+    its `options` (the defaults where None)."""
+    return LOSSES.get(name)(student, teacher, options)
 
 
-def distillation_weight(cfg) -> float:
-    """The recipe's kd_weight, or its loss's default weight when that is null."""
-    return LOSSES.get(cfg["kd"]).default_weight if cfg["kd_weight"] is None else cfg["kd_weight"]
+def distillation_weight(name: str, weight: float | None = None) -> float:
+    """`weight`, or the loss's default weight when that is None (a recipe's kd_weight: null)."""
+    return LOSSES.get(name).default_weight if weight is None else weight

@@ -16,7 +16,7 @@ from importlib import resources
 
 import yaml
 
-from ..data import DATASETS, NORMALIZATIONS
+from ..data import DATASETS, NORMALIZATIONS, Splits, load_splits
 from .losses import LOSSES
 from ..ops import BACKENDS
 from .strategies import STRATEGIES, needs_predictor
@@ -111,7 +111,7 @@ class Recipe(Mapping):
     # sampling
     strategy: str = option("uniform",
         "how the sampled sub-networks are drawn (README: Strategies), or one registered with "
-        "nasops.sampling.register_strategy (README: Extending)")
+        "nasops.train.strategies.register_strategy (README: Extending)")
     num_sampled: int = option(2, "sub-networks per step besides the largest and the smallest")
     target_bins: str = option("prior", "FLOPs targets from the prior, or uniform over its bins")
     predictor: str | None = option(None, "predictor file, for the -acc and -offline strategies")
@@ -121,10 +121,13 @@ class Recipe(Mapping):
     # distillation
     kd: str = option("kl",
         "distillation of the smaller sub-networks: kl, alpha (AlphaNet), or one registered with "
-        "nasops.losses.register_loss")
+        "nasops.train.losses.register_loss")
     kd_weight: float | None = option(None,
         "weight of the distillation loss against the largest's cross-entropy (null: the loss's "
         "default, kl 1.0 as published, alpha 0.5 as measured)")
+    kd_options: dict | None = option(None,
+        "options of the kd loss, e.g. {beta: 2} (null: its defaults; --help lists each loss's)")
+    # (the alpha loss's options, recipe keys since before kd_options: set them here)
     alpha_min: float = option(-1.0, "kd alpha: the negative alpha of the adaptive divergence")
     alpha_max: float = option(1.0, "kd alpha: the positive alpha of the adaptive divergence")
     alpha_clip: float = option(5.0, "kd alpha: clip of the importance weights")
@@ -252,8 +255,7 @@ def check_config(cfg: Mapping, source: str = "config") -> Recipe:
         integer(key, 0)
     integer("lr_batch", 1, none=True)
     number("holdout", 0, 1, open_lo=True)
-    for key in ("lr", "alpha_clip"):
-        number(key, 0, open_lo=True)
+    number("lr", 0, open_lo=True)
     for key in ("lr_min", "warmup_epochs", "weight_decay"):
         number(key, 0)
     number("kd_weight", 0, none=True)
@@ -264,11 +266,10 @@ def check_config(cfg: Mapping, source: str = "config") -> Recipe:
     for key in ("momentum", "dropout", "drop_connect"):
         number(key, 0, 1)
     number("label_smoothing", 0, 0.999)
-    number("alpha_min", -math.inf)
-    number("alpha_max", -math.inf)
-    if not cfg["alpha_min"] < 0 < cfg["alpha_max"]:
-        raise ValueError(f"{source}: alpha_min = {cfg['alpha_min']} and alpha_max = "
-                         f"{cfg['alpha_max']} must satisfy alpha_min < 0 < alpha_max")
+    # the loss's options, checked by the loss; the alpha loss's recipe keys whatever kd is
+    LOSSES.get("alpha").resolve({k: cfg[k] for k in ("alpha_min", "alpha_max", "alpha_clip")},
+                                source)
+    loss_options(cfg, source)
     for key in ("augment", "flip", "nesterov", "sync_bn", "zero_init_residual", "autoaugment",
                 "skip_bad_images"):
         flag(key)
@@ -291,3 +292,26 @@ def check_config(cfg: Mapping, source: str = "config") -> Recipe:
     return Recipe(**cfg)
 
 
+def splits_of(cfg: Mapping) -> Splits:
+    """The splits a training recipe names (its dataset, data_dir, holdout, holdout_seed, limit,
+    normalization, eval_crop, workers and skip_bad_images keys)."""
+    return load_splits(cfg["dataset"], cfg["data_dir"], cfg["holdout"], cfg["holdout_seed"],
+                       cfg["limit"], cfg.get("normalization"), cfg.get("eval_crop"),
+                       cfg.get("workers", 0), cfg.get("skip_bad_images", False))
+
+
+def loss_options(cfg: Mapping, source: str = "config") -> dict:
+    """The options of the recipe's distillation loss (kd): those that are recipe keys (the alpha
+    loss's alpha_min, alpha_max, alpha_clip) from those keys, the others from kd_options, the
+    rest at the loss's defaults; ValueError for an option the loss does not take, a value it
+    does not allow, or a recipe key repeated in kd_options."""
+    loss, given = LOSSES.get(cfg["kd"]), cfg["kd_options"]
+    where = f"{source}: kd_options of kd={cfg['kd']!r}"
+    if given is None or isinstance(given, Mapping):
+        given = dict(given or {})
+        repeated = sorted(set(given) & set(_NAMES))
+        if repeated:
+            raise ValueError(f"{where}: {repeated} are recipe keys: set them as key=value, not in "
+                             f"kd_options")
+        given.update({k: cfg[k] for k in loss.options if k in _NAMES})
+    return loss.resolve(given, where)

@@ -9,12 +9,13 @@ import json
 import os
 import time
 
+import torch
 import yaml
 
-from ..nn.checkpoint import load_checkpoint, save_checkpoint
+from ..nn.checkpoint import load_checkpoint, load_supernet, save_checkpoint
 from ..utils.files import append_line, open_log, read_lines, write_json, write_text
 from ..utils.plots import plot_training_curves
-from .recipe import Recipe, check_config
+from .recipe import Recipe, check_config, splits_of
 
 
 class RunDir:
@@ -100,3 +101,10 @@ class RunDir:
         if self._events is not None:
             self._events.close()
         self._metrics = self._events = None
+
+
+def load_trained(path: str, device: torch.device | str = "cpu"):
+    """(recipe, splits, supernet) of a training run's checkpoint: the supernet with its trained
+    weights on `device`, in eval mode, and the data splits its recipe names."""
+    cfg, net = load_supernet(path, device)
+    return cfg, splits_of(cfg), net

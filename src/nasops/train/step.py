@@ -9,6 +9,7 @@ import torch
 from ..utils import cpu, distributed as dist
 from ..utils.cpu import use_channels_last
 from .losses import distillation_loss, distillation_weight, smoothed_cross_entropy
+from .recipe import loss_options
 from ..data import resize_batch
 from ..nn import Supernet, frozen_bn_stats
 from .strategies import Strategy
@@ -32,7 +33,7 @@ def resolve_amp(amp: str, device) -> str:
 
 def check_amp(amp: str, device) -> None:
     """ValueError for a reduced precision that `device` only emulates: bf16 or fp16 on a CPU
-    without native support (nasops.cpu.native_dtypes), where oneDNN emulates it at a fraction of
+    without native support (nasops.utils.cpu.native_dtypes), where oneDNN emulates it at a fraction of
     float32's speed. Runs before training."""
     amp = resolve_amp(amp, device)
     if torch.device(device).type != "cpu" or amp not in ("bf16", "fp16") or cpu.native_dtypes()[amp]:
@@ -43,27 +44,29 @@ def check_amp(amp: str, device) -> None:
                      f"which picks what the device runs natively")
 
 
-def batch_view(cfg: dict, x: torch.Tensor, resolution: int) -> torch.Tensor:
-    """Batch x resized to `resolution`, in the recipe's memory format."""
+def batch_view(x: torch.Tensor, resolution: int, channels_last: bool | str = "auto"
+               ) -> torch.Tensor:
+    """Batch x resized to `resolution`, in the memory format `channels_last` asks for."""
     x = resize_batch(x, resolution)
-    if use_channels_last(cfg["channels_last"], x.device):
+    if use_channels_last(channels_last, x.device):
         x = x.contiguous(memory_format=torch.channels_last)
     return x
 
 
-def forward_active(net: Supernet, cfg: dict, x: torch.Tensor, views: dict | None = None
-                   ) -> torch.Tensor:
+def forward_active(net: Supernet, x: torch.Tensor, views: dict | None = None, *,
+                   channels_last: bool | str = "auto", amp: str = "none") -> torch.Tensor:
     """The active sub-network's logits (float32) on batch x resized to its resolution, in the
-    recipe's memory format and mixed precision. `views` (resolution -> batch_view) keeps the
-    resized batches of one step: each resolution is resized once."""
+    memory format `channels_last` asks for and the mixed precision `amp` (a recipe's keys of
+    the same names). `views` (resolution -> batch view) keeps the resized batches of one step:
+    each resolution is resized once."""
     resolution = net.active_arch.resolution
     if views is None:
-        x = batch_view(cfg, x, resolution)
+        x = batch_view(x, resolution, channels_last)
     else:
         if resolution not in views:
-            views[resolution] = batch_view(cfg, x, resolution)
+            views[resolution] = batch_view(x, resolution, channels_last)
         x = views[resolution]
-    dtype = AMP_DTYPES[resolve_amp(cfg["amp"], x.device)]
+    dtype = AMP_DTYPES[resolve_amp(amp, x.device)]
     with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
         return net(x).float()
 
@@ -80,6 +83,7 @@ def train_step(net: Supernet, cfg: dict, strategy: Strategy, largest, smallest, 
     host work runs while the device still computes the previous step's work."""
     world = dist.world_size()
     views = {}  # the batch at each resolution the step uses, resized once
+    view = {"channels_last": cfg["channels_last"], "amp": cfg["amp"]}
 
     @torch.no_grad()
     def batch_losses(candidates):  # mini-batch loss of each candidate, over all ranks
@@ -90,14 +94,15 @@ def train_step(net: Supernet, cfg: dict, strategy: Strategy, largest, smallest, 
             try:
                 for arch in candidates:
                     net.set_active(arch)
-                    logits = forward_active(net, cfg, x, views)
+                    logits = forward_active(net, x, views, **view)
                     # the largest's loss, as the published code scores candidates
                     out.append(smoothed_cross_entropy(logits, y, cfg["label_smoothing"]))
             finally:
                 net.dropout, net.drop_connect = saved
         return (dist.all_reduce_sum(torch.stack(out)) / world).cpu().numpy()
 
-    kd_weight = distillation_weight(cfg)
+    kd_weight = distillation_weight(cfg["kd"], cfg["kd_weight"])
+    kd_options = loss_options(cfg)
     sampled = strategy.sample(cfg["num_sampled"], batch_losses) if cfg["num_sampled"] else []
     archs = np.stack([largest, smallest, *sampled])
     net.zero_grad(set_to_none=True)
@@ -107,13 +112,13 @@ def train_step(net: Supernet, cfg: dict, strategy: Strategy, largest, smallest, 
         first = i == 0
         net.dropout = cfg["dropout"] if first else 0.0  # regularise only the largest
         net.drop_connect = cfg["drop_connect"] if first else 0.0
-        logits = forward_active(net, cfg, x, views)
+        logits = forward_active(net, x, views, **view)
         if first:
             loss = smoothed_cross_entropy(logits, y, cfg["label_smoothing"])
             teacher = logits.detach()
             weighted = loss
         else:
-            loss = distillation_loss(cfg["kd"], logits, teacher, cfg)
+            loss = distillation_loss(cfg["kd"], logits, teacher, kd_options)
             weighted = kd_weight * loss
         (weighted if scaler is None else scaler.scale(weighted)).backward()
         losses.append(loss.detach())  # (stays on the device: no synchronisation per sub-network)
@@ -121,9 +126,11 @@ def train_step(net: Supernet, cfg: dict, strategy: Strategy, largest, smallest, 
     return torch.stack([losses[0], losses[1], sampled_mean]).double(), archs
 
 
-def clip_gradients(net: torch.nn.Module, cfg: dict) -> None:
-    """grad_clip by the whole gradient's norm or by each element's value (grad_clip_mode)."""
-    if cfg["grad_clip"] is not None and cfg["grad_clip_mode"] == "value":
-        torch.nn.utils.clip_grad_value_(net.parameters(), cfg["grad_clip"])
-    elif cfg["grad_clip"] is not None:
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg["grad_clip"])
+def clip_gradients(net: torch.nn.Module, grad_clip: float | None, mode: str = "norm") -> None:
+    """Clips the gradients at `grad_clip` (None: not at all) by the whole gradient's norm
+    (mode "norm") or by each element's value ("value"): a recipe's grad_clip and
+    grad_clip_mode."""
+    if grad_clip is not None and mode == "value":
+        torch.nn.utils.clip_grad_value_(net.parameters(), grad_clip)
+    elif grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)

@@ -14,7 +14,7 @@ COMMANDS = {
     "train": ("nasops.train", "nasops-train", "stage 1: train one supernet"),
     "search": ("nasops.search.__main__", "nasops-search",
                "stage 2: evolutionary search under FLOPs or latency budgets, export of the picks"),
-    "evaluate": ("nasops.evaluate", "nasops-evaluate",
+    "evaluate": ("nasops.evaluate.__main__", "nasops-evaluate",
                  "measure random sub-networks of a trained supernet (the predictor's data)"),
     "predictor": ("nasops.predictor.__main__", "nasops-predictor",
                   "fit the accuracy predictor on those measurements (search --predictor)"),
@@ -38,7 +38,7 @@ the stages of two-stage NAS (each command takes --help):
 
 def add_import_option(parser) -> None:
     """--import MODULE (repeatable): modules whose strategies, losses and datasets the command
-    should know (nasops.registry); the command imports them with import_modules(args.imports)."""
+    should know (nasops.utils.registry); the command imports them with import_modules(args.imports)."""
     parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                         help="import MODULE first, so that the strategies, distillation losses "
                              "and datasets it registers can be named (repeatable)")

@@ -3,7 +3,7 @@
 - :func:`keep_freed_memory` makes glibc reuse freed memory instead of mapping fresh pages: the
   single largest cost of a CPU training step before it (README: Speed on CPU).
 - :func:`native_dtypes` says which reduced precisions oneDNN runs natively here; the recipe's
-  ``amp`` refuses the others on CPU, and ``amp: auto`` uses it (nasops.step.resolve_amp).
+  ``amp`` refuses the others on CPU, and ``amp: auto`` uses it (nasops.train.step.resolve_amp).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Registries: how nasops finds sampling strategies, distillation losses and datasets by name.
 
 The built-in ones register exactly as a user's do, with the decorators
-``nasops.sampling.register_strategy``, ``nasops.losses.register_loss`` and
+``nasops.train.strategies.register_strategy``, ``nasops.train.losses.register_loss`` and
 ``nasops.data.register_dataset``; the recipe keys ``strategy=``, ``kd=`` and ``dataset=`` accept
 any registered name. A user's registrations come from a module imported first (the commands'
 ``--import MODULE``) or from a package's entry points in the groups ``nasops.strategies``,

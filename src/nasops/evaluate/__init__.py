@@ -3,25 +3,20 @@ top-1 accuracy on a split. Under torchrun the architectures are divided among th
 evaluates its share whole, with local BN statistics) and the results are gathered."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from .utils import distributed as dist
-from .nn.checkpoint import load_supernet
-from .utils.cpu import keep_freed_memory, use_channels_last
-from .utils.cli import STAGES, add_import_option, prog as prog_name
-from .utils.registry import import_modules
-from .data import Splits, splits_of
-from .utils.files import write_json
-from .nn import Supernet, calibrate_bn
-from .nn.layers import DynamicBatchNorm2d
-from .space import SearchSpace
+from ..data import Splits
+from ..nn import Supernet, calibrate_bn
+from ..nn.layers import DynamicBatchNorm2d
+from ..space import SearchSpace
+from ..utils import distributed as dist
+from ..utils.cpu import use_channels_last
+from ..utils.files import write_json
 
 
 def binomial_interval(accuracy, n: int, z: float = 1.959963984540054):
@@ -38,13 +33,6 @@ def binomial_interval(accuracy, n: int, z: float = 1.959963984540054):
     return centre - half, centre + half
 
 
-def load_trained(path: str, device: torch.device | str = "cpu"):
-    """(recipe, splits, supernet) of a training run's checkpoint: the supernet with its trained
-    weights on `device`, in eval mode, and the data splits its recipe names."""
-    cfg, net = load_supernet(path, device)
-    return cfg, splits_of(cfg), net
-
-
 class Evaluator:
     """Measures sub-networks of `net` on the splits of `splits`.
 
@@ -52,7 +40,7 @@ class Evaluator:
     augmentation, in batches of `batch_size`: every sub-network sees the same ones. Results are
     cached by (architecture, split), so nothing is evaluated twice.
 
-    ``channels_last`` (True, False or "auto": channels-last on CPU, nasops.cpu.use_channels_last)
+    ``channels_last`` (True, False or "auto": channels-last on CPU, nasops.utils.cpu.use_channels_last)
     converts the supernet's weights to channels-last and runs the evaluation on channels-last
     batches, where the fused batch norm + activation and the NHWC depthwise kernels run; the
     accuracies are the same image for image (tested). The resized batches of each split are
@@ -147,43 +135,6 @@ class Evaluator:
         return np.array([self.cache[k] for k in keys], dtype=np.float64)
 
 
-def main(argv=None, prog=None) -> int:
-    """python -m nasops.evaluate --checkpoint RUN/checkpoint.pt -n 256 --out evals.json"""
-    parser = argparse.ArgumentParser(prog=prog or prog_name("evaluate"),
-                                     description="BN-calibrated accuracy of random sub-networks "
-                                                 "of a trained supernet, written as the evaluation "
-                                                 "file that nasops-predictor fits on.",
-                                     epilog=STAGES,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="RUN/checkpoint.pt")
-    parser.add_argument("-n", type=int, default=256, help="number of uniform sub-networks")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sub-networks drawn")
-    parser.add_argument("--split", default="holdout", choices=["holdout", "test", "train"])
-    parser.add_argument("--out", required=True, help="evaluation file to write (JSON)")
-    parser.add_argument("--no-progress", action="store_true")
-    add_import_option(parser)
-    args = parser.parse_args(argv)
-    try:
-        import_modules(args.imports)
-        if args.n < 1:
-            raise ValueError(f"-n = {args.n} must be a positive number of sub-networks")
-        device = dist.init_from_env()
-        cfg, splits, net = load_trained(args.checkpoint, device)
-        archs = net.space.sample(args.n, seed=args.seed)
-        keep_freed_memory()
-        acc = Evaluator(net, splits, cfg["eval_batch_size"], cfg["calib_images"], device).accuracy(
-            archs, args.split, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 1
-    if dist.rank() == 0:
-        write_evaluations(args.out, net.space, archs, acc, args.split, args.checkpoint)
-        print(f"wrote {len(acc)} accuracies to {args.out} (mean {acc.mean():.4f}, "
-              f"min {acc.min():.4f}, max {acc.max():.4f})")
-    dist.shutdown()
-    return 0
-
-
 def write_evaluations(path: str, space, archs, accuracy, split: str, source: str) -> None:
     """The evaluation file `python -m nasops.predictor` reads: JSON with the space, the encodings,
     their MFLOPs and accuracies."""
@@ -212,6 +163,3 @@ def read_evaluations(path: str):
         raise ValueError(f"{path} is not a nasops evaluation file: {e}") from None
     return space, archs, acc
 
-
-if __name__ == "__main__":
-    sys.exit(main())
