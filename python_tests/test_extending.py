@@ -1,4 +1,4 @@
-"""Users' own strategies, losses and datasets: the README's examples run exactly as printed, the
+"""Users' own strategies, losses and datasets: the guide's examples run exactly as printed, the
 registries find entry points and refuse what they cannot use, and the built-in names resolve
 through the same registries."""
 import json
@@ -17,16 +17,16 @@ from nasops import data
 from nasops.train import losses, strategies as sampling
 from nasops.utils.registry import Registry, import_modules
 
-README = os.path.join(os.path.dirname(__file__), os.pardir, "README.md")
-needs_source = pytest.mark.skipif(not os.path.isfile(README), reason="needs the source tree")
+GUIDE = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "guides", "extending.md")
+needs_source = pytest.mark.skipif(not os.path.isfile(GUIDE), reason="needs the source tree")
 
 
 def readme_example(name: str) -> str:
-    """The code block of README.md that follows `<!-- example: NAME -->`."""
-    with open(README) as f:
+    """The code block of docs/guides/extending.md that follows `<!-- example: NAME -->`."""
+    with open(GUIDE) as f:
         text = f.read()
     match = re.search(rf"<!-- example: {re.escape(name)} -->\s*```\w+\n(.*?)```", text, re.S)
-    assert match, f"README.md has no block after <!-- example: {name} -->"
+    assert match, f"docs/guides/extending.md has no block after <!-- example: {name} -->"
     return match.group(1)
 
 

@@ -170,3 +170,29 @@ def test_old_attribute_paths_and_python_m_of_a_moved_command():
                               text=True, timeout=120)
         assert got.returncode == 0 and want.returncode == 0, got.stderr + want.stderr
         assert got.stdout.split("\n", 1)[1] == want.stdout.split("\n", 1)[1]  # (usage: prog)
+
+
+# The custom operators' Python faces mirror their C++ schemas (csrc/kernels), argument for
+# argument: the limit on parameters does not apply to them.
+OP_SCHEMAS = {"nasops.ops": {"batch_norm_act", "_bn_act_fake", "_bn_act_backward_fake",
+                             "_batch_norm_act_fake"}}
+
+
+def test_functions_are_small():
+    """No function over 60 lines, none with more than 8 named parameters (self and cls, *args and
+    **kwargs not counted; the operator schemas excepted)."""
+    too_long, too_wide = [], []
+    for module, path in _modules().items():
+        for node in ast.walk(ast.parse(open(path).read())):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            where = f"{module}.{node.name} (line {node.lineno})"
+            lines = node.end_lineno - node.lineno + 1
+            if lines > 60:
+                too_long.append(f"{where}: {lines} lines")
+            a = node.args
+            named = [p.arg for p in a.posonlyargs + a.args + a.kwonlyargs
+                     if p.arg not in ("self", "cls")]
+            if len(named) > 8 and node.name not in OP_SCHEMAS.get(module, ()):
+                too_wide.append(f"{where}: {len(named)} parameters")
+    assert not too_long and not too_wide, "\n".join(too_long + too_wide)

@@ -20,8 +20,8 @@ def fresh_python(code: str, cwd=None, **env):
 
 
 def readme_api_names():
-    """Every `nasops.a.b` name in the README's API table."""
-    with open(os.path.join(ROOT, "README.md")) as f:
+    """Every `nasops.a.b` name in the API table of the documentation (docs/api.md)."""
+    with open(os.path.join(ROOT, "docs", "api.md")) as f:
         text = f.read()
     table = text[text.index("## The API"):]
     table = table[:table.index("\n\n", table.index("| call |"))]

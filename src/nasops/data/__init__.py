@@ -38,6 +38,7 @@ import torch
 # (BadImageError and FolderStream: re-exported, nasops.data is where users look for them)
 from .batches import (BatchStream, check_batch_size, epoch_order, eval_batches,  # noqa: F401
                       eval_resize, mix_seed, random_crop, resize_batch)
+from .augment import IMAGENET_EVAL_CROP, eval_size  # noqa: F401
 from .folders import BadImageError, FolderSet, FolderStream, class_folders  # noqa: F401
 from ..utils.checks import check_count
 from ..utils.registry import Registry
@@ -46,7 +47,6 @@ from ..utils.registry import Registry
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMALIZATIONS = ("dataset", "imagenet")
-IMAGENET_EVAL_CROP = 0.875  # the official evaluation: resize to resolution / 0.875, centre crop
 _TEST_FRACTION = 0.2
 _SPLIT_SEED = 0x5EED  # fixed: the test split of a dataset never depends on a run's seed
 
@@ -333,14 +333,15 @@ class Splits:
 def load_splits(name: str, root: str | None = None, holdout: float = 0.1,
                 holdout_seed: int = 0, limit: int | None = None,
                 normalization: str | None = None, eval_crop: float | None = None,
-                workers: int = 0, skip_bad_images: bool = False) -> Splits:
+                **read_options) -> Splits:
     """Train / held-out / test splits. `holdout` is the fraction of the training data set aside
     (by a permutation seeded with `holdout_seed`); `limit` keeps a fixed subset of at most that
     many training images (before the held-out split), for short studies. `normalization`:
     "dataset" (the training split's channel mean and std; for folders, those of a fixed sample
     of 256 images), "imagenet" (ImageNet's, as the released models expect) or None (imagenet for
     the imagenet dataset, dataset otherwise); `eval_crop`: see Splits (None for imagenet: 0.875).
-    `workers` and `skip_bad_images`: see nasops.data.folders.FolderSet."""
+    `read_options` go to the dataset's reader (:func:`load_dataset`: for folders, `workers` and
+    `skip_bad_images`, see nasops.data.folders.FolderSet)."""
     if not 0.0 < holdout < 1.0:
         raise ValueError(f"holdout = {holdout!r} must be a fraction in (0, 1)")
     dataset = DATASETS.get(name)
@@ -354,8 +355,8 @@ def load_splits(name: str, root: str | None = None, holdout: float = 0.1,
     if eval_crop is not None and (isinstance(eval_crop, bool) or not isinstance(eval_crop, (int, float))
                                   or not 0 < eval_crop <= 1):
         raise ValueError(f"eval_crop = {eval_crop!r} must be null or a fraction in (0, 1]")
-    train = load_dataset(name, "train", root, workers, skip_bad_images)
-    test = load_dataset(name, "test", root, workers, skip_bad_images)
+    train = load_dataset(name, "train", root, **read_options)
+    test = load_dataset(name, "test", root, **read_options)
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 2:
             raise ValueError(f"limit = {limit!r} must be None or an integer >= 2")

@@ -93,11 +93,22 @@ def random_resized_crop(image, size: int, rng: np.random.Generator):
     return image.resize((size, size), Image.BICUBIC, box=crop_box(*image.size, rng))
 
 
-def center_view(image, resolution: int, crop: float = 0.875):
+IMAGENET_EVAL_CROP = 0.875  # the official evaluation: resize to resolution / 0.875, centre crop
+
+
+def eval_size(resolution: int, crop: float | None) -> int:
+    """The size an evaluation view resizes to before its centre crop of `resolution`:
+    ceil(resolution / crop) (crop None: the resolution, no crop)."""
+    if crop is None:
+        return resolution
+    return math.ceil(resolution / crop - 1e-9)  # (1e-9: 224 / 0.875 is 256, not 256.00000001)
+
+
+def center_view(image, resolution: int, crop: float = IMAGENET_EVAL_CROP):
     """The shorter side resized to ceil(resolution / crop) (the longer in proportion, floored),
     then the centre resolution x resolution square (offsets rounded)."""
     Image, _, _ = require_pil()
-    short = math.ceil(resolution / crop - 1e-9)  # (1e-9: 224 / 0.875 is 256, not 256.00000001)
+    short = eval_size(resolution, crop)
     width, height = image.size
     if width <= height:
         size = (short, int(short * height / width))

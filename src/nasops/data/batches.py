@@ -4,14 +4,21 @@ the evaluation batches and the resize to a sub-network's resolution. A batch dep
 slice of the same global batch."""
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
+from .augment import eval_size
+
 if TYPE_CHECKING:
     from . import ImageSet
+
+
+def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 images [N, C, H, W] as the network's input: (x / 255 - mean) / std per channel
+    (mean and std broadcast over [N, C, H, W], e.g. [1, C, 1, 1]); a new float32 tensor."""
+    return images.to(torch.float32, copy=True).div_(255.0).sub_(mean).div_(std)
 
 
 def resize_batch(x: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -28,7 +35,7 @@ def eval_resize(x: torch.Tensor, resolution: int, crop: float | None = None) -> 
     CenterCrop)."""
     if crop is None:
         return resize_batch(x, resolution)
-    size = math.ceil(resolution / crop - 1e-9)  # (1e-9: 224 / 0.875 is 256, not 256.00000001)
+    size = eval_size(resolution, crop)
     x = resize_batch(x, size)
     top = int(round((size - resolution) / 2.0))
     return x[..., top:top + resolution, top:top + resolution]
@@ -51,11 +58,14 @@ class BatchStream:
     one process with the whole batch. Incomplete last batches are dropped."""
 
     def __init__(self, data: ImageSet, batch_size: int, mean: torch.Tensor, std: torch.Tensor,
-                 seed: int = 0, augment: bool = True, flip: bool = False, rank: int = 0,
-                 world: int = 1):
+                 seed: int = 0, *, rank: int = 0, world: int = 1, **augmentation):
+        """`augmentation`: augment (True: a random crop of the zero-padded image), flip (False:
+        also a random horizontal flip)."""
         check_batch_size(batch_size, world, len(data))
+        augmentation = augmentation_options(augmentation, augment=True, flip=False)
         self.data, self.batch_size, self.seed = data, batch_size, seed
-        self.augment, self.flip, self.rank, self.world = augment, flip, rank, world
+        self.augment, self.flip = augmentation["augment"], augmentation["flip"]
+        self.rank, self.world = rank, world
         self.mean, self.std = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
         self.pad = max(1, data.images.shape[-1] // 8)  # 4 px at 32, 1 px at 8
         self._order = (None, None)  # (epoch, permutation): drawn once per epoch, not per step
@@ -87,7 +97,16 @@ class BatchStream:
             yield x.to(device), y.to(device)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() / 255.0 - self.mean) / self.std
+        return normalize(images, self.mean, self.std)
+
+
+def augmentation_options(given: dict, **defaults) -> dict:
+    """The augmentation keywords a stream was given over its `defaults`; TypeError naming one it
+    does not take."""
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise TypeError(f"unknown augmentation option(s) {unknown}; allowed: {sorted(defaults)}")
+    return {**defaults, **given}
 
 
 def check_batch_size(batch_size, world: int, images: int) -> None:
@@ -123,4 +142,4 @@ def eval_batches(data: ImageSet, batch_size: int, mean: torch.Tensor, std: torch
     m, s = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
     for start in range(rank * batch_size, len(data), world * batch_size):
         x = data.images[start:start + batch_size]
-        yield (x.float() / 255.0 - m) / s, data.labels[start:start + batch_size]
+        yield normalize(x, m, s), data.labels[start:start + batch_size]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .augment import AutoAugment, center_view, random_resized_crop, require_pil
-from .batches import check_batch_size, epoch_order, mix_seed
+from .batches import augmentation_options, check_batch_size, epoch_order, mix_seed, normalize
 
 log = logging.getLogger("nasops.data")
 
@@ -116,7 +116,7 @@ class FolderSet:
         (crop None: the shorter side resized to the resolution)."""
         mean, std = mean.view(1, -1, 1, 1).to(device), std.view(1, -1, 1, 1).to(device)
         for x, y in self.eval_batches(resolution, batch_size, 1.0 if crop is None else crop):
-            yield (x.to(device).float() / 255.0 - mean) / std, y.to(device)
+            yield normalize(x.to(device), mean, std), y.to(device)
 
     def eval_batches(self, resolution: int, batch_size: int, crop: float, index=None):
         """uint8 [B, 3, resolution, resolution] batches of the centre views (augment.center_view)
@@ -226,12 +226,14 @@ class FolderStream:
     are dropped. Same interface as data.BatchStream."""
 
     def __init__(self, data: FolderSet, batch_size: int, mean: torch.Tensor, std: torch.Tensor,
-                 size: int, seed: int = 0, augment: bool = True, flip: bool = True,
-                 autoaugment: bool = False, rank: int = 0, world: int = 1):
+                 size: int, seed: int = 0, *, rank: int = 0, world: int = 1, **augmentation):
+        """`augmentation`: augment (True: Inception crops; False: centre views), flip (True) and
+        autoaugment (False: AutoAugment's ImageNet policy)."""
         check_batch_size(batch_size, world, len(data))
+        a = augmentation_options(augmentation, augment=True, flip=True, autoaugment=False)
         self.data, self.batch_size, self.seed, self.rank, self.world = data, batch_size, seed, rank, world
         self.mean, self.std = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
-        self.transform = _TrainView(size, augment, flip, autoaugment)
+        self.transform = _TrainView(size, a["augment"], a["flip"], a["autoaugment"])
         self.bad_images = 0  # files skipped so far (skip_bad_images)
 
     @property
@@ -260,5 +262,5 @@ class FolderStream:
             if x is None:
                 raise BadImageError(f"every image of a batch of epoch {epoch + 1} was unreadable "
                                     f"(e.g. {bad[0][0]}); check the data folder")
-            x = x.to(device, non_blocking=True).float().div_(255.0).sub_(mean).div_(std)
+            x = normalize(x.to(device, non_blocking=True), mean, std)
             yield x, y.to(device, non_blocking=True)

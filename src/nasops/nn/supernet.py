@@ -31,12 +31,12 @@ class DynamicMBConv(nn.Module):
     and its static export (:meth:`export`)."""
 
     def __init__(self, max_in: int, max_out: int, max_kernel: int, max_expand: int, stride: int,
-                 se: bool, act: str, has_expand: bool, has_shortcut_conv: bool):
+                 se: bool, act: str, has_shortcut_conv: bool):
         super().__init__()
         self.stride = stride
         max_hidden = hidden_width(max_in, max_expand)
-        self.expand = DynamicConv2d(max_in, max_hidden) if has_expand else None
-        self.expand_bn = DynamicBatchNorm2d(max_hidden) if has_expand else None
+        self.expand = DynamicConv2d(max_in, max_hidden) if max_expand > 1 else None
+        self.expand_bn = DynamicBatchNorm2d(max_hidden) if max_expand > 1 else None
         self.depthwise = DynamicDepthwiseConv2d(max_hidden, max_kernel)
         self.depthwise_bn = DynamicBatchNorm2d(max_hidden)
         self.se = DynamicSE(max_hidden) if se else None
@@ -119,8 +119,7 @@ class Supernet(nn.Module):
                 blocks.append(DynamicMBConv(
                     max(prev) if first else max(width), max(width), max(stage["kernel_size"]),
                     max(stage["expand_ratio"]), stage["stride"] if first else 1, stage["se"],
-                    stage["act"], has_expand=max(stage["expand_ratio"]) > 1,
-                    has_shortcut_conv=first and (len(prev) > 1 or prev != width)))
+                    stage["act"], has_shortcut_conv=first and (len(prev) > 1 or prev != width)))
             self.stages.append(blocks)
             prev = width
         # each block's index among all blocks of the supernet at maximum depth (drop-connect)

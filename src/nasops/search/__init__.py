@@ -21,7 +21,7 @@ budget is in MFLOPs, or with ``cost=`` in that cost's unit: any callable from en
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 from tqdm import tqdm
@@ -278,15 +278,9 @@ def _check_probability(name, value):
     return float(value)
 
 
-def evolve(space: SearchSpace, objective, budget: float, population: int = 512,
-           mutations: int = 128, crossovers: int = 128, generations: int = 20,
-           mutate_prob: float = 0.1, seed: int | None = 0, sampler: FlopsSampler | None = None,
-           cache: dict | None = None, progress: bool = False, method: str = "repair",
-           polish: int | None = None, cost=None) -> SearchResult:
-    """Evolutionary search for the sub-network with the best objective within `budget` (MFLOPs,
-    or the unit of `cost`; among equal scores, the cheaper). Every member, initial or child, is
-    within the budget. `cache` (a dict) shares objective values between searches; `sampler`
-    shares a FlopsSampler.
+@dataclass(frozen=True)
+class EvolveOptions:
+    """The evolution's knobs (:func:`evolve`); the defaults are AttentiveNAS's search settings.
 
     ``method="paper"``: the AttentiveNAS protocol exactly; children over the budget are
     discarded. Under a tight budget that traps it: a member that fills the budget cannot take a
@@ -297,71 +291,118 @@ def evolve(space: SearchSpace, objective, budget: float, population: int = 512,
     more evaluations (default: a quarter of the evolution's at most, population + generations x
     (mutations + crossovers)) moving the best member to a better neighbour (one dimension up or
     down, or a swap of two) while one exists."""
+    population: int = 512
+    mutations: int = 128
+    crossovers: int = 128
+    generations: int = 20
+    mutate_prob: float = 0.1
+    method: str = "repair"
+    polish: int | None = None
+
+    def checked(self) -> "EvolveOptions":
+        """These options with polish resolved; ValueError naming a value not allowed."""
+        if self.method not in METHODS:
+            raise ValueError(f"method = {self.method!r} is not allowed; allowed: {list(METHODS)}")
+        population = check_count("population", self.population, 2)
+        mutations = check_count("mutations", self.mutations, 0)
+        crossovers = check_count("crossovers", self.crossovers, 0)
+        generations = check_count("generations", self.generations, 0)
+        polish = self.polish
+        if polish is None:
+            polish = (population + generations * (mutations + crossovers)) // 4
+        if population - mutations - crossovers < 1:
+            raise ValueError(f"population = {population} must exceed mutations + crossovers = "
+                             f"{mutations + crossovers} (the rest are the parents)")
+        return EvolveOptions(population, mutations, crossovers, generations,
+                             _check_probability("mutate_prob", self.mutate_prob), self.method,
+                             check_count("polish", polish, 0))
+
+
+_SHARED = ("cache", "sampler")  # what searches of one space may share: objective values, sampler
+
+
+def _options(options: EvolveOptions | None, knobs: dict) -> tuple[EvolveOptions, dict]:
+    """(options with the knobs given by keyword applied, the shared objects among the knobs)."""
+    shared = {k: knobs.pop(k) for k in _SHARED if k in knobs}
+    names = {f.name for f in fields(EvolveOptions)}
+    unknown = sorted(set(knobs) - names)
+    if unknown:
+        raise TypeError(f"unknown search option(s) {unknown}; allowed: {sorted(names)} and "
+                        f"{list(_SHARED)}")
+    return replace(options or EvolveOptions(), **knobs), shared
+
+
+def evolve(space: SearchSpace, objective, budget: float, options: EvolveOptions | None = None, *,
+           seed: int | None = 0, cost=None, progress: bool = False, **knobs) -> SearchResult:
+    """Evolutionary search for the sub-network with the best objective within `budget` (MFLOPs,
+    or the unit of `cost`; among equal scores, the cheaper). Every member, initial or child, is
+    within the budget. `options` (:class:`EvolveOptions`) holds the knobs; any of them may also
+    be given by keyword (``generations=5``), and ``cache`` (a dict) shares objective values
+    between searches, ``sampler`` a FlopsSampler."""
+    options, shared = _options(options, knobs)
     cost_fn = _cost_of(space, cost)
     budget = check_budget(space, budget, cost_fn)
-    if method not in METHODS:
-        raise ValueError(f"method = {method!r} is not allowed; allowed: {list(METHODS)}")
-    population = check_count("population", population, 2)
-    mutations = check_count("mutations", mutations, 0)
-    crossovers = check_count("crossovers", crossovers, 0)
-    generations = check_count("generations", generations, 0)
-    if polish is None:
-        polish = (population + generations * (mutations + crossovers)) // 4
-    polish = check_count("polish", polish, 0)
-    n_parents = population - mutations - crossovers
-    if n_parents < 1:
-        raise ValueError(f"population = {population} must exceed mutations + crossovers = "
-                         f"{mutations + crossovers} (the rest are the parents)")
-    mutate_prob = _check_probability("mutate_prob", mutate_prob)
+    options = options.checked()
     rng = np.random.default_rng(seed64(seed))
-    if sampler is None:
-        sampler = FlopsSampler(space, n_prior=50_000, seed=int(rng.integers(2**63)))
-    scores = _Scores(objective, cache)
-    moves = _Moves(space, cost_fn, budget, rng, mutate_prob, repair=method == "repair")
+    sampler = shared.get("sampler") or FlopsSampler(space, n_prior=50_000,
+                                                    seed=int(rng.integers(2**63)))
+    scores = _Scores(objective, shared.get("cache"))
+    moves = _Moves(space, cost_fn, budget, rng, options.mutate_prob,
+                   repair=options.method == "repair")
 
     def ranked(members, values):  # best first; ties: the cheaper
         return np.lexsort((cost_fn(members), -values))
 
-    members = initial_population(space, sampler, budget, population, rng,
+    members = initial_population(space, sampler, budget, options.population, rng,
                                  cost=None if cost is None else cost_fn)
+    enc, value, history = _generations(options, moves, scores, ranked, members, progress)
+    if moves.repair and options.polish:
+        enc, value = _local_search(moves, scores, ranked, enc, value, options.polish)
+    history.append({"generation": options.generations, "best": value, "evaluations": scores.calls})
+    return SearchResult(budget, enc, space.decode(enc), value, space.flops(enc),
+                        space.params(enc), scores.calls, history,
+                        float(cost_fn(enc[None, :])[0]), _unit(cost_fn))
+
+
+def _generations(options: EvolveOptions, moves: "_Moves", scores: "_Scores", ranked, members,
+                 progress: bool):
+    """The evolution's generations from the initial members: (best encoding, its value, the
+    best value and evaluation count at the start of each generation)."""
+    n_parents = options.population - options.mutations - options.crossovers
     values = scores(members)
     history = []
-    bar = tqdm(range(generations), desc=f"evolve <= {budget:g} {_unit(cost_fn)}",
-               disable=not progress)
+    bar = tqdm(range(options.generations), desc=f"evolve <= {moves.budget:g} "
+               f"{_unit(moves.cost)}", disable=not progress)
     for gen in bar:
         order = ranked(members, values)
         parents, parent_values = members[order[:n_parents]], values[order[:n_parents]]
         history.append({"generation": gen, "best": float(parent_values[0]),
                         "evaluations": scores.calls})
         kids = [moves.children(parents, n, make)
-                for n, make in ((mutations, moves.mutate), (crossovers, moves.cross)) if n]
+                for n, make in ((options.mutations, moves.mutate),
+                                (options.crossovers, moves.cross)) if n]
         members = _unique(np.concatenate([parents, *kids]))
         values = scores(members)
         bar.set_postfix(best=f"{values.max():.4g}")
     best = int(ranked(members, values)[0])
-    enc, value = members[best], float(values[best])
-    if moves.repair and polish:
-        enc, value = _local_search(moves, scores, ranked, enc, value, polish)
-    history.append({"generation": generations, "best": value, "evaluations": scores.calls})
-    return SearchResult(budget, enc, space.decode(enc), value, space.flops(enc),
-                        space.params(enc), scores.calls, history,
-                        float(cost_fn(enc[None, :])[0]), _unit(cost_fn))
+    return members[best], float(values[best]), history
 
 
-def pareto(space: SearchSpace, objective, budgets, seed: int | None = 0, **kwargs) -> list[SearchResult]:
+def pareto(space: SearchSpace, objective, budgets, options: EvolveOptions | None = None, *,
+           seed: int | None = 0, cost=None, progress: bool = False, **knobs) -> list[SearchResult]:
     """One :func:`evolve` per budget (ascending), sharing the objective cache and the sampler.
     Each budget's result is the best architecture evaluated under it by any of the searches (the
     cheaper among equal scores), so the front's scores never decrease with the budget."""
     if not isinstance(budgets, (list, tuple, np.ndarray)) or len(budgets) == 0:
         raise ValueError(f"budgets must be a non-empty list, got {budgets!r}")
-    cost_fn = _cost_of(space, kwargs.get("cost"))
+    options, shared = _options(options, knobs)
+    cost_fn = _cost_of(space, cost)
     budgets = sorted(check_budget(space, b, cost_fn) for b in budgets)
-    cache = kwargs.pop("cache", None)
-    cache = {} if cache is None else cache
-    sampler = kwargs.pop("sampler", None) or FlopsSampler(space, n_prior=50_000,
-                                                          seed=seed64(seed) ^ 1)
-    results = [evolve(space, objective, b, seed=None if seed is None else seed64(seed) + i,
-                      sampler=sampler, cache=cache, **kwargs) for i, b in enumerate(budgets)]
+    cache = {} if shared.get("cache") is None else shared["cache"]
+    sampler = shared.get("sampler") or FlopsSampler(space, n_prior=50_000, seed=seed64(seed) ^ 1)
+    results = [evolve(space, objective, b, options, seed=None if seed is None else seed64(seed) + i,
+                      cost=cost, progress=progress, sampler=sampler, cache=cache)
+               for i, b in enumerate(budgets)]
     keys = list(cache)
     encs = np.stack([np.frombuffer(k, dtype=np.int64) for k in keys])
     costs, values = cost_fn(encs), np.array([cache[k] for k in keys])
@@ -469,8 +510,8 @@ class FrontResult:
 
 
 def front(space: SearchSpace, objective, flops_range, evaluations: int = 5000,
-          population: int = 256, mutate_prob: float = 0.1, seed: int | None = 0,
-          cache: dict | None = None, progress: bool = False) -> FrontResult:
+          population: int = 256, mutate_prob: float = 0.1, *, seed: int | None = 0,
+          progress: bool = False) -> FrontResult:
     """The whole accuracy-FLOPs front within `flops_range` = (lo, hi) MFLOPs in one run: NSGA-II
     (Deb et al., 2002) with the repairing moves of :func:`evolve`, stopped after `evaluations`
     objective evaluations. Members stay within hi; FLOPs below lo count as lo, so the search
@@ -479,6 +520,27 @@ def front(space: SearchSpace, objective, flops_range, evaluations: int = 5000,
     mutated and half crossed over; parents and children are ranked into non-dominated fronts and
     the best `population` kept (the last front by crowding distance). Returns the non-dominated
     set of everything evaluated with FLOPs in the range."""
+    lo, hi = _check_range(space, flops_range)
+    evaluations = check_count("evaluations", evaluations, 1)
+    population = check_count("population", population, 4)
+    mutate_prob = _check_probability("mutate_prob", mutate_prob)
+    rng = np.random.default_rng(seed64(seed))
+    sampler = FlopsSampler(space, n_prior=50_000, seed=int(rng.integers(2**63)))
+    run = _Nsga(space, _Scores(objective, None), _Moves(space, _Flops(space), hi, rng, mutate_prob,
+                                                        repair=True), lo, evaluations, population)
+    run.start(initial_population(space, sampler, hi, population, rng))
+    with tqdm(total=evaluations, desc=f"front {lo:g}-{hi:g} MFLOPs", disable=not progress) as bar:
+        bar.update(run.scores.calls)
+        while run.scores.calls < evaluations:
+            before = run.scores.calls
+            run.generation(rng)
+            bar.update(run.scores.calls - before)
+            if run.scores.calls == before:  # nothing new left to try
+                break
+    return run.result(hi)
+
+
+def _check_range(space: SearchSpace, flops_range) -> tuple[float, float]:
     if not isinstance(flops_range, (tuple, list, np.ndarray)) or len(flops_range) != 2:
         raise ValueError(f"flops_range must be (lo, hi) in MFLOPs, got {flops_range!r}")
     hi = check_budget(space, flops_range[1])
@@ -486,63 +548,62 @@ def front(space: SearchSpace, objective, flops_range, evaluations: int = 5000,
     if isinstance(lo, bool) or not isinstance(lo, (int, float, np.number)) \
             or not math.isfinite(lo) or not lo < hi:
         raise ValueError(f"flops_range = {tuple(flops_range)!r}: lo must be a number below hi")
-    lo = float(lo)
-    evaluations = check_count("evaluations", evaluations, 1)
-    population = check_count("population", population, 4)
-    mutate_prob = _check_probability("mutate_prob", mutate_prob)
-    rng = np.random.default_rng(seed64(seed))
-    sampler = FlopsSampler(space, n_prior=50_000, seed=int(rng.integers(2**63)))
-    scores = _Scores(objective, cache)
-    moves = _Moves(space, _Flops(space), hi, rng, mutate_prob, repair=True)
+    return float(lo), hi
 
-    def select(members, values, size):
-        """Indices of the `size` best by (front rank, crowding); with rank and crowding."""
-        costs = np.maximum(space.flops(members), lo)
+
+class _Nsga:
+    """The state of one :func:`front` search: members, their values, front ranks and crowding."""
+
+    def __init__(self, space, scores, moves, lo, evaluations, population):
+        self.space, self.scores, self.moves, self.lo = space, scores, moves, lo
+        self.evaluations, self.population = evaluations, population
+        self.history = []
+
+    def select(self, members, values):
+        """Keeps the `population` best by (front rank, crowding)."""
+        costs = np.maximum(self.space.flops(members), self.lo)
         rank = _fronts(costs, values)
         crowd = np.zeros(len(members))
         for r in np.unique(rank):
             at = np.flatnonzero(rank == r)
             crowd[at] = _crowding(costs[at], values[at])
-        order = np.lexsort((-crowd, rank))[:size]
-        return order, rank[order], crowd[order]
+        keep = np.lexsort((-crowd, rank))[:self.population]
+        self.members, self.values, self.rank, self.crowd = (members[keep], values[keep],
+                                                            rank[keep], crowd[keep])
 
-    def budgeted(children):
+    def budgeted(self, children):
         """The children while evaluations last (cached ones are free)."""
-        new = scores.new(children)
-        return children[~new | (np.cumsum(new) <= evaluations - scores.calls)]
+        new = self.scores.new(children)
+        return children[~new | (np.cumsum(new) <= self.evaluations - self.scores.calls)]
 
-    members = budgeted(initial_population(space, sampler, hi, population, rng))
-    values = scores(members)
-    keep, rank, crowd = select(members, values, population)
-    members, values = members[keep], values[keep]
-    history = []
-    with tqdm(total=evaluations, desc=f"front {lo:g}-{hi:g} MFLOPs", disable=not progress) as bar:
-        bar.update(scores.calls)
-        while scores.calls < evaluations:
-            # binary tournaments: the lower rank wins, then the larger crowding distance
-            a, b = rng.integers(len(members), size=(2, population))
-            a_wins = (rank[a] < rank[b]) | ((rank[a] == rank[b]) & (crowd[a] >= crowd[b]))
-            pool = members[np.where(a_wins, a, b)]
-            kids = [moves.children(pool, population // 2, moves.mutate),
-                    moves.children(pool, population - population // 2, moves.cross)]
-            before = scores.calls
-            kids = budgeted(_unique(np.concatenate(kids)))
-            both = _unique(np.concatenate([members, kids]))
-            both_values = scores(both)
-            keep, rank, crowd = select(both, both_values, population)
-            members, values = both[keep], both_values[keep]
-            bar.update(scores.calls - before)
-            history.append({"evaluations": scores.calls, "front": int((rank == 0).sum())})
-            if scores.calls == before:  # nothing new left to try
-                break
-    encs = np.stack([np.frombuffer(k, dtype=np.int64) for k in scores.cache])
-    flops = space.flops(encs)
-    inside = np.flatnonzero((flops >= lo) & (flops <= hi))
-    all_values = np.array([scores.cache[encs[i].tobytes()] for i in inside])
-    nd = inside[non_dominated(flops[inside], all_values)]
-    return FrontResult(space, (lo, hi), encs[nd].copy(),
-                       np.array([scores.cache[encs[i].tobytes()] for i in nd]), flops[nd],
-                       space.params(encs[nd]), scores.calls, history)
+    def start(self, members):
+        members = self.budgeted(members)
+        self.select(members, self.scores(members))
+
+    def generation(self, rng):
+        # binary tournaments: the lower rank wins, then the larger crowding distance
+        rank, crowd, n = self.rank, self.crowd, self.population
+        a, b = rng.integers(len(self.members), size=(2, n))
+        a_wins = (rank[a] < rank[b]) | ((rank[a] == rank[b]) & (crowd[a] >= crowd[b]))
+        pool = self.members[np.where(a_wins, a, b)]
+        kids = [self.moves.children(pool, n // 2, self.moves.mutate),
+                self.moves.children(pool, n - n // 2, self.moves.cross)]
+        kids = self.budgeted(_unique(np.concatenate(kids)))
+        both = _unique(np.concatenate([self.members, kids]))
+        self.select(both, self.scores(both))
+        self.history.append({"evaluations": self.scores.calls, "front": int((self.rank == 0).sum())})
+
+    def result(self, hi) -> FrontResult:
+        """The non-dominated set of everything evaluated within [lo, hi]."""
+        cache, space = self.scores.cache, self.space
+        encs = np.stack([np.frombuffer(k, dtype=np.int64) for k in cache])
+        flops = space.flops(encs)
+        inside = np.flatnonzero((flops >= self.lo) & (flops <= hi))
+        values = np.array([cache[encs[i].tobytes()] for i in inside])
+        nd = inside[non_dominated(flops[inside], values)]
+        return FrontResult(space, (self.lo, hi), encs[nd].copy(),
+                           np.array([cache[encs[i].tobytes()] for i in nd]), flops[nd],
+                           space.params(encs[nd]), self.scores.calls, self.history)
 
 
 class SupernetAccuracy:

@@ -13,6 +13,7 @@ sub-networks) and, with a checkpoint, each chosen sub-network exported as a stat
 state_dict, meta.json).
 """
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -20,7 +21,7 @@ import time
 
 import numpy as np
 
-from . import METHODS, SupernetAccuracy, front, pareto
+from . import METHODS, EvolveOptions, SupernetAccuracy, front, pareto
 from ..utils import distributed as dist
 from ..utils.cli import STAGES, add_import_option, prog as prog_name
 from ..utils.cpu import keep_freed_memory
@@ -30,11 +31,11 @@ from ..train.rundir import load_trained
 from .export import export_subnet
 from ..utils.files import write_json
 from .latency import LatencyTable
-from ..utils.plots import MISSING as PLOTS_MISSING, plot_front
+from ..utils.plots import MISSING as PLOTS_MISSING, Points, plot_front
 from ..predictor import AccuracyPredictor
 from ..space import SearchSpace
 
-def main(argv=None, prog=None) -> int:
+def _parser(prog: str | None) -> argparse.ArgumentParser:
     doc = __doc__.split("\n\n", 1)[1]
     parser = argparse.ArgumentParser(prog=prog or prog_name("search"), description=doc,
                                      epilog=STAGES,
@@ -80,145 +81,209 @@ def main(argv=None, prog=None) -> int:
     parser.add_argument("--no-export", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
     add_import_option(parser)
+    return parser
+
+
+@dataclasses.dataclass
+class _Search:
+    """What one search command works with and produces."""
+    space: SearchSpace
+    objective: object
+    ylabel: str
+    net: object = None        # the trained supernet (with --checkpoint)
+    splits: object = None
+    evaluator: Evaluator | None = None
+    cost: LatencyTable | None = None  # None: FLOPs
+    unit: str = "MFLOPs"
+    constraint: dict = dataclasses.field(default_factory=lambda: {"kind": "flops",
+                                                                  "unit": "MFLOPs"})
+    results: list = dataclasses.field(default_factory=list)
+    found: object = None      # the FrontResult with --front
+    seconds: float = 0.0
+
+    @property
+    def suffix(self) -> str:  # of the exported networks' folder names
+        return "MF" if self.cost is None else self.unit
+
+    @property
+    def measured(self) -> bool:  # the objective is the supernet's measured accuracy
+        return self.evaluator is not None and isinstance(self.objective, SupernetAccuracy)
+
+
+def _objective(args, device) -> _Search:
+    """The space and the objective the arguments name: the supernet's accuracy (--checkpoint) or
+    the predictor's (--predictor)."""
+    if args.checkpoint:
+        cfg, splits, net = load_trained(args.checkpoint, device)
+        keep_freed_memory()
+        evaluator = Evaluator(net, splits, cfg["eval_batch_size"],
+                              args.calib_images or cfg["calib_images"], device)
+        search = _Search(net.space, SupernetAccuracy(evaluator, "holdout"),
+                         "held-out accuracy (BN-calibrated)", net, splits, evaluator)
+    elif args.predictor and args.space:
+        search = _Search(SearchSpace.load(args.space), None, "")
+    else:
+        raise ValueError("give --checkpoint (search by supernet accuracy, or with --predictor "
+                         "by predicted accuracy), or --predictor with --space")
+    if args.predictor:
+        search.objective = AccuracyPredictor.load(args.predictor, search.space)
+        search.ylabel = "predicted accuracy"
+    return search
+
+
+def _constraint(args, search: _Search) -> None:
+    """The latency table that --constraint latency names (FLOPs otherwise)."""
+    if args.constraint == "latency":
+        if not args.latency_table:
+            raise ValueError("--constraint latency needs --latency-table (measure one with "
+                             "python -m nasops.search.latency)")
+        if args.front:
+            raise ValueError("--front searches the accuracy-FLOPs front; with --constraint "
+                             "latency, search per budget (leave out --front)")
+        cost = LatencyTable.load(args.latency_table, search.space, args.latency_device,
+                                 args.latency_threads)
+        search.cost, search.unit = cost, cost.unit
+        search.constraint = {"kind": "latency", "unit": cost.unit, "table": args.latency_table,
+                             "device": cost.device, "threads": cost.threads, "batch": cost.batch}
+    elif args.latency_table:
+        raise ValueError("--latency-table is for --constraint latency")
+
+
+def _run(args, search: _Search) -> None:
+    """The search itself: one front (--front) or an evolution per budget."""
+    space, start = search.space, time.perf_counter()
+    if args.front:
+        smallest = space.flops(space.min_arch())
+        search.found = front(space, search.objective, (smallest, max(args.budgets)),
+                             evaluations=args.evaluations, population=args.population or 256,
+                             mutate_prob=args.mutate_prob, seed=args.seed,
+                             progress=not args.no_progress)
+        search.results = [search.found.best_under(b) for b in sorted(args.budgets)]
+    else:
+        options = EvolveOptions(population=args.population or 512, mutations=args.mutations,
+                                crossovers=args.crossovers, generations=args.generations,
+                                mutate_prob=args.mutate_prob, method=args.method,
+                                polish=args.polish)
+        search.results = pareto(space, search.objective, args.budgets, seed=args.seed,
+                                options=options, cost=search.cost, progress=not args.no_progress)
+    search.seconds = time.perf_counter() - start
+
+
+def _measure_and_export(args, search: _Search, out: str) -> tuple[list[dict], set[str]]:
+    """Each pick as a dict, with its held-out and test accuracy (and 95% intervals) and, unless
+    --no-export, its exported network; and the outputs skipped, with why."""
+    entries, skipped = [], set()
+    for r in search.results:
+        entry = r.to_dict()
+        if search.evaluator is not None:
+            for split in ("holdout", "test"):
+                acc = float(search.evaluator.accuracy(r.encoding, split)[0])
+                n = len(getattr(search.splits, split))
+                low, high = binomial_interval(acc, n)
+                entry[f"{split}_acc"], entry[f"{split}_images"] = acc, n
+                entry[f"{split}_ci95"] = [float(low), float(high)]
+            if not args.no_export and dist.rank() == 0:
+                search.evaluator.calibrate(r.encoding)
+                extra = {"holdout_acc": entry["holdout_acc"], "test_acc": entry["test_acc"],
+                         "checkpoint": args.checkpoint}
+                entry["export"] = export_subnet(
+                    search.net, r.encoding, os.path.join(out, f"net_{r.budget:g}{search.suffix}"),
+                    search.splits, extra)
+                if "onnx_skipped" in entry["export"]:
+                    skipped.add(f"model.onnx ({entry['export']['onnx_skipped']})")
+        entries.append(entry)
+    return entries, skipped
+
+
+def _cloud(args, search: _Search) -> tuple[np.ndarray, np.ndarray]:
+    """Random sub-networks and their objective values, for the plot."""
+    n = args.cloud if args.cloud is not None else (256 if args.predictor else 64)
+    if n <= 0:
+        return np.zeros((0, search.space.dim), np.int64), np.zeros(0)
+    cloud = search.space.sample(n, seed=args.seed + 1)
+    if isinstance(search.objective, SupernetAccuracy):
+        search.objective.progress = not args.no_progress
+    return cloud, np.asarray(search.objective(cloud), dtype=float)
+
+
+def _write(args, search: _Search, entries: list[dict], cloud, cloud_scores, out: str) -> bool:
+    """pareto.json and pareto.png; whether the plot was drawn."""
+    space, cost = search.space, search.cost
+    os.makedirs(out, exist_ok=True)
+    cloud_cost = (space.flops(cloud) if cost is None else cost(cloud)) if len(cloud) else []
+    doc = {"space": space.name, "objective": search.ylabel, "constraint": search.constraint,
+           "search": "front" if args.front else args.method,
+           "source": args.checkpoint or args.predictor, "results": entries,
+           "cloud": {"encodings": cloud.tolist(),
+                     "mflops": space.flops(cloud).tolist() if len(cloud) else [],
+                     "cost": np.asarray(cloud_cost).tolist(), "scores": cloud_scores.tolist()}}
+    if search.found is not None:
+        doc["front"] = search.found.to_dict()
+    title = (f"{space.name}: the best sub-network found under each "
+             f"{'FLOPs' if cost is None else 'latency'} budget")
+    ylabel, cloud_points, pick_intervals = search.ylabel, Points(cloud_cost, cloud_scores), None
+    if search.measured:
+        cloud_points.intervals = binomial_interval(cloud_scores, len(search.splits.holdout))
+        doc["cloud"]["ci95"] = np.stack(cloud_points.intervals, 1).tolist()
+        ylabel = f"held-out accuracy, {len(search.splits.holdout)} images (BN re-calibrated)"
+        title += "\nbars: binomial 95% intervals of each measurement"
+        pick_intervals = ([e["holdout_ci95"][0] for e in entries],
+                          [e["holdout_ci95"][1] for e in entries])
+    write_json(os.path.join(out, "pareto.json"), doc)
+    found = None if search.found is None else Points(search.found.flops, search.found.scores)
+    return plot_front(os.path.join(out, "pareto.png"), cloud_points, search.results,
+                      pick_intervals, found, ylabel=ylabel, title=title, unit=search.unit)
+
+
+def _report(args, search: _Search, entries: list[dict], out: str, plotted: bool,
+            skipped: set[str]) -> None:
+    found, results = search.found, search.results
+    evaluations = found.evaluations if found is not None else sum(r.evaluations for r in results)
+    how = f"one front search (NSGA-II, {len(found.flops)} sub-networks on the front)" \
+        if found is not None else f"method {args.method}"
+    print(f"searched {len(entries)} budget{'s' * (len(entries) > 1)}, {how}: "
+          f"{evaluations} sub-networks evaluated in {search.seconds:.0f} s")
+    for e in entries:
+        extra = ""
+        if "test_acc" in e:
+            extra = (f", held-out {e['holdout_acc']:.4f} [{e['holdout_ci95'][0]:.3f}, "
+                     f"{e['holdout_ci95'][1]:.3f}], test {e['test_acc']:.4f}")
+        latency = f", {e['cost']:.2f} ms" if search.cost is not None else ""
+        print(f"<= {e['budget']:g} {search.unit}: {e['flops']:.3f} MFLOPs{latency}, "
+              f"{e['params']:.3f} M params, objective {e['score']:.4f}{extra}")
+    written = ["pareto.json"] + (["pareto.png"] if plotted else [])
+    if search.evaluator is not None and not args.no_export:
+        nets = ", ".join(f"net_{e['budget']:g}{search.suffix}" for e in entries)
+        onnx = all("onnx" in e["export"] for e in entries)
+        formats = "TorchScript, " + ("ONNX, " if onnx else "") + "state dict, meta.json"
+        written.append(f"the exported networks {nets} ({formats})")
+    print(f"wrote {out}/: {', '.join(written)}")
+    if skipped:
+        print("skipped: " + "; ".join(sorted(skipped)))
+
+
+def main(argv=None, prog=None) -> int:
+    parser = _parser(prog)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("nasops").setLevel(logging.INFO)  # (not the INFO of every library)
-    prog = parser.prog
+    out = args.out or os.path.join(os.path.dirname(args.checkpoint or ""), "search")
     try:
         import_modules(args.imports)
         device = dist.init_from_env()
-        evaluator = splits = None
-        if args.checkpoint:
-            cfg, splits, net = load_trained(args.checkpoint, device)
-            space = net.space
-            keep_freed_memory()
-            evaluator = Evaluator(net, splits, cfg["eval_batch_size"],
-                                  args.calib_images or cfg["calib_images"], device)
-        elif args.predictor and args.space:
-            space = SearchSpace.load(args.space)
-        else:
-            raise ValueError("give --checkpoint (search by supernet accuracy, or with --predictor "
-                             "by predicted accuracy), or --predictor with --space")
-        if args.predictor:
-            objective, ylabel = AccuracyPredictor.load(args.predictor, space), "predicted accuracy"
-        else:
-            objective = SupernetAccuracy(evaluator, "holdout")  # (evolve shows the progress)
-            ylabel = "held-out accuracy (BN-calibrated)"
-        if args.cloud is None:
-            args.cloud = 256 if args.predictor else 64
-        cost, unit, constraint = None, "MFLOPs", {"kind": "flops", "unit": "MFLOPs"}
-        if args.constraint == "latency":
-            if not args.latency_table:
-                raise ValueError("--constraint latency needs --latency-table (measure one with "
-                                 "python -m nasops.search.latency)")
-            if args.front:
-                raise ValueError("--front searches the accuracy-FLOPs front; with --constraint "
-                                 "latency, search per budget (leave out --front)")
-            cost = LatencyTable.load(args.latency_table, space, args.latency_device,
-                                     args.latency_threads)
-            unit = cost.unit
-            constraint = {"kind": "latency", "unit": unit, "table": args.latency_table,
-                          "device": cost.device, "threads": cost.threads, "batch": cost.batch}
-        elif args.latency_table:
-            raise ValueError("--latency-table is for --constraint latency")
-        suffix = "MF" if cost is None else unit
-        out = args.out or os.path.join(os.path.dirname(args.checkpoint or ""), "search")
-        start = time.perf_counter()
-        found = None
-        if args.front:
-            smallest = space.flops(space.min_arch())
-            found = front(space, objective, (smallest, max(args.budgets)),
-                          evaluations=args.evaluations, population=args.population or 256,
-                          mutate_prob=args.mutate_prob, seed=args.seed,
-                          progress=not args.no_progress)
-            results = [found.best_under(b) for b in sorted(args.budgets)]
-        else:
-            results = pareto(space, objective, args.budgets, seed=args.seed,
-                             population=args.population or 512, mutations=args.mutations,
-                             crossovers=args.crossovers, generations=args.generations,
-                             mutate_prob=args.mutate_prob, method=args.method,
-                             polish=args.polish, cost=cost, progress=not args.no_progress)
-        searched = time.perf_counter() - start
-        cloud = space.sample(args.cloud, seed=args.seed + 1) if args.cloud > 0 else np.zeros((0, space.dim), np.int64)
-        if isinstance(objective, SupernetAccuracy):
-            objective.progress = not args.no_progress
-        cloud_scores = np.asarray(objective(cloud), dtype=float) if len(cloud) else np.zeros(0)
-        entries, skipped = [], set()
-        for r in results:
-            entry = r.to_dict()
-            if evaluator is not None:
-                for split in ("holdout", "test"):
-                    acc = float(evaluator.accuracy(r.encoding, split)[0])
-                    n = len(getattr(splits, split))
-                    low, high = binomial_interval(acc, n)
-                    entry[f"{split}_acc"], entry[f"{split}_images"] = acc, n
-                    entry[f"{split}_ci95"] = [float(low), float(high)]
-                if not args.no_export and dist.rank() == 0:
-                    evaluator.calibrate(r.encoding)
-                    extra = {"holdout_acc": entry["holdout_acc"], "test_acc": entry["test_acc"],
-                             "checkpoint": args.checkpoint}
-                    entry["export"] = export_subnet(net, r.encoding,
-                                                    os.path.join(out, f"net_{r.budget:g}{suffix}"),
-                                                    splits, extra)
-                    if "onnx_skipped" in entry["export"]:
-                        skipped.add(f"model.onnx ({entry['export']['onnx_skipped']})")
-            entries.append(entry)
+        search = _objective(args, device)
+        _constraint(args, search)
+        _run(args, search)
+        cloud, cloud_scores = _cloud(args, search)
+        entries, skipped = _measure_and_export(args, search, out)
     except (ValueError, FileNotFoundError, TypeError, ImportError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
     if dist.rank() == 0:
-        os.makedirs(out, exist_ok=True)
-        measured = evaluator is not None and not args.predictor
-        cloud_cost = (space.flops(cloud) if cost is None else cost(cloud)) if len(cloud) else []
-        doc = {"space": space.name, "objective": ylabel, "constraint": constraint,
-               "search": "front" if args.front else args.method,
-               "source": args.checkpoint or args.predictor, "results": entries,
-               "cloud": {"encodings": cloud.tolist(), "mflops": space.flops(cloud).tolist() if len(cloud) else [],
-                         "cost": np.asarray(cloud_cost).tolist(), "scores": cloud_scores.tolist()}}
-        if found is not None:
-            doc["front"] = found.to_dict()
-        if measured:
-            cloud_ci = binomial_interval(cloud_scores, len(splits.holdout))
-            doc["cloud"]["ci95"] = np.stack(cloud_ci, 1).tolist()
-        path = os.path.join(out, "pareto.json")
-        write_json(path, doc)
-        title = (f"{space.name}: the best sub-network found under each "
-                 f"{'FLOPs' if cost is None else 'latency'} budget")
-        intervals = {}
-        if measured:
-            ylabel = f"held-out accuracy, {len(splits.holdout)} images (BN re-calibrated)"
-            title += "\nbars: binomial 95% intervals of each measurement"
-            intervals = {"cloud_intervals": cloud_ci,
-                         "front_intervals": ([e["holdout_ci95"][0] for e in entries],
-                                             [e["holdout_ci95"][1] for e in entries])}
-        if found is not None:
-            intervals["front"] = (found.flops, found.scores)
-        plotted = plot_front(os.path.join(out, "pareto.png"), cloud_cost, cloud_scores, results,
-                             ylabel, title, unit=unit, **intervals)
+        plotted = _write(args, search, entries, cloud, cloud_scores, out)
         if not plotted:
             skipped.add(f"pareto.png ({PLOTS_MISSING})")
-        evaluations = found.evaluations if found is not None else sum(r.evaluations for r in results)
-        how = f"one front search (NSGA-II, {len(found.flops)} sub-networks on the front)" \
-            if found is not None else f"method {args.method}"
-        print(f"searched {len(entries)} budget{'s' * (len(entries) > 1)}, {how}: "
-              f"{evaluations} sub-networks evaluated in {searched:.0f} s")
-        for e in entries:
-            extra = ""
-            if "test_acc" in e:
-                extra = (f", held-out {e['holdout_acc']:.4f} [{e['holdout_ci95'][0]:.3f}, "
-                         f"{e['holdout_ci95'][1]:.3f}], test {e['test_acc']:.4f}")
-            latency = f", {e['cost']:.2f} ms" if cost is not None else ""
-            print(f"<= {e['budget']:g} {unit}: {e['flops']:.3f} MFLOPs{latency}, "
-                  f"{e['params']:.3f} M params, objective {e['score']:.4f}{extra}")
-        written = ["pareto.json"] + (["pareto.png"] if plotted else [])
-        if evaluator is not None and not args.no_export:
-            nets = ", ".join(f"net_{e['budget']:g}{suffix}" for e in entries)
-            onnx = all("onnx" in e["export"] for e in entries)
-            formats = "TorchScript, " + ("ONNX, " if onnx else "") + "state dict, meta.json"
-            written.append(f"the exported networks {nets} ({formats})")
-        print(f"wrote {out}/: {', '.join(written)}")
-        if skipped:
-            print("skipped: " + "; ".join(sorted(skipped)))
+        _report(args, search, entries, out, plotted, skipped)
     dist.shutdown()
     return 0
 

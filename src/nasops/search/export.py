@@ -13,12 +13,12 @@ import contextlib
 import importlib.util
 import io
 import logging
-import math
 import os
 import warnings
 
 import torch
 
+from ..data.augment import eval_size
 from ..utils.files import atomic_path, write_json
 from ..nn import Supernet
 
@@ -73,14 +73,14 @@ def input_spec(channels: int, resolution: int, splits=None) -> dict:
             spec["stored_size"] = list(splits.train.images.shape[-2:])
         else:  # an image folder: nasops.data.augment.center_view of each file, before normalisation
             crop = 1.0 if splits.eval_crop is None else splits.eval_crop
-            short = math.ceil(resolution / crop - 1e-9)
+            short = eval_size(resolution, crop)
             spec["resize"] = {"shorter_side": short, "method": "bicubic (Pillow)",
                               "order": "on the decoded RGB image, before normalisation"}
             spec["center_crop"] = {"size": [resolution, resolution],
                                    "offset": "round((side - resolution) / 2) on each axis"}
             return spec
     crop = None if splits is None else splits.eval_crop
-    size = resolution if crop is None else math.ceil(resolution / crop - 1e-9)
+    size = eval_size(resolution, crop)
     spec["resize"] = {"size": [size, size], "method": "bicubic",
                       "align_corners": False, "antialias": False, "order": "after normalisation",
                       "torch": f"torch.nn.functional.interpolate(x, size=({size}, "

@@ -39,6 +39,8 @@ from ..space.cost import cost_tables
 from ..space import SearchSpace, packaged_spaces
 
 FORMAT = "nasops-latency-1"
+WEIGHT_SEED = 0  # the random weights of the networks timed (their values do not change the time)
+NETWORK_WARMUP = 3  # untimed calls of each whole network before its timed ones
 CALIBRATION_SEED = 0x1A7E  # the end-to-end networks a table is calibrated on (check draws seed 0)
 
 
@@ -123,7 +125,7 @@ class LatencyTable:
 
     @classmethod
     def measure(cls, space: SearchSpace, device: str = "cpu", batch: int = 1, threads: int = 1,
-                repeats: int = 20, warmup: int = 5, seed: int = 0, calibrate: int = 20,
+                repeats: int = 20, warmup: int = 5, calibrate: int = 20,
                 progress: bool = False) -> "LatencyTable":
         """Times every part of every sub-network of `space` (the median of `repeats` calls after
         `warmup`) with `threads` CPU threads at batch size `batch`. Then times `calibrate` random
@@ -131,76 +133,39 @@ class LatencyTable:
         seed :func:`check` draws with) and fits end-to-end = scale x the sum of the parts +
         offset by least squares: a part timed alone runs with its weights and input already in
         the caches and without the rest of the network's calls around it, and the whole network
-        runs slower than its parts added up (measured in the README); 0 keeps scale 1, offset
-        0."""
+        runs slower than its parts added up (measured in the docs: Search); 0 keeps scale 1,
+        offset 0. The weights are random (seed `WEIGHT_SEED`): their values do not change the
+        time."""
         batch, threads = check_count("batch", batch), check_count("threads", threads)
         repeats, warmup = check_count("repeats", repeats), check_count("warmup", warmup, 0)
-        name = device_name(device)
-        device = torch.device(device)
-        torch.manual_seed(seed)
-        net = Supernet(space).eval().to(device)
-        cfg = space.config
-        total = sum(len(t) for t in _flat(cost_tables(cfg)))
-        bar = tqdm(total=total, desc=f"latency table ({name}, {threads} threads)",
-                   disable=not progress)
-
-        def static(resolution, stem_width, last_width, head_width):
-            """A static sub-network with these widths (for its stem or its head)."""
-            arch = space.max_arch()
-            arch.resolution, arch.width[0] = resolution, stem_width
-            arch.width[-2], arch.width[-1] = last_width, head_width
-            return net.extract(arch).eval().to(device)
-
-        def part(cfg_, kind, **s):
-            if kind == "stem":
-                module = static(s["resolution"], s["width"], cfg["stages"][-1]["width"][0],
-                                cfg["head"]["width"][0]).stem
-                shape = (cfg["in_channels"], s["resolution"])
-            elif kind == "block":
-                stage, blocks = cfg["stages"][s["stage"]], net.stages[s["stage"]]
-                prev = (cfg["stages"][s["stage"] - 1] if s["stage"] else cfg["stem"])["width"]
-                # a further block (stride 1, same width) is timed on the stage's second module
-                # (sized for the stage's widths), the first block on the first; without a second
-                # module (maximum depth 1) a further block never runs
-                further = s["stride"] == 1 and s["c_in"] == s["c_out"]
-                if further and len(blocks) > 1:
-                    block = blocks[1]
-                elif s["stride"] == stage["stride"] and s["c_in"] in prev:
-                    block = blocks[0]
-                else:
-                    bar.update()
-                    return 0, 0
-                module = block.export(s["c_in"], s["c_out"], s["kernel"], s["expand"]).eval()
-                shape = (s["c_in"], s["n"])
-            else:
-                module = static(cfg["resolution"][0], cfg["stem"]["width"][0], s["c"],
-                                s["head_width"]).classify
-                shape = (s["c"], s["n"])
-            x = torch.randn(batch, shape[0], shape[1], shape[1], device=device)
-            with _threads(threads):
-                ms = time_module(module, x, repeats, warmup)
-            bar.update()
-            return int(round(ms * 1e6)), 0
-
-        tables = cost_tables(cfg, part)
-        bar.close()
-        table = cls(space, tables, name, threads, batch,
-                    {"repeats": repeats, "warmup": warmup, "seed": seed, "calibrate": calibrate,
-                     "torch": torch.__version__})
         calibrate = check_count("calibrate", calibrate, 0)
+        name = device_name(device)
+        total = sum(len(t) for t in _flat(cost_tables(space.config)))
+        with tqdm(total=total, desc=f"latency table ({name}, {threads} threads)",
+                  disable=not progress) as bar:
+            timer = _PartTimer(space, torch.device(device), batch, threads, (repeats, warmup), bar)
+            tables = cost_tables(space.config, timer)
+        table = cls(space, tables, name, threads, batch,
+                    {"repeats": repeats, "warmup": warmup, "seed": WEIGHT_SEED,
+                     "calibrate": calibrate, "torch": torch.__version__})
         if calibrate:
             archs = space.sample(calibrate, seed=CALIBRATION_SEED)
-            whole, _ = measure_networks(space, archs, device, batch, threads, seed=seed,
-                                        progress=progress)
-            parts = table.parts(archs)
-            if calibrate >= 2 and np.ptp(parts) > 0:
-                scale, offset = np.polyfit(parts, whole, 1)
-            else:
-                scale, offset = float(np.median(whole / parts)), 0.0
-            if scale <= 0:  # (noise swamped the spread of the calibration networks)
-                scale, offset = float(np.median(whole / parts)), 0.0
-            table.scale, table.offset_ms = float(scale), float(offset)
+            whole, _ = measure_networks(space, archs, device, batch, threads, progress=progress)
+            table.fit(archs, whole)
         return table
+
+    def fit(self, archs, whole_ms) -> None:
+        """Sets scale and offset so that scale x (sum of the parts) + offset fits the measured
+        end-to-end latencies `whole_ms` of `archs` (least squares; one network, or no spread in
+        the parts: the median ratio and no offset)."""
+        parts = self.parts(archs)
+        if len(archs) >= 2 and np.ptp(parts) > 0:
+            scale, offset = np.polyfit(parts, whole_ms, 1)
+        else:
+            scale, offset = float(np.median(whole_ms / parts)), 0.0
+        if scale <= 0:  # (noise swamped the spread of the calibration networks)
+            scale, offset = float(np.median(whole_ms / parts)), 0.0
+        self.scale, self.offset_ms = float(scale), float(offset)
 
     # -- files ------------------------------------------------------------------------------
     def save(self, path: str) -> None:
@@ -252,7 +217,7 @@ class LatencyTable:
             if want is not None and want != have:
                 raise ValueError(f"latency table {path} was measured with {key} {have!r}, but "
                                  f"{key} {want!r} is expected here: latencies do not carry over; "
-                                 f"measure a table with python -m nasops.latency")
+                                 f"measure a table with python -m nasops.search.latency")
         return table
 
 
@@ -260,15 +225,72 @@ def _flat(tables: dict) -> list:
     return [tables["stem"], tables["head"], *tables["first"], *tables["rest"]]
 
 
+class _PartTimer:
+    """The cost function of :func:`~nasops.space.cost.cost_tables` that times each part (stem,
+    block, head) as a static module on a random input: (nanoseconds, 0)."""
+
+    def __init__(self, space: SearchSpace, device: torch.device, batch: int, threads: int,
+                 timing: tuple[int, int], bar):
+        torch.manual_seed(WEIGHT_SEED)
+        self.net = Supernet(space).eval().to(device)
+        self.space, self.cfg, self.device = space, space.config, device
+        self.batch, self.threads, self.timing, self.bar = batch, threads, timing, bar
+
+    def static(self, resolution, stem_width, last_width, head_width):
+        """A static sub-network with these widths (for its stem or its head)."""
+        arch = self.space.max_arch()
+        arch.resolution, arch.width[0] = resolution, stem_width
+        arch.width[-2], arch.width[-1] = last_width, head_width
+        return self.net.extract(arch).eval().to(self.device)
+
+    def block(self, s):
+        """The block module these sizes describe, and its input's (channels, size); None for a
+        combination no sub-network runs."""
+        cfg = self.cfg
+        stage, blocks = cfg["stages"][s["stage"]], self.net.stages[s["stage"]]
+        prev = (cfg["stages"][s["stage"] - 1] if s["stage"] else cfg["stem"])["width"]
+        # a further block (stride 1, same width) is timed on the stage's second module (sized
+        # for the stage's widths), the first block on the first; without a second module
+        # (maximum depth 1) a further block never runs
+        further = s["stride"] == 1 and s["c_in"] == s["c_out"]
+        if further and len(blocks) > 1:
+            block = blocks[1]
+        elif s["stride"] == stage["stride"] and s["c_in"] in prev:
+            block = blocks[0]
+        else:
+            return None, None
+        return block.export(s["c_in"], s["c_out"], s["kernel"], s["expand"]).eval(), \
+            (s["c_in"], s["n"])
+
+    def __call__(self, cfg, kind, **s):
+        if kind == "stem":
+            module = self.static(s["resolution"], s["width"], cfg["stages"][-1]["width"][0],
+                                 cfg["head"]["width"][0]).stem
+            shape = (cfg["in_channels"], s["resolution"])
+        elif kind == "block":
+            module, shape = self.block(s)
+        else:
+            module = self.static(cfg["resolution"][0], cfg["stem"]["width"][0], s["c"],
+                                 s["head_width"]).classify
+            shape = (s["c"], s["n"])
+        self.bar.update()
+        if module is None:
+            return 0, 0
+        x = torch.randn(self.batch, shape[0], shape[1], shape[1], device=self.device)
+        with _threads(self.threads):
+            ms = time_module(module, x, *self.timing)
+        return int(round(ms * 1e6)), 0
+
+
 @torch.no_grad()
 def measure_networks(space: SearchSpace, archs, device: str = "cpu", batch: int = 1,
-                     threads: int = 1, repeats: int = 10, rounds: int = 3, warmup: int = 3,
-                     seed: int = 0, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                     threads: int = 1, repeats: int = 10, rounds: int = 3,
+                     progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """End-to-end latency (milliseconds) of each sub-network extracted as a static network: what
     a table predicts. `rounds` passes over all of them, `repeats` timed calls each. Returns the
     median over the rounds of each pass's median (so that a slow spell of a shared machine does
     not fall on one network alone), [N], and every pass's median, [rounds, N]."""
-    torch.manual_seed(seed)
+    torch.manual_seed(WEIGHT_SEED)
     net = Supernet(space).eval()
     rows = space.rows(np.asarray(archs))
     times = np.zeros((rounds, len(rows)))
@@ -279,7 +301,7 @@ def measure_networks(space: SearchSpace, archs, device: str = "cpu", batch: int 
             res = int(arch[0])
             x = torch.randn(batch, space.in_channels, res, res, device=device)
             with _threads(threads):
-                times[r, i] = time_module(static, x, repeats, warmup)
+                times[r, i] = time_module(static, x, repeats, NETWORK_WARMUP)
             bar.update()
     bar.close()
     return np.median(times, axis=0), times

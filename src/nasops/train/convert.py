@@ -15,10 +15,10 @@ import sys
 
 from ..nn.checkpoint import FORMAT, save_checkpoint
 from ..utils.cli import STAGES, prog as prog_name
+from ..data import IMAGENET_EVAL_CROP
 from ..nn import Supernet
 from ..space import SearchSpace
 
-EVAL_CROP = 0.875  # the official evaluation: resize to resolution / 0.875, centre crop
 
 
 def official_config(space: SearchSpace, data_dir: str | None) -> dict:
@@ -26,7 +26,7 @@ def official_config(space: SearchSpace, data_dir: str | None) -> dict:
     dataset with ImageNet's normalisation and evaluation view."""
     from .recipe import DEFAULTS, check_config
     cfg = dict(DEFAULTS, recipe="official", dataset="imagenet", data_dir=data_dir,
-               space=space.name, normalization="imagenet", eval_crop=EVAL_CROP)
+               space=space.name, normalization="imagenet", eval_crop=IMAGENET_EVAL_CROP)
     return check_config(cfg, "the converted supernet's config").as_dict()
 
 
@@ -72,7 +72,7 @@ def main(argv=None, prog=None) -> int:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {args.out}: the {args.space} supernet of {args.from_official}, with ImageNet's "
-          f"normalisation and evaluation crop ({EVAL_CROP})")
+          f"normalisation and evaluation crop ({IMAGENET_EVAL_CROP})")
     if args.data_dir is None:
         print("no --data-dir: search it with a predictor (python -m nasops.search --predictor "
               "FILE --space ...), or convert again with --data-dir to evaluate and search it "

@@ -174,11 +174,12 @@ def build_run(cfg, device: torch.device | str = "cpu", rank: int = 0, world: int
     if isinstance(splits.train, FolderSet):
         size = cfg["image_size"] or max(space.config["resolution"])
         stream = FolderStream(splits.train, cfg["batch_size"], splits.mean, splits.std, size,
-                              cfg["seed"], cfg["augment"], cfg["flip"], cfg["autoaugment"],
-                              rank, world)
+                              cfg["seed"], rank=rank, world=world, augment=cfg["augment"],
+                              flip=cfg["flip"], autoaugment=cfg["autoaugment"])
     else:
         stream = BatchStream(splits.train, cfg["batch_size"], splits.mean, splits.std,
-                             cfg["seed"], cfg["augment"], cfg["flip"], rank, world)
+                             cfg["seed"], rank=rank, world=world, augment=cfg["augment"],
+                             flip=cfg["flip"])
     net = Supernet(space, dropout=cfg["dropout"], drop_connect=cfg["drop_connect"]).to(device)
     if cfg["zero_init_residual"]:
         net.zero_init_residual_()
@@ -236,118 +237,155 @@ def _loop(run: Run, folder: RunDir, resume_at: tuple[int, int], device, progress
           stop_after_steps) -> dict:
     """The epochs from `resume_at` (epoch, step) on, then the final evaluation. Messages,
     the progress bar and metrics.jsonl count steps (global) and epochs from 1."""
-    cfg, net, space, stream, strategy = run.cfg, run.net, run.space, run.stream, run.strategy
-    optimizer, scheduler, scaler = run.optimizer, run.scheduler, run.scaler
-    rank, world = dist.rank(), dist.world_size()
-    epoch, step = resume_at
-    steps_per_epoch, epochs = stream.steps_per_epoch, cfg["epochs"]
-    total_steps = epochs * steps_per_epoch
-    ckpt_path = folder.checkpoint_path
+    return _Loop(run, folder, device, progress, stop_after_steps)(*resume_at)
 
-    def checkpoint(epoch_: int, step_: int, finished: bool = False):
-        if folder.writer:
-            folder.save_checkpoint(run.state_dict(epoch_, step_, finished))
+
+class _Loop:
+    """One training call's loop over the epochs (:func:`_loop`)."""
+
+    def __init__(self, run: Run, folder: RunDir, device, progress: bool, stop_after_steps):
+        self.run, self.folder, self.device = run, folder, device
+        self.progress, self.stop_after_steps = progress, stop_after_steps
+        self.rank, self.world = dist.rank(), dist.world_size()
+        space, cfg = run.space, run.cfg
+        self.largest, self.smallest = space.encode(space.max_arch()), space.encode(space.min_arch())
+        self.steps_per_epoch = run.stream.steps_per_epoch
+        self.epochs = cfg["epochs"]
+        self.total_steps = self.epochs * self.steps_per_epoch
+        self.stop = _Stop()
+        self.evaluator = self.evaluated_at = None  # the last per-epoch evaluation (final reuses it)
+        self.steps_this_call = 0
+        self.bar = None
+
+    def __call__(self, epoch: int, step: int) -> dict:
+        self.stop.install()
+        self.bar = tqdm(total=self.total_steps, initial=epoch * self.steps_per_epoch + step,
+                        unit="step", desc="train", dynamic_ncols=True,
+                        disable=not self.progress or self.rank != 0)
+        try:
+            while epoch < self.epochs:
+                entry = self.epoch(epoch, step)
+                if "interrupted" in entry:
+                    return entry
+                self.folder.record(entry)
+                epoch, step = epoch + 1, 0
+                self.checkpoint(epoch, step)
+                self.folder.plot()
+        finally:
+            self.bar.close()
+            self.stop.restore()
+        return self.final(epoch, step)
+
+    def checkpoint(self, epoch: int, step: int, finished: bool = False) -> None:
+        if self.folder.writer:
+            self.folder.save_checkpoint(self.run.state_dict(epoch, step, finished))
         dist.barrier()
-    largest, smallest = space.encode(space.max_arch()), space.encode(space.min_arch())
-    ends = np.stack([smallest, largest])
-    stop = _Stop()
-    stop.install()
-    bar = tqdm(total=total_steps, initial=epoch * steps_per_epoch + step, unit="step",
-               desc="train", disable=not progress or rank != 0, dynamic_ncols=True)
 
-    def new_evaluator():
-        return Evaluator(net, run.splits, cfg["eval_batch_size"], cfg["calib_images"], device,
-                         channels_last=cfg["channels_last"])  # (the run's format, not the default)
+    def new_evaluator(self) -> Evaluator:
+        cfg = self.run.cfg
+        return Evaluator(self.run.net, self.run.splits, cfg["eval_batch_size"], cfg["calib_images"],
+                         self.device, channels_last=cfg["channels_last"])  # (the run's format)
 
-    evaluator = evaluated_at = None  # the last per-epoch evaluation, reused by the final one
-    steps_this_call = 0
-    try:
-        while epoch < epochs:
-            sums, count, start = np.zeros(3), 0, time.perf_counter()
-            for x, y in stream.epoch(epoch, step, device):
-                global_step = epoch * steps_per_epoch + step + 1  # the step being taken
-                where = f"step {global_step}/{total_steps} (epoch {epoch + 1}/{epochs})"
-                losses, archs = train_step(net, cfg, strategy, largest, smallest, x, y, scaler)
-                requested = stop.requested is not None or (
-                    stop_after_steps is not None and steps_this_call + 1 >= stop_after_steps)
-                # The step's one host-device synchronisation: the host must know before the
-                # optimizer step whether the losses are finite; the ranks' agreement on the
-                # sub-networks and a stop request ride in the same all-reduce.
-                packet = torch.tensor([*dist.equality_terms(zlib.crc32(archs.tobytes())),
-                                       float(requested)], dtype=torch.float64)
-                total = dist.all_reduce_sum(torch.cat([losses, packet.to(device)])).cpu()
-                finite = total[:3] / world
-                if not dist.all_agree(total[3:7], world):
-                    raise RuntimeError(f"ranks drew different sub-networks at {where}: their "
-                                       f"strategies are out of step")
-                if not torch.isfinite(finite).all():
-                    raise FloatingPointError(
-                        f"loss is not finite at {where} (largest, smallest, sampled: "
-                        f"{finite.tolist()}); the run stopped before the optimizer step, and "
-                        f"{ckpt_path} holds the last good state (lower lr or check the data)")
-                dist.average_gradients(net.parameters())
-                scaler.unscale_(optimizer)  # (clipping sees the true gradient)
-                clip_gradients(net, cfg["grad_clip"], cfg["grad_clip_mode"])
-                scaler.step(optimizer)  # (fp16: skipped when a gradient overflowed)
-                scaler.update()
-                scheduler.step()
-                step += 1
-                steps_this_call += 1
-                sums += finite.numpy()
-                count += 1
-                bar.update(1)
-                bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{finite[0]:.3f}")
-                if global_step % cfg["log_every"] == 0:
-                    folder.record({"epoch": epoch + 1, "step": global_step,
-                                    "lr": scheduler.get_last_lr()[0],
-                                    "loss_largest": float(finite[0]),
-                                    "loss_smallest": float(finite[1]),
-                                    "loss_sampled": float(finite[2])})
-                if total[7] > 0:
-                    checkpoint(epoch, step)
-                    folder.record({"event": "interrupted", "epoch": epoch + 1,
-                                    "step": global_step})
-                    if rank == 0 and stop.requested is not None:
-                        log.warning("interrupted after %s; checkpoint saved, resume with "
-                                    "--resume %s", where, folder.path)
-                    return {"interrupted": global_step}
-            entry = {"event": "epoch", "epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
-                     "steps": count, "seconds": time.perf_counter() - start}
-            if count:  # (none when resumed at the end of an epoch)
-                entry.update(zip(("loss_largest", "loss_smallest", "loss_sampled"),
-                                 (sums / count).tolist()))
-            if getattr(stream, "bad_images", 0):
-                entry["bad_images"] = stream.bad_images  # (skip_bad_images: so far, this rank)
-            if cfg["eval_every"] and (epoch + 1) % cfg["eval_every"] == 0:
-                evaluator, evaluated_at = new_evaluator(), epoch + 1
-                eval_start = time.perf_counter()
-                with preserved_bn_stats(net):  # training goes on with its own statistics
-                    acc = evaluator.accuracy(ends, "holdout")
-                entry.update(holdout_acc_smallest=acc[0], holdout_acc_largest=acc[1],
-                             eval_seconds=time.perf_counter() - eval_start)
-                if rank == 0 and progress:
-                    bar.write(f"epoch {epoch + 1}/{epochs}: held-out accuracy {acc[0]:.2%} "
-                              f"(smallest), {acc[1]:.2%} (largest)", file=sys.stderr)
-            folder.record(entry)
-            epoch, step = epoch + 1, 0
-            checkpoint(epoch, step)
-            folder.plot()
-    finally:
-        bar.close()
-        stop.restore()
+    def epoch(self, epoch: int, step: int) -> dict:
+        """The steps of `epoch` from `step` on: its metrics entry, or {"interrupted": step}."""
+        sums, count, start = np.zeros(3), 0, time.perf_counter()
+        for x, y in self.run.stream.epoch(epoch, step, self.device):
+            global_step = epoch * self.steps_per_epoch + step + 1  # the step being taken
+            finite, stop_now = self.step(x, y, epoch, global_step)
+            step += 1
+            sums += finite.numpy()
+            count += 1
+            if stop_now:
+                self.checkpoint(epoch, step)
+                self.folder.record({"event": "interrupted", "epoch": epoch + 1, "step": global_step})
+                if self.rank == 0 and self.stop.requested is not None:
+                    log.warning("interrupted after %s; checkpoint saved, resume with --resume %s",
+                                self.where(epoch, global_step), self.folder.path)
+                return {"interrupted": global_step}
+        return self.epoch_entry(epoch, sums, count, start)
 
-    if evaluated_at != epoch:
-        evaluator = new_evaluator()
-    acc = {}
-    for label, arch in (("smallest", smallest), ("largest", largest)):
-        for split in ("holdout", "test"):
-            acc[f"{label}_{split}_acc"] = float(evaluator.accuracy(arch, split)[0])
-    final = {"event": "final", **acc, "smallest_mflops": space.flops(smallest),
-             "largest_mflops": space.flops(largest), "steps": total_steps, "world_size": world}
-    folder.record(final)
-    folder.write_final(final)
-    checkpoint(epoch, step, finished=True)
-    return final
+    def where(self, epoch: int, global_step: int) -> str:
+        return f"step {global_step}/{self.total_steps} (epoch {epoch + 1}/{self.epochs})"
+
+    def step(self, x, y, epoch: int, global_step: int) -> tuple[torch.Tensor, bool]:
+        """One sandwich step and its optimizer step: (the mean losses over the ranks, whether
+        the run stops after it)."""
+        run, cfg = self.run, self.run.cfg
+        losses, archs = train_step(run.net, cfg, run.strategy, self.largest, self.smallest, x, y,
+                                   run.scaler)
+        self.steps_this_call += 1
+        requested = self.stop.requested is not None or (
+            self.stop_after_steps is not None and self.steps_this_call >= self.stop_after_steps)
+        # The step's one host-device synchronisation: the host must know before the optimizer
+        # step whether the losses are finite; the ranks' agreement on the sub-networks and a stop
+        # request ride in the same all-reduce.
+        packet = torch.tensor([*dist.equality_terms(zlib.crc32(archs.tobytes())), float(requested)],
+                              dtype=torch.float64)
+        total = dist.all_reduce_sum(torch.cat([losses, packet.to(self.device)])).cpu()
+        finite = total[:3] / self.world
+        if not dist.all_agree(total[3:7], self.world):
+            raise RuntimeError(f"ranks drew different sub-networks at "
+                               f"{self.where(epoch, global_step)}: their strategies are out of step")
+        if not torch.isfinite(finite).all():
+            raise FloatingPointError(
+                f"loss is not finite at {self.where(epoch, global_step)} (largest, smallest, "
+                f"sampled: {finite.tolist()}); the run stopped before the optimizer step, and "
+                f"{self.folder.checkpoint_path} holds the last good state (lower lr or check the "
+                f"data)")
+        dist.average_gradients(run.net.parameters())
+        run.scaler.unscale_(run.optimizer)  # (clipping sees the true gradient)
+        clip_gradients(run.net, cfg["grad_clip"], cfg["grad_clip_mode"])
+        run.scaler.step(run.optimizer)  # (fp16: skipped when a gradient overflowed)
+        run.scaler.update()
+        run.scheduler.step()
+        self.bar.update(1)
+        self.bar.set_postfix(epoch=f"{epoch + 1}/{self.epochs}", loss=f"{finite[0]:.3f}")
+        if global_step % cfg["log_every"] == 0:
+            self.folder.record({"epoch": epoch + 1, "step": global_step,
+                                "lr": run.scheduler.get_last_lr()[0],
+                                "loss_largest": float(finite[0]), "loss_smallest": float(finite[1]),
+                                "loss_sampled": float(finite[2])})
+        return finite, bool(total[7] > 0)
+
+    def epoch_entry(self, epoch: int, sums, count: int, start: float) -> dict:
+        """The epoch's metrics: mean losses, time, and the held-out accuracy of the smallest and
+        largest when it is an evaluation epoch."""
+        entry = {"event": "epoch", "epoch": epoch + 1, "step": (epoch + 1) * self.steps_per_epoch,
+                 "steps": count, "seconds": time.perf_counter() - start}
+        if count:  # (none when resumed at the end of an epoch)
+            entry.update(zip(("loss_largest", "loss_smallest", "loss_sampled"),
+                             (sums / count).tolist()))
+        if getattr(self.run.stream, "bad_images", 0):
+            entry["bad_images"] = self.run.stream.bad_images  # (skip_bad_images: this rank's)
+        every = self.run.cfg["eval_every"]
+        if every and (epoch + 1) % every == 0:
+            self.evaluator, self.evaluated_at = self.new_evaluator(), epoch + 1
+            eval_start = time.perf_counter()
+            with preserved_bn_stats(self.run.net):  # training goes on with its own statistics
+                acc = self.evaluator.accuracy(np.stack([self.smallest, self.largest]), "holdout")
+            entry.update(holdout_acc_smallest=acc[0], holdout_acc_largest=acc[1],
+                         eval_seconds=time.perf_counter() - eval_start)
+            if self.rank == 0 and self.progress:
+                self.bar.write(f"epoch {epoch + 1}/{self.epochs}: held-out accuracy {acc[0]:.2%} "
+                               f"(smallest), {acc[1]:.2%} (largest)", file=sys.stderr)
+        return entry
+
+    def final(self, epoch: int, step: int) -> dict:
+        """The final evaluation (held-out and test accuracy of the smallest and largest),
+        recorded, written to final.json and in the finished checkpoint."""
+        evaluator = self.evaluator if self.evaluated_at == epoch else self.new_evaluator()
+        acc = {}
+        for label, arch in (("smallest", self.smallest), ("largest", self.largest)):
+            for split in ("holdout", "test"):
+                acc[f"{label}_{split}_acc"] = float(evaluator.accuracy(arch, split)[0])
+        space = self.run.space
+        final = {"event": "final", **acc, "smallest_mflops": space.flops(self.smallest),
+                 "largest_mflops": space.flops(self.largest), "steps": self.total_steps,
+                 "world_size": self.world}
+        self.folder.record(final)
+        self.folder.write_final(final)
+        self.checkpoint(epoch, step, finished=True)
+        return final
 
 
 def _show(value) -> str:

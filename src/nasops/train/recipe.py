@@ -17,6 +17,7 @@ from importlib import resources
 import yaml
 
 from ..data import DATASETS, NORMALIZATIONS, Splits, load_splits
+from ..utils.checks import is_int, is_number
 from .losses import LOSSES
 from ..ops import BACKENDS
 from .strategies import STRATEGIES, needs_predictor
@@ -204,6 +205,47 @@ def apply_overrides(config: Mapping, overrides: list[str]) -> Recipe:
     return check_config(out, "command line")
 
 
+# What each key allows, by kind (the registries', the loss options' and the cross-key rules
+# are in check_config).
+_INTEGERS = {"epochs": 1, "batch_size": 1, "num_sampled": 0, "pool_size": 1, "n_prior": 1,
+             "log_every": 1, "eval_every": 0, "eval_batch_size": 1, "calib_images": 1,
+             "workers": 0, "seed": 0, "holdout_seed": 0}
+_INTEGERS_OR_NULL = {"image_size": 8, "limit": 2, "lr_batch": 1}
+# key: (low, high, low excluded, null allowed)
+_NUMBERS = {"holdout": (0, 1, True, False), "lr": (0, math.inf, True, False),
+            "lr_min": (0, math.inf, False, False), "warmup_epochs": (0, math.inf, False, False),
+            "weight_decay": (0, math.inf, False, False), "kd_weight": (0, math.inf, False, True),
+            "grad_clip": (0, math.inf, True, True), "warmup_start": (0, 1, False, False),
+            "momentum": (0, 1, False, False), "dropout": (0, 1, False, False),
+            "drop_connect": (0, 1, False, False), "label_smoothing": (0, 0.999, False, False),
+            "eval_crop": (0, 1, True, True)}
+_FLAGS = ("augment", "flip", "nesterov", "sync_bn", "zero_init_residual", "autoaugment",
+          "skip_bad_images")
+_CHOICES = {"grad_clip_mode": ["norm", "value"], "amp": list(AMP), "dw_backend": list(BACKENDS),
+            "normalization": list(NORMALIZATIONS) + [None], "target_bins": ["prior", "uniform"],
+            "channels_last": [True, False, "auto"]}
+
+
+def _check_value(cfg: Mapping, key: str) -> str | None:
+    """What `key` allows, if cfg's value is not allowed (None if it is)."""
+    v = cfg[key]
+    if key in _INTEGERS:
+        return None if is_int(v) and v >= _INTEGERS[key] else f"an integer >= {_INTEGERS[key]}"
+    if key in _INTEGERS_OR_NULL:
+        lo = _INTEGERS_OR_NULL[key]
+        return None if v is None or (is_int(v) and v >= lo) else f"an integer >= {lo} or null"
+    if key in _NUMBERS:
+        lo, hi, open_lo, none = _NUMBERS[key]
+        if (v is None and none) or (is_number(v) and (lo < v if open_lo else lo <= v) and v <= hi):
+            return None
+        return f"a number in {'(' if open_lo else '['}{lo}, {hi}]" + (" or null" if none else "")
+    if key in _FLAGS:
+        return None if isinstance(v, bool) else "true or false"
+    if key in _CHOICES:  # (True == 1: compare types too)
+        return None if any(v == c and type(v) is type(c) for c in _CHOICES[key]) else _CHOICES[key]
+    return None
+
+
 def check_config(cfg: Mapping, source: str = "config") -> Recipe:
     """The Recipe of `cfg` (keys it lacks at their defaults) if every key is known and every
     value allowed; ValueError naming the key, the value and what is allowed otherwise."""
@@ -213,77 +255,23 @@ def check_config(cfg: Mapping, source: str = "config") -> Recipe:
     if unknown:
         raise ValueError(f"{source}: unknown recipe key(s) {unknown}; allowed: {sorted(DEFAULTS)}")
     cfg = {**DEFAULTS, **cfg}
-
-    def bad(key, allowed):
-        raise ValueError(f"{source}: {key} = {cfg[key]!r} is not allowed; allowed: {allowed}")
-
-    def integer(key, lo, none=False):
-        v = cfg[key]
-        if v is None and none:
-            return
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            bad(key, f"an integer >= {lo}" + (" or null" if none else ""))
-
-    def number(key, lo, hi=math.inf, none=False, open_lo=False):
-        v = cfg[key]
-        if v is None and none:
-            return
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
-                (lo < v if open_lo else lo <= v) and v <= hi):
-            bad(key, f"a number in {'(' if open_lo else '['}{lo}, {hi}]" + (" or null" if none else ""))
-
-    def flag(key):
-        if not isinstance(cfg[key], bool):
-            bad(key, "true or false")
-
     for key, registry in (("dataset", DATASETS), ("kd", LOSSES), ("strategy", STRATEGIES)):
         try:
             registry.lookup(cfg[key])
         except (TypeError, ValueError) as e:
             raise ValueError(f"{source}: {e}") from None
-    for key in ("data_dir", "predictor"):
-        if cfg[key] is not None and not isinstance(cfg[key], str):
-            bad(key, "a path or null")
-    if not isinstance(cfg["space"], str):
-        bad("space", "a packaged space name or a YAML path")
-    for key in ("epochs", "batch_size", "num_sampled", "pool_size", "n_prior",
-                "log_every", "eval_every", "eval_batch_size", "calib_images", "workers"):
-        integer(key, 0 if key in ("num_sampled", "eval_every", "workers") else 1)
-    integer("image_size", 8, none=True)
-    integer("limit", 2, none=True)
-    for key in ("seed", "holdout_seed"):
-        integer(key, 0)
-    integer("lr_batch", 1, none=True)
-    number("holdout", 0, 1, open_lo=True)
-    number("lr", 0, open_lo=True)
-    for key in ("lr_min", "warmup_epochs", "weight_decay"):
-        number(key, 0)
-    number("kd_weight", 0, none=True)
-    number("grad_clip", 0, none=True, open_lo=True)
-    number("warmup_start", 0, 1)
-    if cfg["grad_clip_mode"] not in ("norm", "value"):
-        bad("grad_clip_mode", ["norm", "value"])
-    for key in ("momentum", "dropout", "drop_connect"):
-        number(key, 0, 1)
-    number("label_smoothing", 0, 0.999)
+    for key in _NAMES:
+        allowed = _check_value(cfg, key)
+        if key in ("data_dir", "predictor") and cfg[key] is not None and not isinstance(cfg[key], str):
+            allowed = "a path or null"
+        if key == "space" and not isinstance(cfg[key], str):
+            allowed = "a packaged space name or a YAML path"
+        if allowed is not None:
+            raise ValueError(f"{source}: {key} = {cfg[key]!r} is not allowed; allowed: {allowed}")
     # the loss's options, checked by the loss; the alpha loss's recipe keys whatever kd is
     LOSSES.get("alpha").resolve({k: cfg[k] for k in ("alpha_min", "alpha_max", "alpha_clip")},
                                 source)
     loss_options(cfg, source)
-    for key in ("augment", "flip", "nesterov", "sync_bn", "zero_init_residual", "autoaugment",
-                "skip_bad_images"):
-        flag(key)
-    if cfg["amp"] not in AMP:
-        bad("amp", list(AMP))
-    if not (isinstance(cfg["channels_last"], bool) or cfg["channels_last"] == "auto"):
-        bad("channels_last", "true, false or auto")
-    if cfg["dw_backend"] not in BACKENDS:
-        bad("dw_backend", list(BACKENDS))
-    if cfg["normalization"] not in NORMALIZATIONS + (None,):
-        bad("normalization", list(NORMALIZATIONS) + [None])
-    number("eval_crop", 0, 1, none=True, open_lo=True)
-    if cfg["target_bins"] not in ("prior", "uniform"):
-        bad("target_bins", ["prior", "uniform"])
     if needs_predictor(cfg["strategy"]) and cfg["predictor"] is None:
         raise ValueError(f"{source}: strategy {cfg['strategy']!r} needs predictor = a predictor "
                          f"file (python -m nasops.predictor makes one)")
@@ -297,7 +285,8 @@ def splits_of(cfg: Mapping) -> Splits:
     normalization, eval_crop, workers and skip_bad_images keys)."""
     return load_splits(cfg["dataset"], cfg["data_dir"], cfg["holdout"], cfg["holdout_seed"],
                        cfg["limit"], cfg.get("normalization"), cfg.get("eval_crop"),
-                       cfg.get("workers", 0), cfg.get("skip_bad_images", False))
+                       workers=cfg.get("workers", 0),
+                       skip_bad_images=cfg.get("skip_bad_images", False))
 
 
 def loss_options(cfg: Mapping, source: str = "config") -> dict:

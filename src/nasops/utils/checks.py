@@ -12,6 +12,11 @@ def is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def is_number(value) -> bool:
+    """A real number (Python or NumPy, integer or float), and not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_count(name: str, value, minimum: int = 1) -> int:
     """`value` as an int if it is an integer >= minimum; ValueError naming `name` otherwise."""
     if not is_int(value) or value < minimum:

@@ -4,6 +4,8 @@ False and the caller says what was skipped. Figures are drawn without pyplot, so
 matplotlib backend is left alone, and written atomically."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .files import atomic_path
 
 MISSING = "matplotlib is not installed (pip install matplotlib)"
@@ -22,27 +24,35 @@ def _save(fig, path: str) -> None:
         fig.savefig(tmp, format="png")
 
 
-def plot_front(path: str, cloud_costs, cloud_scores, results, ylabel: str, title: str,
-               cloud_intervals=None, front_intervals=None, unit: str = "MFLOPs",
-               front=None) -> bool:
+@dataclass
+class Points:
+    """Points of a plot: x (cost), y (score) and, when given, each y's 95% interval as (low,
+    high) arrays (held-out accuracy is a binomial measurement)."""
+    x: object
+    y: object
+    intervals: tuple | None = None
+
+
+def plot_front(path: str, cloud: Points, results, pick_intervals=None, front: Points | None = None,
+               *, ylabel: str, title: str, unit: str = "MFLOPs") -> bool:
     """The searched picks over a cloud of random sub-networks, a dotted line per budget; x is
-    each result's cost in `unit`. `*_intervals` are (low, high) arrays of each point's 95%
-    interval, drawn as error bars when given (held-out accuracy is a binomial measurement).
-    `front`: (MFLOPs, scores) of a whole front (``nasops.search.front``), drawn as steps. False
-    when matplotlib is missing."""
+    each result's cost in `unit`. Intervals (the cloud's, and `pick_intervals` of the results)
+    are drawn as error bars when given. `front`: a whole front (``nasops.search.front``), drawn
+    as steps. False when matplotlib is missing."""
     fig = _figure(figsize=(7, 4.5), dpi=120)
     if fig is None:
         return False
     ax = fig.subplots()
+    cloud_costs, cloud_scores, front_intervals = cloud.x, cloud.y, pick_intervals
     if len(cloud_costs):
-        if cloud_intervals is not None:
-            lo, hi = cloud_intervals
+        if cloud.intervals is not None:
+            lo, hi = cloud.intervals
             ax.vlines(cloud_costs, lo, hi, colors="0.85", lw=0.6, zorder=1)
         ax.scatter(cloud_costs, cloud_scores, s=6, c="0.55", zorder=2,
                    label=f"{len(cloud_costs)} random sub-networks")
     if front is not None:
-        ax.step(front[0], front[1], where="post", c="C2", lw=1, zorder=2,
-                label=f"front found in one run ({len(front[0])} sub-networks)")
+        ax.step(front.x, front.y, where="post", c="C2", lw=1, zorder=2,
+                label=f"front found in one run ({len(front.x)} sub-networks)")
     short = "MF" if unit == "MFLOPs" else f" {unit}"
     flops, scores = [r.flops if r.cost is None else r.cost for r in results], [r.score for r in results]
     if front_intervals is not None:
