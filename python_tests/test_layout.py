@@ -153,6 +153,11 @@ def test_a_moved_module_keeps_its_old_import_path(old):
     assert out.returncode == 0, out.stderr
     count, message = out.stdout.split(" ", 1)
     assert count == "1" and new in message  # warns once, naming the new home
+    # and Python's default filters show it, attributed to the user's import statement
+    plain = subprocess.run([sys.executable, "-c", f"import {old}"], capture_output=True,
+                           text=True, timeout=120)
+    assert plain.returncode == 0 and plain.stderr.startswith("<string>:1: DeprecationWarning: "
+                                                             f"{old} has moved to {new}"), plain.stderr
 
 
 def test_old_attribute_paths_and_python_m_of_a_moved_command():

@@ -31,6 +31,8 @@ class _Alias(importlib.abc.Loader):
         self.new = new
 
     def create_module(self, spec):
+        # stacklevel 2: the import statement (warnings skips the import machinery's frames), so
+        # Python's default filters show it when that statement is in a user's script
         warnings.warn(f"{spec.name} has moved to {self.new}; import it from there",
                       DeprecationWarning, stacklevel=2)
         return importlib.import_module(self.new)

@@ -40,7 +40,7 @@ from .batches import (BatchStream, check_batch_size, epoch_order, eval_batches, 
                       eval_resize, mix_seed, random_crop, resize_batch)
 from .augment import IMAGENET_EVAL_CROP, eval_size  # noqa: F401
 from .folders import BadImageError, FolderSet, FolderStream, class_folders  # noqa: F401
-from ..utils.checks import check_count
+from ..utils.checks import check_count, is_int, is_number
 from ..utils.registry import Registry
 
 # ImageNet's per-channel statistics, the normalisation of the released AttentiveNAS/AlphaNet models
@@ -352,13 +352,13 @@ def load_splits(name: str, root: str | None = None, holdout: float = 0.1,
                          f"{list(NORMALIZATIONS) + [None]}")
     if eval_crop is None:
         eval_crop = dataset.eval_crop
-    if eval_crop is not None and (isinstance(eval_crop, bool) or not isinstance(eval_crop, (int, float))
+    if eval_crop is not None and (not is_number(eval_crop)
                                   or not 0 < eval_crop <= 1):
         raise ValueError(f"eval_crop = {eval_crop!r} must be null or a fraction in (0, 1]")
     train = load_dataset(name, "train", root, **read_options)
     test = load_dataset(name, "test", root, **read_options)
     if limit is not None:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 2:
+        if not is_int(limit) or limit < 2:
             raise ValueError(f"limit = {limit!r} must be None or an integer >= 2")
         if limit < len(train):
             train = train.subset(np.sort(_fixed_permutation(len(train), holdout_seed + 1)[:limit]))

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .augment import eval_size
+from ..utils.checks import is_int
 
 if TYPE_CHECKING:
     from . import ImageSet
@@ -110,7 +111,7 @@ def augmentation_options(given: dict, **defaults) -> dict:
 
 
 def check_batch_size(batch_size, world: int, images: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size = {batch_size!r} must be a positive integer")
     if batch_size % world:
         raise ValueError(f"batch_size = {batch_size} must be a multiple of the number of "

@@ -17,13 +17,14 @@ from ..space import SearchSpace
 from ..utils import distributed as dist
 from ..utils.cpu import use_channels_last
 from ..utils.files import write_json
+from ..utils.checks import is_int
 
 
 def binomial_interval(accuracy, n: int, z: float = 1.959963984540054):
     """Wilson score interval (95% by default) of accuracies each measured on `n` images: arrays
     (low, high). An accuracy measured on n images is a binomial proportion; this interval keeps
     within [0, 1] and stays honest near 0 and 1, where most accuracies of interest lie."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+    if not is_int(n) or n < 1:
         raise ValueError(f"n = {n!r} must be a positive number of images")
     p = np.asarray(accuracy, dtype=np.float64)
     if ((p < 0) | (p > 1)).any():
@@ -50,9 +51,9 @@ class Evaluator:
     def __init__(self, net: Supernet, splits: Splits, batch_size: int = 256,
                  calib_images: int = 2048, device: torch.device | str = "cpu",
                  channels_last: bool | str = "auto", cache_bytes: int = 1 << 30):
-        if isinstance(calib_images, bool) or not isinstance(calib_images, int) or calib_images < 1:
+        if not is_int(calib_images) or calib_images < 1:
             raise ValueError(f"calib_images = {calib_images!r} must be a positive integer")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size = {batch_size!r} must be a positive integer")
         self.net, self.splits, self.batch_size, self.device = net, splits, batch_size, torch.device(device)
         order = np.random.default_rng(0).permutation(len(splits.train))[:calib_images]

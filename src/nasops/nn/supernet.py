@@ -14,10 +14,11 @@ from .layers import (DynamicBatchNorm2d, DynamicConv2d, DynamicDepthwiseConv2d, 
                      DynamicSE, ShortcutPool, activation, shortcut_pool)
 from .official import load_official
 from .static import StaticMBConv, StaticNet
+from ..utils.checks import is_number
 
 
 def _check_rate(name: str, rate) -> float:
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+    if not is_number(rate) or not 0 <= rate < 1:
         raise ValueError(f"{name} = {rate!r} must be a number in [0, 1)")
     return float(rate)
 

@@ -18,6 +18,7 @@ from scipy.stats import kendalltau
 from .. import _C
 from ..utils.files import atomic_open
 from ..space import SearchSpace
+from ..utils.checks import is_int
 
 FORMAT = "nasops-forest-1"
 _ARRAYS = ("feature", "threshold", "left", "right", "value", "roots")
@@ -46,7 +47,7 @@ class AccuracyPredictor:
         if not isinstance(space, SearchSpace):
             raise TypeError(f"space must be a SearchSpace, got {type(space).__name__}")
         for name, value in (("n_estimators", n_estimators), ("max_depth", max_depth)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} = {value!r} must be a positive integer")
         self.space, self.n_estimators, self.max_depth, self.seed = space, n_estimators, max_depth, seed
         self._forest = None

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, fields, replace
 import numpy as np
 from tqdm import tqdm
 
-from ..utils.checks import check_count, seed64
+from ..utils.checks import check_count, is_number, seed64
 from ..space.sampler import FlopsSampler
 from ..space import Arch, SearchSpace
 
@@ -115,7 +115,7 @@ def _unit(cost) -> str:
 def check_budget(space: SearchSpace, budget, cost=None) -> float:
     cost = _cost_of(space, cost)
     unit = _unit(cost)
-    if isinstance(budget, bool) or not isinstance(budget, (int, float, np.number)) \
+    if not is_number(budget) \
             or not math.isfinite(budget):
         raise ValueError(f"budget {budget!r} must be a finite number of {unit}")
     smallest = float(np.asarray(cost(space.encode(space.min_arch())[None, :]))[0])
@@ -273,7 +273,7 @@ def _local_search(moves, scores, ranked, arch, value, evaluations):
 
 
 def _check_probability(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+    if not is_number(value) or not 0 < value <= 1:
         raise ValueError(f"{name} = {value!r} must be in (0, 1]")
     return float(value)
 
@@ -545,7 +545,7 @@ def _check_range(space: SearchSpace, flops_range) -> tuple[float, float]:
         raise ValueError(f"flops_range must be (lo, hi) in MFLOPs, got {flops_range!r}")
     hi = check_budget(space, flops_range[1])
     lo = flops_range[0]
-    if isinstance(lo, bool) or not isinstance(lo, (int, float, np.number)) \
+    if not is_number(lo) \
             or not math.isfinite(lo) or not lo < hi:
         raise ValueError(f"flops_range = {tuple(flops_range)!r}: lo must be a number below hi")
     return float(lo), hi

@@ -25,6 +25,7 @@ import yaml
 
 from .. import _C
 from ..utils.checks import is_int, seed64
+from ..utils.files import names_a_file
 from .cost import cost_tables
 
 ARCH_FIELDS = ("resolution", "width", "depth", "kernel_size", "expand_ratio")
@@ -223,7 +224,7 @@ class SearchSpace:
         """A packaged space by name, or a YAML file by path; num_classes / in_channels override
         the file's values (they change the stem's and classifier's cost)."""
         text_path = os.fspath(name_or_path)
-        if os.sep in text_path or text_path.endswith((".yaml", ".yml")):
+        if names_a_file(text_path):
             if not os.path.isfile(text_path):
                 raise FileNotFoundError(f"search space file {text_path!r} does not exist")
             source = text_path

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _C
-from ..utils.checks import check_count, seed64
+from ..utils.checks import check_count, is_number, seed64
 from . import SearchSpace
 
 _SIZE_MEASURES = ("params", "flops")
@@ -36,7 +36,7 @@ class FlopsSampler:
         if not isinstance(space, SearchSpace):
             raise TypeError(f"space must be a SearchSpace, got {type(space).__name__}")
         step = space.flops_step if step is None else step
-        if isinstance(step, bool) or not isinstance(step, (int, float)) or not step > 0:
+        if not is_number(step) or not step > 0:
             raise ValueError(f"step = {step!r} must be a positive number of MFLOPs")
         self.space = space
         self.step = float(step)
@@ -62,7 +62,7 @@ class FlopsSampler:
         return float(targets[0]) if n is None else targets
 
     def _bin_position(self, target) -> int:
-        if isinstance(target, bool) or not isinstance(target, (int, float, np.number)):
+        if not is_number(target):
             raise TypeError(f"target must be a number of MFLOPs, got {type(target).__name__}")
         pos = self._core.find_bin(self._core.bin_of(float(target)))
         if pos < 0:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..utils.registry import Registry
+from ..utils.checks import is_number
 
 # |alpha - 1| (or |alpha|) below this takes the exact-KL branch, as the published code does
 _EXACT_KL = 1e-3
@@ -175,7 +176,7 @@ def register_loss(name: str, default_weight: float = 1.0,
     loss `name` (the recipe's kd=), weighted `default_weight` unless the recipe sets kd_weight.
     `options` declares its hyper-parameters (name -> :class:`LossOption`); a recipe sets them in
     ``kd_options``, checked before training."""
-    if isinstance(default_weight, bool) or not isinstance(default_weight, (int, float)) \
+    if not is_number(default_weight) \
             or not default_weight >= 0:
         raise ValueError(f"default_weight = {default_weight!r} must be a number >= 0")
     options = dict(options or {})

@@ -18,6 +18,7 @@ import yaml
 
 from ..data import DATASETS, NORMALIZATIONS, Splits, load_splits
 from ..utils.checks import is_int, is_number
+from ..utils.files import names_a_file
 from .losses import LOSSES
 from ..ops import BACKENDS
 from .strategies import STRATEGIES, needs_predictor
@@ -170,7 +171,7 @@ def packaged_recipes() -> list[str]:
 
 def load_recipe(name_or_path: str) -> Recipe:
     """A packaged recipe by name or a YAML file by path, merged over DEFAULTS and checked."""
-    if os.sep in name_or_path or name_or_path.endswith((".yaml", ".yml")):
+    if names_a_file(name_or_path):
         if not os.path.isfile(name_or_path):
             raise FileNotFoundError(f"recipe file {name_or_path!r} does not exist")
         with open(name_or_path) as f:

@@ -103,3 +103,10 @@ def read_lines(path: str | os.PathLike) -> list[str]:
     with open(path) as f:
         text = f.read()
     return text.split("\n")[:-1]
+
+
+def names_a_file(name_or_path) -> bool:
+    """Whether a "packaged name or YAML path" argument is a path: it holds a path separator or
+    ends in .yaml / .yml (a packaged name is a bare word)."""
+    text = os.fspath(name_or_path)
+    return os.sep in text or text.endswith((".yaml", ".yml"))
