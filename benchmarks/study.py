@@ -77,7 +77,7 @@ FULL = {"recipe": "study", "dataset": "fashion-mnist", "space": "small_wide", "l
 # The pilot gate (checked on the uniform run before any other is trained): the issue's criteria,
 # "spread well beyond the measurement noise" read as an sd of the sub-networks' accuracies at
 # least twice one measurement's binomial sd (then at least 3/4 of their variance is real).
-# Set at 3 before the pilot, which measured 2.17 (README: Study v2).
+# Set at 3 before the pilot, which measured 2.17 (docs/guides/study.md).
 FULL_STUDY = {"archs": 256, "budgets": [1, 2, 4, 8], "early_epochs": 2,
               "gate": {"spearman": 0.6, "largest": 0.88, "spread": 2.0},
               "search": {"population": 128, "mutations": 32, "crossovers": 32, "generations": 10}}

@@ -64,7 +64,8 @@ def dw_backend_as(name: str):
 
 
 def _out_size(n, stride):
-    from .space.cost import out_size  # (the rule's one home; imported late: import nasops stays light)
+    # the rule's one home, imported late so that `import nasops` stays light
+    from .space.cost import out_size
     return out_size(n, stride)
 
 
@@ -204,7 +205,7 @@ def dw_conv2d_reference(input, weight, kernel_size: int, stride: int):
 def pytorch_is_faster(input, kernel_size: int) -> bool:
     """Whether PyTorch's depthwise convolution measured faster than the nasops CPU kernels on
     this layer, forward + backward (benchmarks/bench_kernels.py on both instruction sets; the
-    ratios are in README: Kernels): k = 3 on channels-last tensors, where oneDNN has 3 x 3
+    ratios are in docs/guides/kernels.md): k = 3 on channels-last tensors, where oneDNN has 3 x 3
     kernels of its own, and, without the AVX-512 kernels, k = 3 on NCHW maps of at most 14 x 14
     pixels. The "auto" backend runs PyTorch's path there."""
     if kernel_size != 3 or input.device.type != "cpu":
@@ -244,7 +245,7 @@ def _fusable(x, weight, bias, training: bool, running_mean, act) -> str | None:
 def batch_norm_act(x, weight, bias, running_mean, running_var, training: bool, momentum: float,
                    eps: float, act: nn.Module | None, overwrite: bool = False):
     """``act(F.batch_norm(x, ...))`` (act None: no activation), fused where it can be: on a
-    channels-last float32 CPU tensor, by the nasops operators (README: Speed on CPU), which
+    channels-last float32 CPU tensor, by the nasops operators (docs/guides/speed.md), which
     read and write memory three times forward and five times backward where PyTorch's batch
     norm and activation take six and eight:
 

@@ -1,7 +1,7 @@
 // CUDA implementations of the depthwise operators: float32, float64, float16 and bfloat16,
 // accumulating in float (double for float64). The kernels' bodies are in dw_conv2d_kernels.cuh,
 // where the host-side grid emulator of the tests runs the same source; this file launches them.
-// Not yet run on a GPU (README, Kernels): verified through the emulator only.
+// Not yet run on a GPU (docs/guides/kernels.md): verified through the emulator only.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>

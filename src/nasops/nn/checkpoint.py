@@ -8,7 +8,8 @@ import torch
 from .. import __version__
 from ..utils.files import atomic_path
 
-# The layout of the supernet's weights changes the format's number (README: state-dict layout).
+# The layout of the supernet's weights changes the format's number (docs/guides/supernet.md:
+# State-dict layout).
 FORMAT = "nasops-checkpoint-2"
 # Older layouts: why this nasops cannot read them, and what to do.
 OLD_FORMATS = {

@@ -78,7 +78,7 @@ class DynamicConv2d(nn.Module):
         if self.kernel_size == 1 and self.stride == 1 and channels_last_cpu(x):
             # A 1x1 convolution of a channels-last tensor is a matrix product of its pixels
             # [N H W, C] (a view) with the weight: one GEMM forward and two backward, with no
-            # layout conversions and no per-shape kernels to build (README: Speed on CPU).
+            # layout conversions and no per-shape kernels to build (docs/guides/speed.md).
             n, c, h, w = x.shape
             rows = F.linear(x.permute(0, 2, 3, 1).reshape(n * h * w, c),
                             self.weight[:out_channels, :c, 0, 0], bias)

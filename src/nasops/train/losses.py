@@ -198,7 +198,7 @@ def register_loss(name: str, default_weight: float = 1.0,
 
 
 # The published weight is 1 for both; alpha's 0.5 is measured: at 1 the largest sub-network's
-# loss stalls in short runs from scratch (README: Distillation).
+# loss stalls in short runs from scratch (docs/guides/training.md: Distillation).
 @register_loss("kl", default_weight=1.0)
 def _kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return kl_distillation(student, teacher)

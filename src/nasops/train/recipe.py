@@ -39,7 +39,7 @@ class Recipe(Mapping):
     # data
     dataset: str = option("digits",
         "digits, fashion-mnist, cifar10 (in memory), imagefolder or imagenet (read from disk by"
-        " workers), or one registered with nasops.data.register_dataset (README: Extending)")
+        " workers), or one registered with nasops.data.register_dataset (docs/guides/extending.md)")
     data_dir: str | None = option(None,
         "the dataset's directory (null: the dataset's default; digits needs none)")
     workers: int = option(2, "imagefolder/imagenet: DataLoader processes decoding images, per rank")
@@ -112,8 +112,8 @@ class Recipe(Mapping):
         "1.0)")
     # sampling
     strategy: str = option("uniform",
-        "how the sampled sub-networks are drawn (README: Strategies), or one registered with "
-        "nasops.train.strategies.register_strategy (README: Extending)")
+        "how the sampled sub-networks are drawn (docs/guides/training.md: Strategies), or one "
+        "registered with nasops.train.strategies.register_strategy (docs/guides/extending.md)")
     num_sampled: int = option(2, "sub-networks per step besides the largest and the smallest")
     target_bins: str = option("prior", "FLOPs targets from the prior, or uniform over its bins")
     predictor: str | None = option(None, "predictor file, for the -acc and -offline strategies")
@@ -263,7 +263,7 @@ def check_config(cfg: Mapping, source: str = "config") -> Recipe:
             raise ValueError(f"{source}: {e}") from None
     for key in _NAMES:
         allowed = _check_value(cfg, key)
-        if key in ("data_dir", "predictor") and cfg[key] is not None and not isinstance(cfg[key], str):
+        if key in ("data_dir", "predictor") and not isinstance(cfg[key], (str, type(None))):
             allowed = "a path or null"
         if key == "space" and not isinstance(cfg[key], str):
             allowed = "a packaged space name or a YAML path"

@@ -21,7 +21,7 @@ AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 def resolve_amp(amp: str, device) -> str:
     """The precision a recipe's `amp` trains in on `device`: "auto" is bf16 on a CUDA GPU that
     has it, and float32 ("none") on CPU, where the nasops kernels are float32 and bf16 autocast
-    measured slower than float32 even on a CPU with native bf16 (README: Speed on CPU). Other
+    measured slower than float32 even on a CPU with native bf16 (docs/guides/speed.md). Other
     values as given."""
     if amp != "auto":
         return amp

@@ -1,7 +1,7 @@
 """The CPU the hot loop runs on: what it can do natively, and how the process uses its memory.
 
 - :func:`keep_freed_memory` makes glibc reuse freed memory instead of mapping fresh pages: the
-  single largest cost of a CPU training step before it (README: Speed on CPU).
+  single largest cost of a CPU training step before it (docs/guides/speed.md).
 - :func:`native_dtypes` says which reduced precisions oneDNN runs natively here; the recipe's
   ``amp`` refuses the others on CPU, and ``amp: auto`` uses it (nasops.train.step.resolve_amp).
 """
@@ -15,7 +15,7 @@ import torch
 
 # What emulated reduced precision costs: a 1024 x 1024 matrix product with oneDNN restricted to
 # AVX2 (ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2) on an AVX-512 Xeon, 2 threads:
-# float32 300 GFLOP/s, bf16 and fp16 1.1 (README: Speed on CPU).
+# float32 300 GFLOP/s, bf16 and fp16 1.1 (docs/guides/speed.md).
 EMULATED_SLOWDOWN = {dtype: "about 270x slower than float32 (1.1 against 300 GFLOP/s, measured "
                             "with oneDNN restricted to AVX2)" for dtype in ("bf16", "fp16")}
 
@@ -32,9 +32,9 @@ def keep_freed_memory() -> bool:
 
     By default glibc maps each block of 32 MiB or more anew and unmaps it on free, so every
     activation of a training step is page-faulted in and zeroed by the kernel again: 2.2 million
-    page faults and about 40% of the attentive_nas sandwich step on this machine (README: Speed
-    on CPU). With the heap, freed blocks coalesce and are reused: the same step takes about
-    10,000 page faults, and its peak memory stays about where it was.
+    page faults and about 40% of the attentive_nas sandwich step on this machine
+    (docs/guides/speed.md). With the heap, freed blocks coalesce and are reused: the same step
+    takes about 10,000 page faults, and its peak memory stays about where it was.
 
     It changes the whole process, so only what runs a whole job calls it: the training,
     evaluation and search commands, and ``nasops.train.train`` (on CPU); call it yourself to
