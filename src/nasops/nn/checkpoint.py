@@ -57,3 +57,72 @@ def load_supernet(path: str, device: torch.device | str = "cpu"):
     except RuntimeError as e:
         raise ValueError(f"{path}: the weights do not fit the supernet of its own space: {e}") from None
     return ckpt["config"], net.to(device).eval()
+
+
+# Tensors that depend on the data, not on the search space: the stem's input channels and the
+# classifier's classes. A warm start re-initialises them when the new data differs.
+_DATA_SHAPED = ("stem.weight", "classifier.weight", "classifier.bias")
+
+
+def _init_weights(path: str, net) -> dict:
+    """The supernet state dict of a nasops checkpoint or a released official one at `path`, with
+    the space it was trained on (a checkpoint's own; the official ones: attentive_nas)."""
+    from ..space import SearchSpace
+    from .official import load_official
+    from .supernet import Supernet
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"init = {path!r}: the file does not exist")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated or foreign files
+        raise ValueError(f"init = {path!r} is not a readable checkpoint: {type(e).__name__}: "
+                         f"{e}") from None
+    if isinstance(loaded, dict) and "format" in loaded:
+        ckpt = load_checkpoint(path)
+        return SearchSpace(ckpt["space"], source=path), ckpt["model"]
+    space = SearchSpace.load("attentive_nas")  # what the released supernets are
+    if not _same_space(space, net.space):
+        raise ValueError(f"init = {path!r} is not a nasops checkpoint, so it is read as a released "
+                         f"AttentiveNAS/AlphaNet supernet, whose space is attentive_nas; this run's "
+                         f"space is {net.space.name!r}")
+    return space, load_official(Supernet(space), loaded).state_dict()
+
+
+def _same_space(a, b) -> bool:
+    """The same search space, whatever the number of classes and input channels (the data's)."""
+    return _network_keys(a.config) == _network_keys(b.config)
+
+
+def _network_keys(config) -> dict:
+    """A space's keys that shape the supernet's weights (not its name, its data's classes and
+    channels, or the sampler's FLOPs step)."""
+    return {k: v for k, v in config.items()
+            if k not in ("name", "num_classes", "in_channels", "flops_step")}
+
+
+def warm_start(net, path: str) -> list[str]:
+    """Loads the weights and BN statistics of a trained supernet (a nasops checkpoint, or a
+    released official AttentiveNAS/AlphaNet one) into `net`, a Supernet of the same search space.
+    The stem and classifier tensors whose shapes differ because the data differs (input
+    channels, classes) keep `net`'s fresh initialisation; returns their names. ValueError naming
+    the file and the keys for another space or any other mismatch; FileNotFoundError for a
+    missing file."""
+    init_space, state = _init_weights(path, net)
+    if not _same_space(init_space, net.space):
+        mine, theirs = _network_keys(net.space.config), _network_keys(init_space.config)
+        differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        raise ValueError(f"init = {path!r} was trained on another search space "
+                         f"({init_space.name!r}; its {differ} differ from this run's "
+                         f"{net.space.name!r})")
+    own = net.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"init = {path!r}: its supernet does not fit this run's (missing "
+                         f"{missing[:5]}, unexpected {unexpected[:5]})")
+    kept = [k for k in own if state[k].shape != own[k].shape]
+    bad = [k for k in kept if k not in _DATA_SHAPED]
+    if bad:
+        raise ValueError(f"init = {path!r}: tensors of another shape {bad[:5]} (only the stem's "
+                         f"input channels and the classifier's classes may differ)")
+    net.load_state_dict({k: (own[k] if k in kept else state[k]) for k in own})
+    return kept

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ..data import BatchStream, FolderSet, FolderStream
 from ..evaluate import Evaluator
 from ..nn import Supernet, preserved_bn_stats, sync_batchnorm
-from ..nn.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from ..nn.checkpoint import FORMAT as CHECKPOINT_FORMAT, warm_start
 from ..ops import set_dw_backend
 from ..predictor import AccuracyPredictor
 from ..space import SearchSpace
@@ -216,7 +216,13 @@ def _train(cfg: Recipe, run_dir: str, resume, progress, stop_after_steps) -> dic
     # Everything that can fail on a bad recipe, file or dataset runs before the run directory
     # is made, so a run that cannot start leaves nothing behind.
     run = build_run(cfg, device, rank, dist.world_size())
+    fresh = warm_start(run.net, cfg["init"]) if cfg["init"] and ckpt is None else None
     folder.create(cfg)
+    if fresh is not None:
+        folder.record({"event": "init", "from": cfg["init"], "reinitialised": fresh})
+        if rank == 0:
+            log.info("initial weights from %s%s", cfg["init"],
+                     f"; re-initialised for this data: {', '.join(fresh)}" if fresh else "")
     dist.barrier()
     epoch = step = 0
     if ckpt is not None:

@@ -110,6 +110,10 @@ class Recipe(Mapping):
     grad_clip_mode: str = option("norm",
         "norm: the whole gradient's norm; value: each element (the published recipe: value at "
         "1.0)")
+    init: str | None = option(None,
+        "initial supernet weights: a nasops checkpoint or a released AttentiveNAS/AlphaNet one, "
+        "of this run's space (a new run: epoch 0, fresh optimizer; the stem and classifier are "
+        "re-initialised where the data's channels or classes differ)")
     # sampling
     strategy: str = option("uniform",
         "how the sampled sub-networks are drawn (docs/guides/training.md: Strategies), or one "
@@ -263,7 +267,7 @@ def check_config(cfg: Mapping, source: str = "config") -> Recipe:
             raise ValueError(f"{source}: {e}") from None
     for key in _NAMES:
         allowed = _check_value(cfg, key)
-        if key in ("data_dir", "predictor") and not isinstance(cfg[key], (str, type(None))):
+        if key in ("data_dir", "predictor", "init") and not isinstance(cfg[key], (str, type(None))):
             allowed = "a path or null"
         if key == "space" and not isinstance(cfg[key], str):
             allowed = "a packaged space name or a YAML path"
