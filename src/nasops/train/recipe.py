@@ -4,7 +4,7 @@ A :class:`Recipe` is the typed, validated configuration of a training run. It is
 when it is made (:func:`check_config`, which names a bad key or value and what is allowed), and
 is read as attributes (``cfg.lr``) or as a mapping (``cfg["lr"]``, ``dict(cfg)``); checkpoints and
 ``config.yaml`` store it as a plain dict (:meth:`Recipe.as_dict`). A new key is one field here
-(and its check in :func:`check_config` when its values are restricted).
+(and a line in the tables of allowed values below when its values are restricted).
 """
 from __future__ import annotations
 
