@@ -1,12 +1,11 @@
 """Run checkpoints: written atomically by training, read back by resume, evaluation and search."""
 from __future__ import annotations
 
-import os
 
 import torch
 
 from .. import __version__
-from ..utils.files import atomic_path
+from ..utils.files import atomic_path, load_tensors
 
 # The layout of the supernet's weights changes the format's number (docs/guides/supernet.md:
 # State-dict layout).
@@ -30,12 +29,7 @@ def save_checkpoint(path: str, payload: dict) -> None:
 def load_checkpoint(path: str) -> dict:
     """A checkpoint written by nasops.train (plain tensors and containers only: loaded with
     weights_only=True); FileNotFoundError / ValueError naming the file otherwise."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"{path} is not a readable nasops checkpoint: {type(e).__name__}: {e}") from None
+    ckpt = load_tensors(path, "nasops checkpoint")
     found = ckpt.get("format") if isinstance(ckpt, dict) else None
     if found in OLD_FORMATS:
         raise ValueError(f"{path} is a checkpoint of format {found!r}, which this nasops "
@@ -70,13 +64,7 @@ def _init_weights(path: str, net) -> dict:
     from ..space import SearchSpace
     from .official import load_official
     from .supernet import Supernet
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"init = {path!r}: the file does not exist")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"init = {path!r} is not a readable checkpoint: {type(e).__name__}: "
-                         f"{e}") from None
+    loaded = load_tensors(path, "checkpoint (init)")
     if isinstance(loaded, dict) and "format" in loaded:
         ckpt = load_checkpoint(path)
         return SearchSpace(ckpt["space"], source=path), ckpt["model"]

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..utils.files import load_tensors
+
 if TYPE_CHECKING:
     from .supernet import Supernet
 
@@ -86,14 +88,7 @@ def _read(source) -> tuple[Mapping, str]:
     """(state dict, description) of a checkpoint path or a state dict."""
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"official checkpoint {path!r} does not exist")
-        try:
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises several types for truncated or foreign files
-            raise ValueError(f"{path} is not a readable PyTorch checkpoint: "
-                             f"{type(e).__name__}: {e}") from None
-        where = path
+        loaded, where = load_tensors(path, "PyTorch checkpoint"), path
     elif isinstance(source, Mapping):
         loaded, where = source, "the state dict"
     else:

@@ -110,3 +110,16 @@ def names_a_file(name_or_path) -> bool:
     ends in .yaml / .yml (a packaged name is a bare word)."""
     text = os.fspath(name_or_path)
     return os.sep in text or text.endswith((".yaml", ".yml"))
+
+
+def load_tensors(path: str, kind: str):
+    """torch.load of a file of tensors and plain containers (weights_only=True, onto the CPU):
+    FileNotFoundError "KIND 'PATH' does not exist", or ValueError "PATH is not a readable KIND"
+    for a truncated or foreign file."""
+    import torch  # (late: most users of this module write files and need no torch)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{kind} {path!r} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated or foreign files
+        raise ValueError(f"{path} is not a readable {kind}: {type(e).__name__}: {e}") from None
