@@ -39,6 +39,26 @@ def test_weights_arrive_and_data_shaped_tensors_are_reinitialised(tmp_path, chan
         assert torch.equal(value, fresh[key] if key in kept else source[key]), key
 
 
+@pytest.mark.parametrize("classifier,data,reset", [
+    ("auto", {"dataset": "digits", "data_dir": None}, False),   # the init's own data (DEFAULTS)
+    ("auto", {"dataset": "fashion-mnist", "data_dir": "/d"}, True),  # other classes, same count
+    ("auto", None, True),
+    ("keep", {"dataset": "fashion-mnist", "data_dir": "/d"}, False),
+    ("reset", {"dataset": "digits", "data_dir": None}, True),
+])
+def test_the_classifier_is_reinitialised_for_other_data(tmp_path, classifier, data, reset):
+    source = nasops_checkpoint(tmp_path / "a.pt", nasops.SearchSpace.load("small"))
+    torch.manual_seed(2)
+    net = nasops.Supernet(nasops.SearchSpace.load("small"))
+    fresh = {k: v.clone() for k, v in net.state_dict().items()}
+    kept = ["classifier.weight", "classifier.bias"] if reset else []
+    assert warm_start(net, str(tmp_path / "a.pt"), classifier, data) == kept
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, fresh[key] if key in kept else source[key]), key
+    with pytest.raises(ValueError, match=r"classifier = 'new' is not allowed; allowed: \['auto'"):
+        warm_start(net, str(tmp_path / "a.pt"), "new", data)
+
+
 def test_a_released_official_supernet_warm_starts_another_number_of_classes(tmp_path):
     space = nasops.SearchSpace.load("attentive_nas")
     torch.manual_seed(3)
@@ -47,6 +67,10 @@ def test_a_released_official_supernet_warm_starts_another_number_of_classes(tmp_
     net = nasops.Supernet(nasops.SearchSpace.load("attentive_nas", num_classes=10))
     assert warm_start(net, str(tmp_path / "alphanet.pth")) == ["classifier.weight",
                                                               "classifier.bias"]
+    same = nasops.Supernet(space)  # ImageNet's 1,000 classes: kept for an imagenet run only
+    assert warm_start(same, str(tmp_path / "alphanet.pth"), "auto", {"dataset": "imagenet"}) == []
+    assert warm_start(same, str(tmp_path / "alphanet.pth"), "auto",
+                      {"dataset": "imagefolder"}) == ["classifier.weight", "classifier.bias"]
     for key, value in released.state_dict().items():
         if not key.startswith("classifier"):
             assert torch.equal(net.state_dict()[key], value), key

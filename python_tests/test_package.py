@@ -97,7 +97,7 @@ def console_scripts():
 def test_every_command_prints_a_usage_that_names_the_stages(tmp_path):
     scripts = console_scripts()
     assert set(scripts) == {"nasops", "nasops-train", "nasops-search", "nasops-evaluate",
-                            "nasops-predictor", "nasops-convert", "nasops-latency"}
+                            "nasops-predictor", "nasops-convert", "nasops-latency", "nasops-finetune"}
     bin_dir = os.path.dirname(sys.executable)
     for script in scripts:
         path = shutil.which(script, path=bin_dir) or shutil.which(script)
@@ -110,7 +110,8 @@ def test_every_command_prints_a_usage_that_names_the_stages(tmp_path):
     bare = subprocess.run([sys.executable, "-m", "nasops"], capture_output=True, text=True,
                           cwd=tmp_path, timeout=120)
     assert bare.returncode == 0 and bare.stdout.startswith("usage: python -m nasops COMMAND")
-    for command in ("train", "search", "evaluate", "predictor", "latency", "convert", "space"):
+    for command in ("train", "search", "evaluate", "predictor", "latency", "finetune", "convert",
+                    "space"):
         assert f"\n  {command} " in bare.stdout
     wrong = subprocess.run([sys.executable, "-m", "nasops", "fly"], capture_output=True, text=True,
                            cwd=tmp_path, timeout=120)

@@ -170,12 +170,39 @@ def test_export_reproduces_the_supernet(tiny, tmp_path):
     meta = json.loads(open(paths["meta"]).read())
     assert (meta["input"]["channels"], meta["input"]["resolution"], meta["note"]) == (1, res, "test")
     assert meta["input"]["resize"]["size"] == [res, res] and "mean" not in meta["input"]  # no splits
+    program = torch.export.load(paths["program"]).module()  # any batch size
+    for batch in (x[:1], x):
+        torch.testing.assert_close(program(batch), net(batch), rtol=1e-5, atol=1e-6)
+    assert meta["checks"]["model.pt2"]["max_abs_difference"] <= 1e-5
     if not onnx_written(paths):
         return
     ort = pytest.importorskip("onnxruntime")
     session = ort.InferenceSession(paths["onnx"])
-    (got,) = session.run(None, {"x": x.numpy()})
-    np.testing.assert_allclose(got, expected.detach().numpy(), rtol=1e-4, atol=1e-5)
+    for batch in (x[:1], x):
+        (got,) = session.run(None, {"x": batch.numpy()})
+        np.testing.assert_allclose(got, net(batch).detach().numpy(), rtol=1e-4, atol=1e-5)
+    assert meta["checks"]["model.onnx"]["onnxruntime"] == ort.__version__
+
+
+def test_an_onnx_file_that_onnxruntime_runs_differently_is_not_written(tiny, tmp_path, monkeypatch):
+    ort = pytest.importorskip("onnxruntime")
+    if onnx_unavailable():
+        pytest.skip(onnx_unavailable())
+    space = nasops.SearchSpace.load(tiny)
+    net = nasops.Supernet(space).eval()
+    arch = space.sample(1, seed=0)[0]
+    export_subnet(net, arch, str(tmp_path / "net"))
+    assert (tmp_path / "net" / "model.onnx").exists()
+    run = ort.InferenceSession.run
+    monkeypatch.setattr(ort.InferenceSession, "run",
+                        lambda self, *a, **k: [out + 1e-3 for out in run(self, *a, **k)])
+    paths = export_subnet(net, arch, str(tmp_path / "net"))  # (over the earlier export)
+    assert paths["onnx_skipped"].startswith(f"torch {torch.__version__}'s ONNX exporter failed: "
+                                            "ValueError: onnxruntime's outputs differ")
+    assert not (tmp_path / "net" / "model.onnx").exists()
+    assert "model.onnx" not in json.loads((tmp_path / "net" / "meta.json").read_text())["checks"]
+    with pytest.raises(ValueError, match="onnxruntime's outputs differ from the PyTorch module's"):
+        export_subnet(net, arch, str(tmp_path / "net"), onnx=True)
 
 
 def onnx_written(paths) -> bool:
@@ -204,7 +231,7 @@ def test_export_says_what_it_skipped_without_the_onnx_packages(tiny, tmp_path, m
 
     def failing(*args):
         raise ValueError("the exporter cannot\nhandle this")
-    monkeypatch.setattr(nasops.search.export, "_export_onnx", failing)
+    monkeypatch.setattr(nasops.search.export, "_write_onnx", failing)
     paths = export_subnet(net, space.sample(1, seed=0)[0], str(tmp_path / "net3"))
     assert paths["onnx_skipped"].endswith("ONNX exporter failed: ValueError: the exporter cannot")
     assert (tmp_path / "net3" / "model.ts").exists() and "onnx" not in paths
@@ -289,22 +316,47 @@ def test_channels_last_evaluation_gives_the_same_accuracies_image_for_image(trai
 
 
 USE_WITHOUT_NASOPS = """
-import json, sys
+import importlib.util, json, os, sys
 import numpy as np
 import torch
 sys.modules["nasops"] = None  # importing nasops from here on fails
 net_dir, images = sys.argv[1:]
 meta = json.load(open(f"{net_dir}/meta.json"))
-spec, model = meta["input"], torch.jit.load(f"{net_dir}/model.ts")
+spec = meta["input"]
 assert spec["pixels"].startswith("uint8 values divided by 255") and spec["resize"]["order"] == "after normalisation"
 x = torch.from_numpy(np.load(images)).float() / 255
 x = (x - torch.tensor(spec["mean"]).view(1, -1, 1, 1)) / torch.tensor(spec["std"]).view(1, -1, 1, 1)
 r = spec["resize"]
 x = torch.nn.functional.interpolate(x, size=tuple(r["size"]), mode=r["method"],
                                     align_corners=r["align_corners"], antialias=r["antialias"])
+models = {"model.ts": torch.jit.load(f"{net_dir}/model.ts"),
+          "model.pt2": torch.export.load(f"{net_dir}/model.pt2").module()}
+if os.path.exists(f"{net_dir}/model_int8.pt2"):
+    import torch.ao.quantization.fx._decomposed  # (as meta.json's "load" says)
+    models["model_int8.pt2"] = torch.export.load(f"{net_dir}/model_int8.pt2").module()
 with torch.no_grad():
-    print(json.dumps([meta["classes"][i] for i in model(x).argmax(1).tolist()]))
+    logits = {name: model(x) for name, model in models.items()}
+if os.path.exists(f"{net_dir}/model.onnx") and importlib.util.find_spec("onnxruntime"):
+    import onnxruntime
+    session = onnxruntime.InferenceSession(f"{net_dir}/model.onnx", providers=["CPUExecutionProvider"])
+    logits["model.onnx"] = torch.from_numpy(session.run(None, {"x": x.numpy()})[0])
+print(json.dumps({name: {"classes": [meta["classes"][i] for i in out.argmax(1).tolist()],
+                         "max_abs_difference": (out - logits["model.ts"]).abs().max().item()}
+                  for name, out in logits.items()}))
 """
+
+
+def run_without_nasops(net_dir, images) -> dict:
+    """What each exported file of net_dir predicts on the saved test images, in a process that
+    cannot import nasops: {file: {"classes", "max_abs_difference" from model.ts's logits}}."""
+    used = subprocess.run([sys.executable, "-c", USE_WITHOUT_NASOPS, str(net_dir), str(images)],
+                          capture_output=True, text=True, timeout=300)
+    assert used.returncode == 0, used.stderr[-2000:]
+    return json.loads(used.stdout)
+
+
+def accuracy_of(predicted, test) -> float:
+    return float(np.mean([p == test.classes[y] for p, y in zip(predicted, test.labels.tolist())]))
 
 
 def test_end_to_end_search_reports_what_the_exports_do(trained, tmp_path, capsys):
@@ -330,14 +382,15 @@ def test_end_to_end_search_reports_what_the_exports_do(trained, tmp_path, capsys
         net_dir = out / f"net_{r['budget']:g}MF"
         meta = json.loads((net_dir / "meta.json").read_text())
         assert meta["classes"] == test.classes and meta["input"]["stored_size"] == [8, 8]
-        # a program without nasops, reading only meta.json, gets the measured test accuracy
-        used = subprocess.run([sys.executable, "-c", USE_WITHOUT_NASOPS, str(net_dir),
-                               str(tmp_path / "images.npy")], capture_output=True, text=True,
-                              timeout=120)
-        assert used.returncode == 0, used.stderr[-2000:]
-        predicted = json.loads(used.stdout)
-        acc = np.mean([p == test.classes[y] for p, y in zip(predicted, test.labels.tolist())])
-        assert acc == pytest.approx(r["test_acc"], abs=1.5 / len(test))
+        # a program without nasops, reading only meta.json, gets the measured test accuracy from
+        # each format, and the same logits
+        used = run_without_nasops(net_dir, tmp_path / "images.npy")
+        formats = {"model.ts", "model.pt2"} | ({"model.onnx"} if onnx_written(r["export"]) else set())
+        assert formats <= set(used)
+        for name in formats:
+            assert used[name]["max_abs_difference"] < 1e-5, name
+            assert accuracy_of(used[name]["classes"], test) == pytest.approx(
+                r["test_acc"], abs=1.5 / len(test))
         assert r["holdout_acc"] == pytest.approx(r["score"])
         for split, n in (("holdout", round(480 * 0.1)), ("test", len(test))):  # (limit 480)
             assert r[f"{split}_images"] == n
@@ -345,7 +398,7 @@ def test_end_to_end_search_reports_what_the_exports_do(trained, tmp_path, capsys
     printed = capsys.readouterr().out
     onnx = "ONNX, " if all(onnx_written(r["export"]) for r in results) else ""
     assert (f"wrote {out}/: pareto.json, pareto.png, the exported networks net_0.1MF, net_0.3MF, "
-            f"net_0.7MF (TorchScript, {onnx}state dict, meta.json)") in printed
+            f"net_0.7MF (torch.export program, TorchScript, {onnx}state dict, meta.json)") in printed
     # the predictor path: evaluations file -> predictor -> search by prediction
     evals = tmp_path / "evals.json"
     assert evaluate_main(["--checkpoint", ckpt, "-n", "30", "--out", str(evals), "--no-progress"]) == 0
@@ -364,6 +417,44 @@ def test_end_to_end_search_reports_what_the_exports_do(trained, tmp_path, capsys
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="not a nasops evaluation file"):
         read_evaluations(str(tmp_path / "bad.json"))
+
+
+def test_int8_export_reports_what_the_int8_program_does(trained, tmp_path, capsys):
+    pytest.importorskip("torchao")
+    from nasops.search.__main__ import main as search_main
+    from nasops.data import load_dataset
+    out = tmp_path / "search"
+    assert search_main(["--checkpoint", str(trained / "checkpoint.pt"), "--budgets", "0.7", "--out",
+                        str(out), "--population", "16", "--mutations", "4", "--crossovers", "4",
+                        "--generations", "2", "--cloud", "0", "--no-progress", "--quantize", "int8",
+                        "--max-int8-drop", "0"]) == 0
+    (r,) = json.loads((out / "pareto.json").read_text())["results"]
+    net_dir = out / "net_0.7MF"
+    q = json.loads((net_dir / "meta.json").read_text())["int8"]
+    assert r["int8"] == q and q["calibration_images"] == 128  # (the recipe's calib_images)
+    assert q["float32_acc"] == {"holdout": r["holdout_acc"], "test": r["test_acc"]}
+    for split in ("holdout", "test"):
+        assert q["drop_points"][split] == pytest.approx(100 * (q["float32_acc"][split] - q["int8_acc"][split]))
+    assert q["drop_exceeds_max"] == (max(q["drop_points"].values()) > 0)
+    assert all(ms > 0 for ms in q["latency_ms"].values())
+    printed = capsys.readouterr().out
+    assert f"int8: held-out {q['int8_acc']['holdout']:.4f}" in printed and "int8 program" in printed
+    assert ("warning: int8 loses" in printed) == q["drop_exceeds_max"]
+    # the int8 program, loaded without nasops as meta.json says, has the measured accuracy and
+    # stays near the float32 network
+    test = load_dataset("digits", "test")
+    np.save(tmp_path / "images.npy", test.images.numpy())
+    used = run_without_nasops(net_dir, tmp_path / "images.npy")
+    assert accuracy_of(used["model_int8.pt2"]["classes"], test) == pytest.approx(q["int8_acc"]["test"])
+    agree = np.mean([a == b for a, b in zip(used["model_int8.pt2"]["classes"], used["model.ts"]["classes"])])
+    assert agree > 0.9
+    # bad combinations stop before anything runs
+    assert search_main(["--checkpoint", str(trained / "checkpoint.pt"), "--budgets", "0.7",
+                        "--no-export", "--quantize", "int8"]) == 1
+    assert "--quantize int8 quantizes the exported picks" in capsys.readouterr().err
+    assert search_main(["--checkpoint", str(trained / "checkpoint.pt"), "--budgets", "0.7",
+                        "--quantize", "int8", "--max-int8-drop", "-1"]) == 1
+    assert "--max-int8-drop -1.0 must be a number of points >= 0" in capsys.readouterr().err
 
 
 def test_evaluation_spread_over_two_ranks_matches_one_process(trained, tmp_path):

@@ -95,6 +95,21 @@ class Evaluator:
         calibrate_bn(self.net, (x for x, _ in self._batches(self._calib, res)))
         return res
 
+    def calibration_batches(self, resolution: int):
+        """The calibration images (the BN re-calibration's) as normalised batches at
+        `resolution`: what int8 quantization calibrates its ranges on."""
+        return (x for x, _ in self._batches(self._calib, resolution))
+
+    @torch.no_grad()
+    def module_accuracy(self, module, split: str, resolution: int) -> float:
+        """Top-1 accuracy of any network `module` (a static one, an exported or quantized
+        program) on `split`, fed exactly as the supernet's sub-networks are."""
+        correct = seen = 0
+        for x, y in self._batches(getattr(self.splits, self._check_split(split)), resolution):
+            correct += int((module(x).argmax(1) == y).sum())
+            seen += len(y)
+        return correct / seen
+
     @torch.no_grad()
     def _measure(self, arch: np.ndarray, split: str) -> float:
         net = self.net

@@ -58,22 +58,29 @@ def load_supernet(path: str, device: torch.device | str = "cpu"):
 _DATA_SHAPED = ("stem.weight", "classifier.weight", "classifier.bias")
 
 
-def _init_weights(path: str, net) -> dict:
+_CLASSIFIER = ("classifier.weight", "classifier.bias")
+# what a released AttentiveNAS/AlphaNet supernet was trained on, as a recipe names it
+_OFFICIAL_DATA = {"dataset": "imagenet"}
+
+
+def _init_weights(path: str, net) -> tuple:
     """The supernet state dict of a nasops checkpoint or a released official one at `path`, with
-    the space it was trained on (a checkpoint's own; the official ones: attentive_nas)."""
+    the space it was trained on (a checkpoint's own; the official ones: attentive_nas) and its
+    data: {"dataset", "data_dir"} of its recipe (the official ones: {"dataset": "imagenet"})."""
     from ..space import SearchSpace
     from .official import load_official
     from .supernet import Supernet
     loaded = load_tensors(path, "checkpoint (init)")
     if isinstance(loaded, dict) and "format" in loaded:
         ckpt = load_checkpoint(path)
-        return SearchSpace(ckpt["space"], source=path), ckpt["model"]
+        data = {k: ckpt["config"].get(k) for k in ("dataset", "data_dir")}
+        return SearchSpace(ckpt["space"], source=path), ckpt["model"], data
     space = SearchSpace.load("attentive_nas")  # what the released supernets are
     if not _same_space(space, net.space):
         raise ValueError(f"init = {path!r} is not a nasops checkpoint, so it is read as a released "
                          f"AttentiveNAS/AlphaNet supernet, whose space is attentive_nas; this run's "
                          f"space is {net.space.name!r}")
-    return space, load_official(Supernet(space), loaded).state_dict()
+    return space, load_official(Supernet(space), loaded).state_dict(), _OFFICIAL_DATA
 
 
 def _same_space(a, b) -> bool:
@@ -88,14 +95,19 @@ def _network_keys(config) -> dict:
             if k not in ("name", "num_classes", "in_channels", "flops_step")}
 
 
-def warm_start(net, path: str) -> list[str]:
+def warm_start(net, path: str, classifier: str = "keep", data: dict | None = None) -> list[str]:
     """Loads the weights and BN statistics of a trained supernet (a nasops checkpoint, or a
     released official AttentiveNAS/AlphaNet one) into `net`, a Supernet of the same search space.
     The stem and classifier tensors whose shapes differ because the data differs (input
-    channels, classes) keep `net`'s fresh initialisation; returns their names. ValueError naming
-    the file and the keys for another space or any other mismatch; FileNotFoundError for a
-    missing file."""
-    init_space, state = _init_weights(path, net)
+    channels, classes) keep `net`'s fresh initialisation; so does the classifier with
+    `classifier` "reset", or "auto" when `data` (the run's {"dataset", "data_dir"}) is not what
+    the init was trained on (a recipe's init_classifier). Returns the names kept fresh.
+    ValueError naming the file and the keys for another space or any other mismatch;
+    FileNotFoundError for a missing file."""
+    if classifier not in ("auto", "keep", "reset"):
+        raise ValueError(f"classifier = {classifier!r} is not allowed; allowed: ['auto', 'keep', "
+                         f"'reset']")
+    init_space, state, init_data = _init_weights(path, net)
     if not _same_space(init_space, net.space):
         mine, theirs = _network_keys(net.space.config), _network_keys(init_space.config)
         differ = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
@@ -112,5 +124,15 @@ def warm_start(net, path: str) -> list[str]:
     if bad:
         raise ValueError(f"init = {path!r}: tensors of another shape {bad[:5]} (only the stem's "
                          f"input channels and the classifier's classes may differ)")
+    if classifier == "reset" or (classifier == "auto" and not _same_data(init_data, data or {})):
+        kept += [k for k in _CLASSIFIER if k not in kept]
     net.load_state_dict({k: (own[k] if k in kept else state[k]) for k in own})
     return kept
+
+
+def _same_data(init: dict, run: dict) -> bool:
+    """Whether a run on `run` data keeps the classes of an init trained on `init` (the released
+    supernets' ImageNet: any data_dir of the imagenet dataset)."""
+    if init is _OFFICIAL_DATA:
+        return run.get("dataset") == "imagenet"
+    return all(init.get(k) == run.get(k) for k in ("dataset", "data_dir"))

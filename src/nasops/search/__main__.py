@@ -29,6 +29,7 @@ from ..utils.registry import import_modules
 from ..evaluate import Evaluator, binomial_interval
 from ..train.rundir import load_trained
 from .export import export_subnet
+from .quantize import export_int8, int8_summary, int8_unavailable
 from ..utils.files import write_json
 from .latency import LatencyTable
 from ..utils.plots import MISSING as PLOTS_MISSING, Points, plot_front
@@ -79,6 +80,13 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--calib-images", type=int,
                         help="training images for BN re-calibration (default: the run's recipe)")
     parser.add_argument("--no-export", action="store_true")
+    parser.add_argument("--quantize", choices=["int8"],
+                        help="also export each pick as an int8 program (model_int8.pt2: PyTorch 2 "
+                             "export quantization for x86, calibrated on training images), with "
+                             "its accuracy and latency against float32 in meta.json; needs torchao")
+    parser.add_argument("--max-int8-drop", type=float, default=1.0,
+                        help="with --quantize: say so when int8 loses more than this many points "
+                             "of held-out or test accuracy (default 1)")
     parser.add_argument("--no-progress", action="store_true")
     add_import_option(parser)
     return parser
@@ -186,13 +194,40 @@ def _measure_and_export(args, search: _Search, out: str) -> tuple[list[dict], se
                 search.evaluator.calibrate(r.encoding)
                 extra = {"holdout_acc": entry["holdout_acc"], "test_acc": entry["test_acc"],
                          "checkpoint": args.checkpoint}
-                entry["export"] = export_subnet(
-                    search.net, r.encoding, os.path.join(out, f"net_{r.budget:g}{search.suffix}"),
-                    search.splits, extra)
+                net_dir = os.path.join(out, f"net_{r.budget:g}{search.suffix}")
+                entry["export"] = export_subnet(search.net, r.encoding, net_dir, search.splits,
+                                                extra)
                 if "onnx_skipped" in entry["export"]:
                     skipped.add(f"model.onnx ({entry['export']['onnx_skipped']})")
+                if args.quantize:
+                    entry["int8"] = _quantize(args, search, r.encoding, net_dir)
         entries.append(entry)
     return entries, skipped
+
+
+def _quantize(args, search: _Search, encoding, net_dir: str) -> dict:
+    """model_int8.pt2 of the exported pick in net_dir, calibrated on the BN calibration's
+    images; its held-out and test accuracy and latency against float32."""
+    evaluator = search.evaluator
+    res = evaluator.calibrate(encoding)
+    static = search.net.extract(encoding).eval()
+
+    def accuracy(module):
+        return {split: evaluator.module_accuracy(module, split, res) for split in ("holdout", "test")}
+    threads = search.cost.threads if search.cost is not None else 1
+    return export_int8(static, net_dir, evaluator.calibration_batches(res), accuracy,
+                       args.max_int8_drop, threads)
+
+
+def _check_args(args) -> None:
+    """Errors of argument combinations, before anything runs."""
+    if args.quantize and (args.no_export or not args.checkpoint):
+        raise ValueError("--quantize int8 quantizes the exported picks: it needs --checkpoint "
+                         "and no --no-export")
+    if args.quantize and int8_unavailable():
+        raise ImportError(f"--quantize int8: {int8_unavailable()}")
+    if args.max_int8_drop < 0 or args.max_int8_drop != args.max_int8_drop:
+        raise ValueError(f"--max-int8-drop {args.max_int8_drop} must be a number of points >= 0")
 
 
 def _cloud(args, search: _Search) -> tuple[np.ndarray, np.ndarray]:
@@ -251,11 +286,14 @@ def _report(args, search: _Search, entries: list[dict], out: str, plotted: bool,
         latency = f", {e['cost']:.2f} ms" if search.cost is not None else ""
         print(f"<= {e['budget']:g} {search.unit}: {e['flops']:.3f} MFLOPs{latency}, "
               f"{e['params']:.3f} M params, objective {e['score']:.4f}{extra}")
+        if "int8" in e:
+            print("\n".join("   " + line for line in int8_summary(e["int8"])))
     written = ["pareto.json"] + (["pareto.png"] if plotted else [])
     if search.evaluator is not None and not args.no_export:
         nets = ", ".join(f"net_{e['budget']:g}{search.suffix}" for e in entries)
         onnx = all("onnx" in e["export"] for e in entries)
-        formats = "TorchScript, " + ("ONNX, " if onnx else "") + "state dict, meta.json"
+        formats = ("torch.export program, TorchScript, " + ("ONNX, " if onnx else "")
+                   + ("int8 program, " if args.quantize else "") + "state dict, meta.json")
         written.append(f"the exported networks {nets} ({formats})")
     print(f"wrote {out}/: {', '.join(written)}")
     if skipped:
@@ -269,6 +307,7 @@ def main(argv=None, prog=None) -> int:
     logging.getLogger("nasops").setLevel(logging.INFO)  # (not the INFO of every library)
     out = args.out or os.path.join(os.path.dirname(args.checkpoint or ""), "search")
     try:
+        _check_args(args)
         import_modules(args.imports)
         device = dist.init_from_env()
         search = _objective(args, device)

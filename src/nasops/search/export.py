@@ -1,11 +1,16 @@
 """Export a chosen sub-network as a standalone static network.
 
-A directory per network: ``model.ts`` (TorchScript: loads with ``torch.jit.load``, no nasops
-needed), ``model.onnx`` (when the ``onnx`` and ``onnxscript`` packages are installed: torch's exporter
-needs them), ``state_dict.pt`` (for ``nasops.Supernet(...).extract(arch)``-built modules) and
-``meta.json``: the architecture, its FLOPs and params, the class names, and what the input must
-be (channels, resolution, pixel scale, per-channel normalisation, the resize and its method), so
-that a program without nasops can use the network.
+A directory per network, each file usable without nasops:
+
+- ``model.pt2``: a ``torch.export`` program with a dynamic batch dimension
+  (``torch.export.load(path).module()``), the current format;
+- ``model.ts``: TorchScript (``torch.jit.load``), deprecated upstream but still widely deployed;
+- ``model.onnx`` when the ``onnx`` and ``onnxscript`` packages are installed (torch's exporter
+  needs them), checked against onnxruntime when that is installed;
+- ``state_dict.pt``, for ``nasops.Supernet(...).extract(arch)``-built modules;
+- ``meta.json``: the architecture, its FLOPs and params, the class names, what the input must be
+  (channels, resolution, pixel scale, per-channel normalisation, the resize and its method), and
+  how far each program's outputs are from the PyTorch module's on a random batch.
 """
 from __future__ import annotations
 
@@ -16,15 +21,20 @@ import logging
 import os
 import warnings
 
+import numpy as np
 import torch
 
 from ..data.augment import eval_size
-from ..utils.files import atomic_path, write_json
+from ..utils.files import atomic_open, atomic_path, write_json
 from ..nn import Supernet
+
+# A program whose outputs differ from the module's by more than this is not written: float32
+# reorderings stay far below it, a wrong program far above.
+TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
 
 
 @contextlib.contextmanager
-def _quiet_onnx_exporter():
+def _quiet_exporter():
     """The exporter narrates its passes on stdout, logs warnings about optional packages
     (torchvision) and raises deprecation warnings of its own internals: none concern the user."""
     logger = logging.getLogger("torch.onnx")
@@ -39,16 +49,59 @@ def _quiet_onnx_exporter():
         logger.setLevel(level)
 
 
-def _export_onnx(static: torch.nn.Module, channels: int, resolution: int, out_dir: str) -> str:
-    """model.onnx with a dynamic batch size; torch's exporter (dynamo) needs onnx and
-    onnxscript. Returns its path."""
-    path = os.path.join(out_dir, "model.onnx")
-    x = torch.zeros(2, channels, resolution, resolution)  # (batch 1 would be specialised)
-    with _quiet_onnx_exporter(), atomic_path(path) as tmp:
+def _batch_dim() -> dict:
+    return {"x": {0: torch.export.Dim("batch", min=1)}}
+
+
+def _example(channels: int, resolution: int, batch: int = 3) -> torch.Tensor:
+    """A fixed random batch: the exporters trace with it and the checks compare on it (batch
+    2 or more: batch 1 would be specialised)."""
+    return torch.randn(batch, channels, resolution, resolution,
+                       generator=torch.Generator().manual_seed(0))
+
+
+def _difference(got, expected: torch.Tensor, name: str) -> float:
+    """Max |got - expected|; ValueError naming the program `name` when it exceeds TOLERANCE."""
+    got = torch.as_tensor(np.asarray(got)) if not isinstance(got, torch.Tensor) else got.detach()
+    expected = expected.detach()
+    if got.shape != expected.shape or not torch.allclose(got, expected, **TOLERANCE):
+        diff = (got - expected).abs().max().item() if got.shape == expected.shape else "-"
+        raise ValueError(f"{name}'s outputs differ from the PyTorch module's (max |difference| {diff}, "
+                         f"shape {tuple(got.shape)} vs {tuple(expected.shape)})")
+    return float((got - expected).abs().max())
+
+
+def export_program(static: torch.nn.Module, x: torch.Tensor) -> torch.export.ExportedProgram:
+    """`static` as a torch.export program with a dynamic batch dimension, traced on batch x."""
+    with _quiet_exporter():
+        return torch.export.export(static, (x,), dynamic_shapes=_batch_dim())
+
+
+def _write_program(static: torch.nn.Module, x: torch.Tensor, path: str) -> float:
+    """model.pt2; returns its max |difference| from `static` on x."""
+    program = export_program(static, x)
+    with torch.no_grad():
+        diff = _difference(program.module()(x), static(x), "the torch.export program")
+    with atomic_open(path, "wb") as f:  # (a file object: the saver wants names ending .pt2)
+        torch.export.save(program, f)
+    return diff
+
+
+def _write_onnx(static: torch.nn.Module, x: torch.Tensor, path: str) -> dict:
+    """model.onnx with a dynamic batch dimension; torch's exporter (dynamo) needs onnx and
+    onnxscript. With onnxruntime installed, the file is run on x and written only if its
+    outputs match `static`'s; returns what was checked."""
+    with _quiet_exporter(), atomic_path(path) as tmp:
         torch.onnx.export(static, (x,), tmp, input_names=["x"], output_names=["logits"],
-                          dynamo=True, external_data=False,
-                          dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
-    return path
+                          dynamo=True, external_data=False, dynamic_shapes=_batch_dim())
+        if importlib.util.find_spec("onnxruntime") is None:
+            return {"onnxruntime": "not installed: not run"}
+        import onnxruntime
+        session = onnxruntime.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+        (got,) = session.run(None, {"x": x.numpy()})
+        with torch.no_grad():
+            diff = _difference(got, static(x), "onnxruntime")
+    return {"onnxruntime": onnxruntime.__version__, "max_abs_difference": diff}
 
 
 def onnx_unavailable() -> str | None:
@@ -95,42 +148,65 @@ def input_spec(channels: int, resolution: int, splits=None) -> dict:
 def export_subnet(net: Supernet, arch, out_dir: str, splits=None, meta: dict | None = None,
                   onnx: bool | None = None) -> dict:
     """Writes the sub-network `arch` of `net`, with its current BN statistics (calibrate them
-    first), to `out_dir`. `splits` (nasops.data.Splits of the training data) puts the
-    normalisation, the stored image size and the class names in meta.json; `meta` adds entries.
-    `onnx`: None writes model.onnx when the exporter's packages are installed, True requires it,
-    False skips it. Returns the paths written by kind, and "onnx_skipped": the reason when
-    model.onnx was not written."""
+    first), to `out_dir`: :func:`export_static` of ``net.extract(arch)`` with the architecture,
+    its MFLOPs and params in meta.json."""
     static = net.extract(arch).eval()
-    a = net.active_arch
-    space = net.space
+    info = describe(net.space, net.active_arch)
+    info.update(meta or {})
+    return export_static(static, info, out_dir, splits, onnx)
+
+
+def describe(space, arch) -> dict:
+    """meta.json's description of sub-network `arch` (an Arch) of `space`."""
+    return {"arch": arch.to_dict(), "resolution": arch.resolution, "channels": space.in_channels,
+            "mflops": space.flops(arch), "mparams": space.params(arch),
+            "num_classes": space.num_classes}
+
+
+def export_static(static: torch.nn.Module, meta: dict, out_dir: str, splits=None,
+                  onnx: bool | None = None) -> dict:
+    """Writes the static network `static` to `out_dir` (see the module's docstring). `meta`
+    (:func:`describe`, and any other entries) goes into meta.json; `splits`
+    (nasops.data.Splits of the training data) adds the normalisation, the stored image size and
+    the class names. `onnx`: None writes model.onnx when the exporter's packages are installed,
+    True requires it, False skips it. Returns the paths written by kind, and "onnx_skipped": the
+    reason when model.onnx was not written."""
+    static = static.eval()
+    channels, resolution = meta["channels"], meta["resolution"]
     unavailable = onnx_unavailable() if onnx is not False else "not asked for"
     if onnx and unavailable:
         raise RuntimeError(f"ONNX export: {unavailable}")
     os.makedirs(out_dir, exist_ok=True)
-    paths = {"state_dict": os.path.join(out_dir, "state_dict.pt"),
-             "torchscript": os.path.join(out_dir, "model.ts"),
-             "meta": os.path.join(out_dir, "meta.json")}
+    paths = {name: os.path.join(out_dir, file) for name, file in
+             (("state_dict", "state_dict.pt"), ("program", "model.pt2"),
+              ("torchscript", "model.ts"), ("meta", "meta.json"))}
+    x = _example(channels, resolution)
     with atomic_path(paths["state_dict"]) as tmp:
         torch.save(static.state_dict(), tmp)
+    checks = {"model.pt2": {"max_abs_difference": _write_program(static, x, paths["program"])}}
     with atomic_path(paths["torchscript"]) as tmp:
         torch.jit.save(torch.jit.script(static), tmp)
     if unavailable:
         paths["onnx_skipped"] = unavailable
     else:
         try:
-            paths["onnx"] = _export_onnx(static, space.in_channels, a.resolution, out_dir)
+            checks["model.onnx"] = _write_onnx(static, x, os.path.join(out_dir, "model.onnx"))
+            paths["onnx"] = os.path.join(out_dir, "model.onnx")
         except Exception as e:  # ONNX is an optional output: say why it is missing instead
             if onnx:
                 raise
             first_line = (str(e).strip().splitlines() or [""])[0][:300]
             paths["onnx_skipped"] = (f"torch {torch.__version__}'s ONNX exporter failed: "
                                      f"{type(e).__name__}: {first_line}")
-    info = {"format": "nasops-export-1", "arch": a.to_dict(), "mflops": space.flops(a),
-            "mparams": space.params(a), "input": input_spec(space.in_channels, a.resolution, splits),
+    # no file of an earlier export into the folder beside the new ones (export_int8 comes after)
+    for stale in ["model_int8.pt2"] + (["model.onnx"] if "onnx_skipped" in paths else []):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(out_dir, stale))
+    info = {"format": "nasops-export-1", **meta,
+            "input": input_spec(channels, resolution, splits),
             "output": "logits [N, num_classes]; the predicted class is classes[argmax]",
-            "num_classes": space.num_classes}
+            "checks": {"input": f"a random batch of {len(x)}", "tolerance": TOLERANCE, **checks}}
     if splits is not None:
         info["classes"] = list(splits.train.classes)
-    info.update(meta or {})
     write_json(paths["meta"], info)
     return paths

@@ -62,7 +62,8 @@ def device_name(device: str | torch.device) -> str:
 
 
 @contextlib.contextmanager
-def _threads(n: int):
+def using_threads(n: int):
+    """torch's intra-op threads set to `n` inside the block."""
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -277,7 +278,7 @@ class _PartTimer:
         if module is None:
             return 0, 0
         x = torch.randn(self.batch, shape[0], shape[1], shape[1], device=self.device)
-        with _threads(self.threads):
+        with using_threads(self.threads):
             ms = time_module(module, x, *self.timing)
         return int(round(ms * 1e6)), 0
 
@@ -300,7 +301,7 @@ def measure_networks(space: SearchSpace, archs, device: str = "cpu", batch: int 
             static = net.extract(arch).eval().to(device)
             res = int(arch[0])
             x = torch.randn(batch, space.in_channels, res, res, device=device)
-            with _threads(threads):
+            with using_threads(threads):
                 times[r, i] = time_module(static, x, repeats, NETWORK_WARMUP)
             bar.update()
     bar.close()

@@ -160,6 +160,21 @@ class Run:
         _set_rng_state(ckpt["rng"])
 
 
+def training_stream(cfg, splits, largest_resolution: int, rank: int = 0, world: int = 1,
+                    batch_size: int | None = None) -> BatchStream | FolderStream:
+    """The recipe's augmented training batches of splits.train (batch_size: the recipe's
+    unless given); image folders are decoded at the recipe's image_size or the space's
+    largest resolution."""
+    batch_size = batch_size or cfg["batch_size"]
+    if isinstance(splits.train, FolderSet):
+        size = cfg["image_size"] or largest_resolution
+        return FolderStream(splits.train, batch_size, splits.mean, splits.std, size, cfg["seed"],
+                            rank=rank, world=world, augment=cfg["augment"], flip=cfg["flip"],
+                            autoaugment=cfg["autoaugment"])
+    return BatchStream(splits.train, batch_size, splits.mean, splits.std, cfg["seed"],
+                       rank=rank, world=world, augment=cfg["augment"], flip=cfg["flip"])
+
+
 def build_run(cfg, device: torch.device | str = "cpu", rank: int = 0, world: int = 1) -> Run:
     """Seeds every generator from cfg["seed"], then builds the data, the supernet (initialised
     under that seed), the optimizer, the schedule and the strategy of a run (also used by
@@ -171,15 +186,7 @@ def build_run(cfg, device: torch.device | str = "cpu", rank: int = 0, world: int
     torch.manual_seed(cfg["seed"])
     splits = splits_of(cfg)
     space = build_space(cfg, splits)
-    if isinstance(splits.train, FolderSet):
-        size = cfg["image_size"] or max(space.config["resolution"])
-        stream = FolderStream(splits.train, cfg["batch_size"], splits.mean, splits.std, size,
-                              cfg["seed"], rank=rank, world=world, augment=cfg["augment"],
-                              flip=cfg["flip"], autoaugment=cfg["autoaugment"])
-    else:
-        stream = BatchStream(splits.train, cfg["batch_size"], splits.mean, splits.std,
-                             cfg["seed"], rank=rank, world=world, augment=cfg["augment"],
-                             flip=cfg["flip"])
+    stream = training_stream(cfg, splits, max(space.config["resolution"]), rank, world)
     net = Supernet(space, dropout=cfg["dropout"], drop_connect=cfg["drop_connect"]).to(device)
     if cfg["zero_init_residual"]:
         net.zero_init_residual_()
@@ -216,7 +223,10 @@ def _train(cfg: Recipe, run_dir: str, resume, progress, stop_after_steps) -> dic
     # Everything that can fail on a bad recipe, file or dataset runs before the run directory
     # is made, so a run that cannot start leaves nothing behind.
     run = build_run(cfg, device, rank, dist.world_size())
-    fresh = warm_start(run.net, cfg["init"]) if cfg["init"] and ckpt is None else None
+    fresh = None
+    if cfg["init"] and ckpt is None:
+        fresh = warm_start(run.net, cfg["init"], cfg["init_classifier"],
+                           {"dataset": cfg["dataset"], "data_dir": cfg["data_dir"]})
     folder.create(cfg)
     if fresh is not None:
         folder.record({"event": "init", "from": cfg["init"], "reinitialised": fresh})

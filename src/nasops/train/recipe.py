@@ -114,6 +114,11 @@ class Recipe(Mapping):
         "initial supernet weights: a nasops checkpoint or a released AttentiveNAS/AlphaNet one, "
         "of this run's space (a new run: epoch 0, fresh optimizer; the stem and classifier are "
         "re-initialised where the data's channels or classes differ)")
+    init_classifier: str = option("auto",
+        "with init: auto re-initialises the classifier when init was trained on other data (a "
+        "nasops checkpoint's dataset or data_dir differ; the released supernets: unless this "
+        "run's dataset is imagenet), so other classes do not inherit its rows; keep loads it "
+        "(its shape must fit); reset always re-initialises it")
     # sampling
     strategy: str = option("uniform",
         "how the sampled sub-networks are drawn (docs/guides/training.md: Strategies), or one "
@@ -228,7 +233,7 @@ _FLAGS = ("augment", "flip", "nesterov", "sync_bn", "zero_init_residual", "autoa
           "skip_bad_images")
 _CHOICES = {"grad_clip_mode": ["norm", "value"], "amp": list(AMP), "dw_backend": list(BACKENDS),
             "normalization": list(NORMALIZATIONS) + [None], "target_bins": ["prior", "uniform"],
-            "channels_last": [True, False, "auto"]}
+            "channels_last": [True, False, "auto"], "init_classifier": ["auto", "keep", "reset"]}
 
 
 def _check_value(cfg: Mapping, key: str) -> str | None:

@@ -20,6 +20,8 @@ COMMANDS = {
                   "fit the accuracy predictor on those measurements (search --predictor)"),
     "latency": ("nasops.search.latency", "nasops-latency",
                 "measure a latency lookup table (search --constraint latency)"),
+    "finetune": ("nasops.finetune.__main__", "nasops-finetune",
+                 "fine-tune a picked sub-network alone, then export it again"),
     "convert": ("nasops.train.convert", "nasops-convert",
                 "a released AttentiveNAS/AlphaNet supernet as a nasops checkpoint"),
 }
@@ -29,6 +31,7 @@ the stages of two-stage NAS (each command takes --help):
   1. nasops-train        train one supernet: python -m nasops.train
   2. nasops-search       search it under FLOPs budgets, export the picks: python -m nasops.search
      nasops-latency      for latency budgets instead: measure a table: python -m nasops.search.latency
+  3. nasops-finetune     optional: fine-tune a pick alone, export it again: python -m nasops.finetune
      optional, between the two, for searching by a predictor:
      nasops-evaluate     measure random sub-networks: python -m nasops.evaluate
      nasops-predictor    fit the accuracy predictor on them: python -m nasops.predictor
