@@ -45,19 +45,23 @@ def main(argv=None) -> int:
     if search_main(["--checkpoint", args.checkpoint, "--budgets", *map(str, args.budgets),
                     "--out", out, "--quantize", "int8", *SEARCH]) != 0:
         return 1
-    picks = json.load(open(os.path.join(out, "pareto.json")))["results"]
+    with open(os.path.join(out, "pareto.json")) as f:
+        picks = json.load(f)["results"]
     rows = []
     for pick in picks:
         net_dir = os.path.join(out, f"net_{pick['budget']:g}MF")
         row = {"budget": pick["budget"], "mflops": pick["flops"], "test_images": pick["test_images"],
-               "searched": pick["test_acc"], "int8": pick["int8"]["int8_acc"]["test"],
-               "latency_ms": pick["int8"]["latency_ms"]}
+               "searched": pick["test_acc"],
+               "int8": pick.get("int8", {}).get("int8_acc", {}).get("test", float("nan")),
+               "latency_ms": pick.get("int8", {}).get("latency_ms",
+                                                      {"float32": float("nan"), "int8": float("nan")})}
         for name, extra in (("finetuned", []), ("distilled", ["--distill"])):
             target = f"{net_dir}-{name}"
             if finetune_main([net_dir, "--epochs", str(args.epochs), "--out", target,
                               "--no-progress"] + extra) != 0:
                 return 1
-            report = json.load(open(os.path.join(target, "finetune.json")))
+            with open(os.path.join(target, "finetune.json")) as f:
+                report = json.load(f)
             row[name] = report["after"]["test_acc"]
             row[f"{name}_kept_epoch"] = report["kept_epoch"]
             row[f"{name}_seconds"] = report["seconds"]

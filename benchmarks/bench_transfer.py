@@ -6,7 +6,7 @@
 1. Pretrains a supernet on Fashion-MNIST: the packaged fashion-mnist recipe (the digits recipe's
    space, `small`), shortened to --pretrain-epochs epochs on the first --pretrain-images images
    with the uniform strategy (the whole recipe takes hours on 2 cores).
-2. Trains the digits recipe for 1, 2 and 5 epochs in three arms, each with the same seed, data
+2. Trains the digits recipe for 1, 2 and 5 epochs in four arms, each with the same seed, data
    order and number of steps:
    - scratch: the digits recipe as it is;
    - init: the same recipe started from the Fashion-MNIST supernet (recipe key init; the
@@ -71,8 +71,10 @@ def measure(run_dir: str, archs: np.ndarray) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="benchmarks/results/transfer")
-    parser.add_argument("--runs-dir", default="benchmarks/transfer_runs")
+    parser.add_argument("--out", help="default: benchmarks/results/transfer (with --ci: "
+                                      "benchmarks/transfer_runs_ci)")
+    parser.add_argument("--runs-dir", help="default: benchmarks/transfer_runs (with --ci: "
+                                           "benchmarks/transfer_runs_ci)")
     parser.add_argument("--pretrain-epochs", type=int, default=2)
     parser.add_argument("--pretrain-images", type=int, default=15000)
     parser.add_argument("--epochs", type=int, nargs="+", default=[1, 2, 5])
@@ -81,8 +83,12 @@ def main(argv=None) -> int:
     parser.add_argument("--ci", action="store_true",
                         help="a quick check: 1 pretraining epoch on 2,000 images, 8 random networks")
     args = parser.parse_args(argv)
-    if args.ci:
+    if args.ci:  # (in folders of their own: never mixed with, or written over, the full runs)
         args.pretrain_epochs, args.pretrain_images, args.random, args.epochs = 1, 2000, 8, [1]
+    args.runs_dir = args.runs_dir or ("benchmarks/transfer_runs_ci" if args.ci
+                                      else "benchmarks/transfer_runs")
+    args.out = args.out or ("benchmarks/transfer_runs_ci" if args.ci
+                            else "benchmarks/results/transfer")
     os.makedirs(args.out, exist_ok=True)
     os.makedirs(args.runs_dir, exist_ok=True)
     times = {}

@@ -197,8 +197,7 @@ def test_an_onnx_file_that_onnxruntime_runs_differently_is_not_written(tiny, tmp
     monkeypatch.setattr(ort.InferenceSession, "run",
                         lambda self, *a, **k: [out + 1e-3 for out in run(self, *a, **k)])
     paths = export_subnet(net, arch, str(tmp_path / "net"))  # (over the earlier export)
-    assert paths["onnx_skipped"].startswith(f"torch {torch.__version__}'s ONNX exporter failed: "
-                                            "ValueError: onnxruntime's outputs differ")
+    assert paths["onnx_skipped"].startswith("model.onnx not written: onnxruntime's outputs differ")
     assert not (tmp_path / "net" / "model.onnx").exists()
     assert "model.onnx" not in json.loads((tmp_path / "net" / "meta.json").read_text())["checks"]
     with pytest.raises(ValueError, match="onnxruntime's outputs differ from the PyTorch module's"):
@@ -436,7 +435,10 @@ def test_int8_export_reports_what_the_int8_program_does(trained, tmp_path, capsy
     for split in ("holdout", "test"):
         assert q["drop_points"][split] == pytest.approx(100 * (q["float32_acc"][split] - q["int8_acc"][split]))
     assert q["drop_exceeds_max"] == (max(q["drop_points"].values()) > 0)
-    assert all(ms > 0 for ms in q["latency_ms"].values())
+    if "latency_skipped" in q:  # (torch.compile needs a C++ compiler)
+        assert q["latency_skipped"].startswith("torch.compile failed")
+    else:
+        assert all(ms > 0 for ms in q["latency_ms"].values())
     printed = capsys.readouterr().out
     assert f"int8: held-out {q['int8_acc']['holdout']:.4f}" in printed and "int8 program" in printed
     assert ("warning: int8 loses" in printed) == q["drop_exceeds_max"]

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from ..space import Arch
 from ..evaluate import Evaluator, binomial_interval
 from ..train.losses import distillation_loss, distillation_weight, smoothed_cross_entropy
-from ..train.loop import training_stream
+from ..train.loop import peak_lr, training_stream
 from ..train.recipe import loss_options
 from ..train.step import batch_view, clip_gradients
 from ..utils.checks import is_int, is_number
@@ -53,6 +53,9 @@ class FinetuneOptions:
             raise ValueError(f"kd_weight = {self.kd_weight!r} must be a number >= 0")
         if not is_int(self.seed):
             raise ValueError(f"seed = {self.seed!r} must be an integer")
+        if self.kd_weight is not None and not self.distill:
+            raise ValueError(f"kd_weight = {self.kd_weight!r} weights the distillation, which "
+                             f"only distill = True adds")
         return self
 
 
@@ -96,16 +99,19 @@ class _Finetune:
                                       batch_size=options.batch_size)
         decay = [p for p in self.student.parameters() if p.dim() > 1]
         rest = [p for p in self.student.parameters() if p.dim() <= 1]
-        self.lr = options.lr if options.lr is not None else cfg["lr"] / 10
+        # default: a tenth of the peak the recipe trains with at this batch size (lr_batch scaling)
+        self.lr = options.lr if options.lr is not None else peak_lr(
+            dict(cfg, batch_size=self.stream.batch_size)) / 10
         self.optimizer = torch.optim.SGD([{"params": decay, "weight_decay": cfg["weight_decay"]},
                                           {"params": rest, "weight_decay": 0.0}], lr=self.lr,
                                          momentum=cfg["momentum"], nesterov=cfg["nesterov"])
         total = options.epochs * self.stream.steps_per_epoch
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(1.0, step / total))))
-        self.kd_weight = distillation_weight(cfg["kd"], options.kd_weight if options.kd_weight
-                                             is not None else cfg["kd_weight"])
-        self.kd_options = loss_options(cfg)
+        if options.distill:
+            self.kd_weight = distillation_weight(cfg["kd"], options.kd_weight if options.kd_weight
+                                                 is not None else cfg["kd_weight"])
+            self.kd_options = loss_options(cfg)
 
     def loss(self, x, y) -> torch.Tensor:
         cfg = self.cfg
@@ -164,7 +170,8 @@ def finetune(net, cfg, evaluator: Evaluator, arch, options: FinetuneOptions | No
     after = measured(evaluator, job.student, job.resolution)
     report = {"before": before, "after": after, "kept_epoch": best[1],
               "gain_points": {s: 100 * (after[f"{s}_acc"] - before[f"{s}_acc"]) for s in SPLITS},
-              "options": dataclasses.asdict(options) | {"lr": job.lr},
+              "options": dataclasses.asdict(options) | {"lr": job.lr} | (
+                  {"kd_weight": job.kd_weight, "kd": cfg["kd"]} if options.distill else {}),
               "steps": options.epochs * job.stream.steps_per_epoch, "history": history,
               "seconds": time.perf_counter() - start}
     return job.student.eval(), report

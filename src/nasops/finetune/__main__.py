@@ -23,7 +23,8 @@ from ..evaluate import Evaluator
 from ..search.export import describe, export_static
 from ..search.quantize import export_int8, int8_summary, int8_unavailable
 from ..train.rundir import load_trained
-from ..utils.cli import STAGES, prog as prog_name
+from ..utils.cli import STAGES, add_import_option, prog as prog_name
+from ..utils.registry import import_modules
 from ..utils.files import load_tensors, write_json
 
 
@@ -46,13 +47,14 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--kd-weight", type=float)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="output folder (default: PICK-finetuned, or "
-                                      "RUN/finetuned with --checkpoint)")
+                                      "RUN/finetuned_<MFLOPs>MF with --checkpoint)")
     parser.add_argument("--quantize", choices=["int8"],
                         help="also write model_int8.pt2, as nasops-search --quantize does")
     parser.add_argument("--max-int8-drop", type=float, default=1.0,
                         help="with --quantize: say so when int8 loses more than this many points "
                              "(default 1)")
     parser.add_argument("--no-progress", action="store_true")
+    add_import_option(parser)
     return parser
 
 
@@ -83,8 +85,7 @@ def _source(args) -> tuple[str, object, str, dict | None]:
         arch = json.loads(args.arch)
     except json.JSONDecodeError as e:
         raise ValueError(f"--arch is not JSON ({e}): {args.arch[:80]!r}") from None
-    out = args.out or os.path.join(os.path.dirname(args.checkpoint), "finetuned")
-    return args.checkpoint, arch, out, None
+    return args.checkpoint, arch, args.out, None
 
 
 def run(args) -> dict:
@@ -97,17 +98,22 @@ def run(args) -> dict:
         raise ValueError(f"--max-int8-drop {args.max_int8_drop} must be a number of points >= 0")
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+    import_modules(args.imports)
     cfg, splits, net = load_trained(checkpoint)
     arch = encoding(net.space, arch)
+    if weights is not None:
+        try:
+            net.extract(arch).load_state_dict(weights)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"{args.pick}/state_dict.pt does not fit the architecture in its "
+                             f"meta.json: {str(e).strip().splitlines()[0]}") from None
+    out = out or os.path.join(os.path.dirname(checkpoint),
+                              f"finetuned_{net.space.flops(net.space.decode(arch)):g}MF")
     evaluator = Evaluator(net, splits, cfg["eval_batch_size"], cfg["calib_images"])
-    try:
-        static, report = finetune(net, cfg, evaluator, arch, options, not args.no_progress, weights)
-    except RuntimeError as e:  # (load_state_dict: the pick's weights do not fit its arch)
-        raise ValueError(f"{args.pick}/state_dict.pt does not fit the architecture in its "
-                         f"meta.json: {str(e).splitlines()[0]}") from None
+    static, report = finetune(net, cfg, evaluator, arch, options, not args.no_progress, weights)
     after = report["after"]
     meta = describe(net.space, net.space.decode(arch))
-    meta.update({"checkpoint": checkpoint, "finetuned_from": args.pick,
+    meta.update({"checkpoint": os.path.abspath(checkpoint), "finetuned_from": args.pick,
                  "holdout_acc": after["holdout_acc"], "test_acc": after["test_acc"]})
     report["export"] = export_static(static, meta, out, splits)
     if args.quantize:

@@ -1,6 +1,7 @@
 """Run checkpoints: written atomically by training, read back by resume, evaluation and search."""
 from __future__ import annotations
 
+import os
 
 import torch
 
@@ -73,7 +74,8 @@ def _init_weights(path: str, net) -> tuple:
     loaded = load_tensors(path, "checkpoint (init)")
     if isinstance(loaded, dict) and "format" in loaded:
         ckpt = load_checkpoint(path)
-        data = {k: ckpt["config"].get(k) for k in ("dataset", "data_dir")}
+        data = (_OFFICIAL_DATA if "converted_from" in ckpt  # (nasops-convert's: a released one)
+                else {k: ckpt["config"].get(k) for k in ("dataset", "data_dir")})
         return SearchSpace(ckpt["space"], source=path), ckpt["model"], data
     space = SearchSpace.load("attentive_nas")  # what the released supernets are
     if not _same_space(space, net.space):
@@ -135,4 +137,7 @@ def _same_data(init: dict, run: dict) -> bool:
     supernets' ImageNet: any data_dir of the imagenet dataset)."""
     if init is _OFFICIAL_DATA:
         return run.get("dataset") == "imagenet"
-    return all(init.get(k) == run.get(k) for k in ("dataset", "data_dir"))
+
+    def where(d):  # (one folder, however its path is spelled)
+        return None if d.get("data_dir") is None else os.path.realpath(d["data_dir"])
+    return init.get("dataset") == run.get("dataset") and where(init) == where(run)

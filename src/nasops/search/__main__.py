@@ -193,14 +193,20 @@ def _measure_and_export(args, search: _Search, out: str) -> tuple[list[dict], se
             if not args.no_export and dist.rank() == 0:
                 search.evaluator.calibrate(r.encoding)
                 extra = {"holdout_acc": entry["holdout_acc"], "test_acc": entry["test_acc"],
-                         "checkpoint": args.checkpoint}
+                         "checkpoint": os.path.abspath(args.checkpoint)}  # (for nasops-finetune)
                 net_dir = os.path.join(out, f"net_{r.budget:g}{search.suffix}")
                 entry["export"] = export_subnet(search.net, r.encoding, net_dir, search.splits,
                                                 extra)
                 if "onnx_skipped" in entry["export"]:
                     skipped.add(f"model.onnx ({entry['export']['onnx_skipped']})")
                 if args.quantize:
-                    entry["int8"] = _quantize(args, search, r.encoding, net_dir)
+                    try:
+                        entry["int8"] = _quantize(args, search, r.encoding, net_dir)
+                    except Exception as e:  # (the float32 files and the search's results stay)
+                        first = (str(e).strip().splitlines() or [""])[0][:300]
+                        entry["int8_skipped"] = f"{type(e).__name__}: {first}"
+                        skipped.add(f"model_int8.pt2 of net_{r.budget:g}{search.suffix} "
+                                    f"({entry['int8_skipped']})")
         entries.append(entry)
     return entries, skipped
 

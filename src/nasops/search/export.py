@@ -60,13 +60,17 @@ def _example(channels: int, resolution: int, batch: int = 3) -> torch.Tensor:
                        generator=torch.Generator().manual_seed(0))
 
 
+class CheckFailed(ValueError):
+    """An exported program computes other outputs than the module it was made from."""
+
+
 def _difference(got, expected: torch.Tensor, name: str) -> float:
-    """Max |got - expected|; ValueError naming the program `name` when it exceeds TOLERANCE."""
+    """Max |got - expected|; CheckFailed naming the program `name` when it exceeds TOLERANCE."""
     got = torch.as_tensor(np.asarray(got)) if not isinstance(got, torch.Tensor) else got.detach()
     expected = expected.detach()
     if got.shape != expected.shape or not torch.allclose(got, expected, **TOLERANCE):
         diff = (got - expected).abs().max().item() if got.shape == expected.shape else "-"
-        raise ValueError(f"{name}'s outputs differ from the PyTorch module's (max |difference| {diff}, "
+        raise CheckFailed(f"{name}'s outputs differ from the PyTorch module's (max |difference| {diff}, "
                          f"shape {tuple(got.shape)} vs {tuple(expected.shape)})")
     return float((got - expected).abs().max())
 
@@ -77,14 +81,11 @@ def export_program(static: torch.nn.Module, x: torch.Tensor) -> torch.export.Exp
         return torch.export.export(static, (x,), dynamic_shapes=_batch_dim())
 
 
-def _write_program(static: torch.nn.Module, x: torch.Tensor, path: str) -> float:
-    """model.pt2; returns its max |difference| from `static` on x."""
+def _checked_program(static: torch.nn.Module, x: torch.Tensor):
+    """(the torch.export program of `static`, its max |difference| from `static` on x)."""
     program = export_program(static, x)
     with torch.no_grad():
-        diff = _difference(program.module()(x), static(x), "the torch.export program")
-    with atomic_open(path, "wb") as f:  # (a file object: the saver wants names ending .pt2)
-        torch.export.save(program, f)
-    return diff
+        return program, _difference(program.module()(x), static(x), "the torch.export program")
 
 
 def _write_onnx(static: torch.nn.Module, x: torch.Tensor, path: str) -> dict:
@@ -181,11 +182,10 @@ def export_static(static: torch.nn.Module, meta: dict, out_dir: str, splits=None
              (("state_dict", "state_dict.pt"), ("program", "model.pt2"),
               ("torchscript", "model.ts"), ("meta", "meta.json"))}
     x = _example(channels, resolution)
-    with atomic_path(paths["state_dict"]) as tmp:
-        torch.save(static.state_dict(), tmp)
-    checks = {"model.pt2": {"max_abs_difference": _write_program(static, x, paths["program"])}}
-    with atomic_path(paths["torchscript"]) as tmp:
-        torch.jit.save(torch.jit.script(static), tmp)
+    # the checks first: a program that computes something else stops the export before any file
+    # of it is written (model.onnx is checked before it replaces an earlier one)
+    program, difference = _checked_program(static, x)
+    checks = {"model.pt2": {"max_abs_difference": difference}}
     if unavailable:
         paths["onnx_skipped"] = unavailable
     else:
@@ -196,8 +196,16 @@ def export_static(static: torch.nn.Module, meta: dict, out_dir: str, splits=None
             if onnx:
                 raise
             first_line = (str(e).strip().splitlines() or [""])[0][:300]
-            paths["onnx_skipped"] = (f"torch {torch.__version__}'s ONNX exporter failed: "
+            paths["onnx_skipped"] = (f"model.onnx not written: {first_line}"
+                                     if isinstance(e, CheckFailed) else
+                                     f"torch {torch.__version__}'s ONNX exporter failed: "
                                      f"{type(e).__name__}: {first_line}")
+    with atomic_path(paths["state_dict"]) as tmp:
+        torch.save(static.state_dict(), tmp)
+    with atomic_open(paths["program"], "wb") as f:  # (a file object: the saver wants .pt2 names)
+        torch.export.save(program, f)
+    with atomic_path(paths["torchscript"]) as tmp:
+        torch.jit.save(torch.jit.script(static), tmp)
     # no file of an earlier export into the folder beside the new ones (export_int8 comes after)
     for stale in ["model_int8.pt2"] + (["model.onnx"] if "onnx_skipped" in paths else []):
         with contextlib.suppress(FileNotFoundError):

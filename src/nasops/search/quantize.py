@@ -85,17 +85,21 @@ def deployed_latency(module: torch.nn.Module, x: torch.Tensor, threads: int = 1,
                      repeats: int = 200, warmup: int = 20) -> float:
     """Median milliseconds of one call of `module` on x, compiled as deployed (torch.compile,
     inductor, frozen weights), with `threads` threads, after `warmup` calls."""
-    torch._dynamo.reset()  # (a fresh compile: no cache limit reached, no earlier graph reused)
-    with _quiet(), using_threads(threads), torch._inductor.config.patch(freezing=True):
-        compiled = torch.compile(module)
-        for _ in range(warmup):
-            compiled(x)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            compiled(x)
-            times.append(time.perf_counter() - start)
+    # a fresh compile (no cache limit reached, no earlier graph reused); this clears the
+    # process's compiled graphs, as torch._dynamo.reset does
     torch._dynamo.reset()
+    try:
+        with _quiet(), using_threads(threads), torch._inductor.config.patch(freezing=True):
+            compiled = torch.compile(module)
+            for _ in range(warmup):
+                compiled(x)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                compiled(x)
+                times.append(time.perf_counter() - start)
+    finally:
+        torch._dynamo.reset()
     return 1e3 * statistics.median(times)
 
 
@@ -152,15 +156,18 @@ def export_int8(static: torch.nn.Module, out_dir: str, calibration, accuracy=Non
 
 def int8_summary(q: dict) -> list[str]:
     """The lines the commands print about an export_int8 entry."""
-    f32, i8 = q["float32_acc"], q["int8_acc"]
+    accuracy = "accuracy not measured"
+    if "int8_acc" in q:
+        f32, i8 = q["float32_acc"], q["int8_acc"]
+        accuracy = (f"held-out {i8['holdout']:.4f} (float32 {f32['holdout']:.4f}), test "
+                    f"{i8['test']:.4f} (float32 {f32['test']:.4f})")
     if "latency_ms" in q:
         ms = q["latency_ms"]
         latency = (f"{ms['int8']:.3f} ms vs float32 {ms['float32']:.3f} ms "
                    f"({q['latency_protocol']})")
     else:
         latency = f"latency not measured: {q['latency_skipped']}"
-    lines = [f"int8: held-out {i8['holdout']:.4f} (float32 {f32['holdout']:.4f}), test "
-             f"{i8['test']:.4f} (float32 {f32['test']:.4f}); {latency}"]
+    lines = [f"int8: {accuracy}; {latency}"]
     if q.get("drop_exceeds_max"):
         lines.append(f"warning: int8 loses {max(q['drop_points'].values()):.2f} points, more "
                      f"than --max-int8-drop {q['max_drop_points']:g}")

@@ -118,7 +118,8 @@ class Recipe(Mapping):
         "with init: auto re-initialises the classifier when init was trained on other data (a "
         "nasops checkpoint's dataset or data_dir differ; the released supernets: unless this "
         "run's dataset is imagenet), so other classes do not inherit its rows; keep loads it "
-        "(its shape must fit); reset always re-initialises it")
+        "wherever its shape fits (another number of classes re-initialises it anyway); reset "
+        "always re-initialises it")
     # sampling
     strategy: str = option("uniform",
         "how the sampled sub-networks are drawn (docs/guides/training.md: Strategies), or one "

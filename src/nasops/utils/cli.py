@@ -31,12 +31,13 @@ the stages of two-stage NAS (each command takes --help):
   1. nasops-train        train one supernet: python -m nasops.train
   2. nasops-search       search it under FLOPs budgets, export the picks: python -m nasops.search
      nasops-latency      for latency budgets instead: measure a table: python -m nasops.search.latency
-  3. nasops-finetune     optional: fine-tune a pick alone, export it again: python -m nasops.finetune
      optional, between the two, for searching by a predictor:
      nasops-evaluate     measure random sub-networks: python -m nasops.evaluate
      nasops-predictor    fit the accuracy predictor on them: python -m nasops.predictor
   or, instead of 1, start from a released AttentiveNAS/AlphaNet supernet:
-     nasops-convert      python -m nasops.train.convert --from-official CKPT --out RUN/checkpoint.pt"""
+     nasops-convert      python -m nasops.train.convert --from-official CKPT --out RUN/checkpoint.pt
+  then, optionally, fine-tune a pick alone and export it again:
+     nasops-finetune     python -m nasops.finetune RUN/search/net_<budget>MF"""
 
 
 def add_import_option(parser) -> None:
