@@ -43,3 +43,15 @@ def tiny(tmp_path_factory):
     path = tmp_path_factory.mktemp("space") / "tiny.yaml"
     path.write_text(TINY_SPACE)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def trained(tiny, tmp_path_factory):
+    """A run directory of a supernet of `tiny` trained for 2 epochs on 480 digits (seconds);
+    tests read it and write elsewhere."""
+    from nasops.train import loop as train_mod
+    run = tmp_path_factory.mktemp("run")
+    cfg = dict(train_mod.DEFAULTS, recipe="t", space=tiny, limit=480, batch_size=32, epochs=2,
+               n_prior=5000, calib_images=128, eval_batch_size=128, lr=0.05)
+    train_mod.train(cfg, str(run), progress=False)
+    return run

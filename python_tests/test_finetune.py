@@ -11,17 +11,7 @@ from nasops.evaluate import Evaluator
 from nasops.finetune import FinetuneOptions, finetune
 from nasops.finetune.__main__ import main as finetune_main
 from nasops.search.__main__ import main as search_main
-from nasops.train import loop as train_mod
 from nasops.train.rundir import load_trained
-
-
-@pytest.fixture(scope="module")
-def trained(tiny, tmp_path_factory):
-    run = tmp_path_factory.mktemp("run")
-    cfg = dict(train_mod.DEFAULTS, recipe="t", space=tiny, limit=480, batch_size=32, epochs=2,
-               n_prior=5000, calib_images=128, eval_batch_size=128, lr=0.05)
-    train_mod.train(cfg, str(run), progress=False)
-    return run
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 import nasops
-from nasops.train import loop as train_mod
 from nasops.evaluate import Evaluator, binomial_interval, read_evaluations
 from nasops.search.export import export_subnet, onnx_unavailable
 from nasops.predictor import AccuracyPredictor, kendall_tau
@@ -247,15 +246,6 @@ def test_binomial_interval_is_wilsons():
             assert (p - q) ** 2 == pytest.approx(z * z * q * (1 - q) / n, abs=1e-12)
     with pytest.raises(ValueError, match="n = 0 must be a positive number"):
         binomial_interval(0.5, 0)
-
-
-@pytest.fixture(scope="module")
-def trained(tiny, tmp_path_factory):
-    run = tmp_path_factory.mktemp("run")
-    cfg = dict(train_mod.DEFAULTS, recipe="t", space=tiny, limit=480, batch_size=32, epochs=2,
-               n_prior=5000, calib_images=128, eval_batch_size=128, lr=0.05)
-    train_mod.train(cfg, str(run), progress=False)
-    return run
 
 
 @pytest.mark.parametrize("bad", ["yes", 1, None])

@@ -21,7 +21,7 @@ import sys
 from . import FinetuneOptions, encoding, finetune
 from ..evaluate import Evaluator
 from ..search.export import describe, export_static
-from ..search.quantize import export_int8, int8_summary, int8_unavailable
+from ..search.quantize import add_quantize_options, export_int8, int8_summary, int8_unavailable
 from ..train.rundir import load_trained
 from ..utils.cli import STAGES, add_import_option, prog as prog_name
 from ..utils.registry import import_modules
@@ -48,11 +48,7 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="output folder (default: PICK-finetuned, or "
                                       "RUN/finetuned_<MFLOPs>MF with --checkpoint)")
-    parser.add_argument("--quantize", choices=["int8"],
-                        help="also write model_int8.pt2, as nasops-search --quantize does")
-    parser.add_argument("--max-int8-drop", type=float, default=1.0,
-                        help="with --quantize: say so when int8 loses more than this many points "
-                             "(default 1)")
+    add_quantize_options(parser, "the fine-tuned network")
     parser.add_argument("--no-progress", action="store_true")
     add_import_option(parser)
     return parser

@@ -29,7 +29,7 @@ from ..utils.registry import import_modules
 from ..evaluate import Evaluator, binomial_interval
 from ..train.rundir import load_trained
 from .export import export_subnet
-from .quantize import export_int8, int8_summary, int8_unavailable
+from .quantize import add_quantize_options, export_int8, int8_summary, int8_unavailable
 from ..utils.files import write_json
 from .latency import LatencyTable
 from ..utils.plots import MISSING as PLOTS_MISSING, Points, plot_front
@@ -80,13 +80,7 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--calib-images", type=int,
                         help="training images for BN re-calibration (default: the run's recipe)")
     parser.add_argument("--no-export", action="store_true")
-    parser.add_argument("--quantize", choices=["int8"],
-                        help="also export each pick as an int8 program (model_int8.pt2: PyTorch 2 "
-                             "export quantization for x86, calibrated on training images), with "
-                             "its accuracy and latency against float32 in meta.json; needs torchao")
-    parser.add_argument("--max-int8-drop", type=float, default=1.0,
-                        help="with --quantize: say so when int8 loses more than this many points "
-                             "of held-out or test accuracy (default 1)")
+    add_quantize_options(parser, "each pick")
     parser.add_argument("--no-progress", action="store_true")
     add_import_option(parser)
     return parser

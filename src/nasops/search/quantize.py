@@ -33,6 +33,17 @@ LOAD = ("import torch.ao.quantization.fx._decomposed  # registers the quantize/d
         "torch._inductor.config.freezing = True for the int8 kernels")
 
 
+def add_quantize_options(parser, what: str) -> None:
+    """--quantize and --max-int8-drop of a command that exports `what`."""
+    parser.add_argument("--quantize", choices=["int8"],
+                        help=f"also export {what} as an int8 program (model_int8.pt2: PyTorch 2 "
+                             f"export quantization for x86, calibrated on training images), with "
+                             f"its accuracy and latency against float32 in meta.json; needs torchao")
+    parser.add_argument("--max-int8-drop", type=float, default=1.0,
+                        help="with --quantize: say so when int8 loses more than this many points "
+                             "of held-out or test accuracy (default 1)")
+
+
 def int8_unavailable() -> str | None:
     """Why int8 quantization cannot run here, or None when it can."""
     if importlib.util.find_spec("torchao") is None:
