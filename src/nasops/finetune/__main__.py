@@ -21,7 +21,8 @@ import sys
 from . import FinetuneOptions, encoding, finetune
 from ..evaluate import Evaluator
 from ..search.export import describe, export_static
-from ..search.quantize import add_quantize_options, export_int8, int8_summary, int8_unavailable
+from ..search.quantize import (add_quantize_options, export_int8_measured, int8_summary,
+                               int8_unavailable)
 from ..train.rundir import load_trained
 from ..utils.cli import STAGES, add_import_option, prog as prog_name
 from ..utils.registry import import_modules
@@ -113,11 +114,8 @@ def run(args) -> dict:
                  "holdout_acc": after["holdout_acc"], "test_acc": after["test_acc"]})
     report["export"] = export_static(static, meta, out, splits)
     if args.quantize:
-        res = meta["resolution"]
-        report["int8"] = export_int8(
-            static, out, evaluator.calibration_batches(res),
-            lambda m: {s: evaluator.module_accuracy(m, s, res) for s in ("holdout", "test")},
-            args.max_int8_drop)
+        report["int8"] = export_int8_measured(static, out, evaluator, meta["resolution"],
+                                              args.max_int8_drop)
     report.update({"checkpoint": checkpoint, "pick": args.pick, "arch": meta["arch"],
                    "mflops": meta["mflops"]})
     write_json(os.path.join(out, "finetune.json"), report)

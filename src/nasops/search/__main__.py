@@ -28,8 +28,9 @@ from ..utils.cpu import keep_freed_memory
 from ..utils.registry import import_modules
 from ..evaluate import Evaluator, binomial_interval
 from ..train.rundir import load_trained
-from .export import export_subnet
-from .quantize import add_quantize_options, export_int8, int8_summary, int8_unavailable
+from .export import describe, export_static
+from .quantize import (add_quantize_options, export_int8_measured, int8_summary,
+                       int8_unavailable)
 from ..utils.files import write_json
 from .latency import LatencyTable
 from ..utils.plots import MISSING as PLOTS_MISSING, Points, plot_front
@@ -185,17 +186,21 @@ def _measure_and_export(args, search: _Search, out: str) -> tuple[list[dict], se
                 entry[f"{split}_acc"], entry[f"{split}_images"] = acc, n
                 entry[f"{split}_ci95"] = [float(low), float(high)]
             if not args.no_export and dist.rank() == 0:
-                search.evaluator.calibrate(r.encoding)
-                extra = {"holdout_acc": entry["holdout_acc"], "test_acc": entry["test_acc"],
-                         "checkpoint": os.path.abspath(args.checkpoint)}  # (for nasops-finetune)
+                resolution = search.evaluator.calibrate(r.encoding)
+                static = search.net.extract(r.encoding).eval()  # (once: exported, then quantized)
+                meta = describe(search.space, search.net.active_arch)
+                meta.update({"holdout_acc": entry["holdout_acc"], "test_acc": entry["test_acc"],
+                             "checkpoint": os.path.abspath(args.checkpoint)})  # (for finetune)
                 net_dir = os.path.join(out, f"net_{r.budget:g}{search.suffix}")
-                entry["export"] = export_subnet(search.net, r.encoding, net_dir, search.splits,
-                                                extra)
+                entry["export"] = export_static(static, meta, net_dir, search.splits)
                 if "onnx_skipped" in entry["export"]:
                     skipped.add(f"model.onnx ({entry['export']['onnx_skipped']})")
                 if args.quantize:
+                    threads = search.cost.threads if search.cost is not None else 1
                     try:
-                        entry["int8"] = _quantize(args, search, r.encoding, net_dir)
+                        entry["int8"] = export_int8_measured(static, net_dir, search.evaluator,
+                                                             resolution, args.max_int8_drop,
+                                                             threads)
                     except Exception as e:  # (the float32 files and the search's results stay)
                         first = (str(e).strip().splitlines() or [""])[0][:300]
                         entry["int8_skipped"] = f"{type(e).__name__}: {first}"
@@ -203,20 +208,6 @@ def _measure_and_export(args, search: _Search, out: str) -> tuple[list[dict], se
                                     f"({entry['int8_skipped']})")
         entries.append(entry)
     return entries, skipped
-
-
-def _quantize(args, search: _Search, encoding, net_dir: str) -> dict:
-    """model_int8.pt2 of the exported pick in net_dir, calibrated on the BN calibration's
-    images; its held-out and test accuracy and latency against float32."""
-    evaluator = search.evaluator
-    res = evaluator.calibrate(encoding)
-    static = search.net.extract(encoding).eval()
-
-    def accuracy(module):
-        return {split: evaluator.module_accuracy(module, split, res) for split in ("holdout", "test")}
-    threads = search.cost.threads if search.cost is not None else 1
-    return export_int8(static, net_dir, evaluator.calibration_batches(res), accuracy,
-                       args.max_int8_drop, threads)
 
 
 def _check_args(args) -> None:

@@ -165,6 +165,17 @@ def export_int8(static: torch.nn.Module, out_dir: str, calibration, accuracy=Non
     return entry
 
 
+def export_int8_measured(static: torch.nn.Module, out_dir: str, evaluator, resolution: int,
+                         max_drop: float | None = None, threads: int = 1) -> dict:
+    """:func:`export_int8` calibrated on `evaluator`'s BN calibration images and measured on its
+    held-out and test splits at `resolution` (what nasops-search and nasops-finetune run)."""
+    def accuracy(module):
+        return {split: evaluator.module_accuracy(module, split, resolution)
+                for split in ("holdout", "test")}
+    return export_int8(static, out_dir, evaluator.calibration_batches(resolution), accuracy,
+                       max_drop, threads)
+
+
 def int8_summary(q: dict) -> list[str]:
     """The lines the commands print about an export_int8 entry."""
     accuracy = "accuracy not measured"
