@@ -10,16 +10,15 @@
    NSGA-II run over the range) against that of everything pareto() evaluated for 5 budgets,
    and each budget's pick of the two; and front() with a fifth of those evaluations (the cost
    of one of the five searches).
-3. latency (attentive_nas, cpu, batch 1, 1 thread): the time to measure the table, predicted vs
-   measured end-to-end latency of 100 random sub-networks, and where the FLOPs and latency
-   searches pick differently.
-4. speed: evolve() with the paper's settings under 600 MFLOPs scored by a 100-tree, depth-15
+3. speed: evolve() with the paper's settings under 600 MFLOPs scored by a 100-tree, depth-15
    AccuracyPredictor fitted on 1,024 synthetic pairs (one thread; median of repeats), with both
    methods, and the same scored by scikit-learn's predict; and supernet-accuracy evaluations per
    second on the small space (digits; calibration on 1,024 images, accuracy on the held-out
    split).
 
-    python benchmarks/bench_search.py [--parts traps,front,latency,speed] [--repeats 3]
+    python benchmarks/bench_search.py [--parts traps,front,speed]
+
+Latency tables and latency-budgeted picks: benchmarks/bench_latency.py. [--repeats 3]
 """
 import argparse
 import json
@@ -37,7 +36,6 @@ from nasops.data import load_splits
 from nasops.utils.cpu import keep_freed_memory
 from nasops.evaluate import Evaluator
 from nasops.predictor import AccuracyPredictor
-from nasops.search.latency import LatencyTable, check
 from nasops.search import evolve, front, hypervolume, non_dominated, pareto
 from nasops.search.synthetic import Interacting, NarrowOptimum, ResolutionTrap, exhaustive
 
@@ -163,32 +161,6 @@ def fronts():
     return out
 
 
-def latency_study(n):
-    space = nasops.SearchSpace.load("attentive_nas")
-    start = time.perf_counter()
-    table = LatencyTable.measure(space, device="cpu", batch=1, threads=1)
-    table_s = time.perf_counter() - start
-    result = check(table, n=n)
-    # FLOPs vs latency budgets: a predictor objective whose accuracy grows with FLOPs
-    X, y = synthetic_pairs(space)
-    predictor = AccuracyPredictor(space).fit(X, y)
-    differ = []
-    for budget in (300.0, 450.0, 600.0):
-        by_flops = evolve(space, predictor, budget, seed=0)
-        ms = float(table(by_flops.encoding[None])[0])
-        by_latency = evolve(space, predictor, ms, seed=0, cost=table)
-        differ.append({"flops_budget": budget, "flops_pick": {
-                           "mflops": by_flops.flops, "ms": ms, "score": by_flops.score,
-                           "resolution": by_flops.arch.resolution},
-                       "latency_budget_ms": ms, "latency_pick": {
-                           "mflops": by_latency.flops, "ms": by_latency.cost,
-                           "score": by_latency.score, "resolution": by_latency.arch.resolution},
-                       "same": bool((by_flops.encoding == by_latency.encoding).all())})
-    return {"table_seconds": table_s, "parts": table.num_parts,
-            "device": table.device, "check": {k: v for k, v in result.items() if k not in ("encodings",)},
-            "flops_vs_latency": differ}
-
-
 def synthetic_pairs(space):
     """1,024 (architecture, accuracy) pairs whose accuracy grows with log FLOPs, plus noise."""
     X = space.sample(1024, seed=0)
@@ -263,10 +235,9 @@ def supernet_evaluations(n_archs, profile=False):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="traps,front,latency,speed")
+    parser.add_argument("--parts", default="traps,front,speed")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=12, help="seeds per trap and method")
-    parser.add_argument("--latency-archs", type=int, default=100)
     parser.add_argument("--supernet-archs", type=int, default=8)
     parser.add_argument("--profile", action="store_true",
                         help="with speed: print where the channels-last evaluation spends its time")
@@ -309,24 +280,6 @@ def main():
                   f"budget picks: front better at {picks}, worse at {worse} of 5; front with a "
                   f"fifth of the evaluations: "
                   f"{100 * (r['hypervolume_front_fifth_evaluations'] / r['hypervolume_per_budget'] - 1):+.2f}%")
-    if "latency" in parts:
-        torch.set_num_threads(1)
-        results["latency"] = lat = latency_study(args.latency_archs)
-        torch.set_num_threads(threads)
-        c = lat["check"]
-        print(f"latency table, attentive_nas, {lat['device']}, batch 1, 1 thread: {lat['parts']} "
-              f"parts in {lat['table_seconds']:.0f} s; predicted vs measured end-to-end on "
-              f"{c['n']} random sub-networks: median |error| {100 * c['median_abs_error']:.1f}%, "
-              f"90th percentile {100 * c['p90_abs_error']:.1f}%, mean {100 * c['mean_error']:+.1f}% "
-              f"(the parts' sum alone: median {100 * c['median_abs_error_parts_only']:.1f}%; one "
-              f"pass of {c['rounds']} strays from their median by "
-              f"{100 * c['median_abs_pass_deviation']:.1f}%)")
-        for d in lat["flops_vs_latency"]:
-            a, b = d["flops_pick"], d["latency_pick"]
-            print(f"  <= {d['flops_budget']:g} MFLOPs picks {a['mflops']:.0f} MFLOPs at "
-                  f"{a['ms']:.1f} ms (res {a['resolution']}, score {a['score']:.4f}); <= "
-                  f"{d['latency_budget_ms']:.1f} ms picks {b['mflops']:.0f} MFLOPs at {b['ms']:.1f} ms "
-                  f"(res {b['resolution']}, score {b['score']:.4f}){' (the same)' if d['same'] else ''}")
     if "speed" in parts:
         torch.set_num_threads(1)
         search = {m: predictor_search(args.repeats, method=m) for m in ("paper", "repair")}

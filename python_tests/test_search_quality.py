@@ -172,7 +172,7 @@ def test_bad_search_arguments_raise(small):
         evolve(small, obj, 10, method="hat")
     with pytest.raises(ValueError, match="polish = -1 must be an integer >= 0"):
         evolve(small, obj, 10, polish=-1)
-    with pytest.raises(ValueError, match="flops_range must be \\(lo, hi\\)"):
+    with pytest.raises(ValueError, match="cost_range must be \\(lo, hi\\) in MFLOPs"):
         front(small, obj, 10)
     with pytest.raises(ValueError, match="lo must be a number below hi"):
         front(small, obj, (12, 10))
@@ -221,14 +221,42 @@ def test_search_command_front_and_latency_modes(tiny, tmp_path, capsys):
         assert entry["unit"] == "ms" and entry["budget"] == budget
         assert entry["cost"] <= budget
         assert entry["cost"] == pytest.approx(float(table(np.array(entry["encoding"]))[0]))
+    for entry in doc["results"]:  # every pick timed end to end here, and within its budget
+        v = entry["verification"]
+        assert v["measured_ms"] > 0 and v["predicted_ms"] == pytest.approx(entry["cost"])
+        assert v["within_budget"] == (v["measured_ms"] <= entry["budget"])
     out = capsys.readouterr().out
-    assert f"<= {budgets[0]:g} ms:" in out and " ms, " in out
-    # refused: a table measured with other threads; latency without a table; --front on latency
+    assert f"<= {budgets[0]:g} ms:" in out and " ms, " in out and "ms end to end (predicted" in out
+    # the whole accuracy-latency front in one run, its picks verified too
+    assert main(common + ["--constraint", "latency", "--latency-table", str(tmp_path / "t.json"),
+                          "--front", "--evaluations", "300", "--budgets", *map(str, budgets),
+                          "--out", str(tmp_path / "lat_front")]) == 0
+    doc = json.loads((tmp_path / "lat_front" / "pareto.json").read_text())
+    f = doc["front"]
+    assert f["unit"] == "ms" and np.all(np.diff(f["costs"]) > 0) and np.all(np.diff(f["scores"]) > 0)
+    np.testing.assert_allclose(f["costs"], table(np.array(f["encodings"])))
+    for entry in doc["results"]:
+        assert entry["cost"] <= entry["budget"] and "measured_ms" in entry["verification"]
+    # a table from another device: verification refused before the search, unless --no-verify
+    other = json.loads((tmp_path / "t.json").read_text())
+    other["device"] = "cpu: another processor"
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    latency_other = common + ["--constraint", "latency", "--latency-table",
+                              str(tmp_path / "other.json"), "--generations", "2", "--budgets",
+                              str(budgets[1]), "--out", str(tmp_path / "other")]
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="measured on 'cpu: another processor'"):
+        assert main(latency_other) == 1
+    assert "pass --no-verify" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="measured on 'cpu: another processor'"):
+        assert main(latency_other + ["--no-verify"]) == 0
+    doc = json.loads((tmp_path / "other" / "pareto.json").read_text())
+    assert doc["constraint"]["verified"] is False and "verification" not in doc["results"][0]
+    # refused: a table measured with other threads; latency without a table; --no-verify alone
     assert main(common + ["--constraint", "latency", "--latency-table", str(tmp_path / "t.json"),
                           "--latency-threads", "2", "--budgets", "1"]) == 1
     assert "measured with threads 1, but threads 2 is expected" in capsys.readouterr().err
     assert main(common + ["--constraint", "latency", "--budgets", "1"]) == 1
     assert "needs --latency-table" in capsys.readouterr().err
-    assert main(common + ["--constraint", "latency", "--latency-table", str(tmp_path / "t.json"),
-                          "--front", "--budgets", "1"]) == 1
-    assert "--front searches the accuracy-FLOPs front" in capsys.readouterr().err
+    assert main(common + ["--no-verify", "--budgets", "1"]) == 1
+    assert "--no-verify is for --constraint latency" in capsys.readouterr().err

@@ -479,57 +479,69 @@ def hypervolume(costs, scores, cost_range, reference: float) -> float:
 
 @dataclass
 class FrontResult:
-    """The non-dominated sub-networks (score vs FLOPs) found within a FLOPs range, by
-    increasing FLOPs."""
+    """The non-dominated sub-networks (score vs cost: MFLOPs, or the unit of the search's `cost`)
+    found within a cost range, by increasing cost."""
     space: SearchSpace = field(repr=False)
-    flops_range: tuple
+    cost_range: tuple
     encodings: np.ndarray  # int64 [M, D]
     scores: np.ndarray     # [M]
     flops: np.ndarray      # [M], MFLOPs
     params: np.ndarray     # [M], M
     evaluations: int
     history: list = field(default_factory=list)  # per generation: evaluations, front size
+    costs: np.ndarray | None = None  # [M], in `unit` (None: the FLOPs)
+    unit: str = "MFLOPs"
+
+    def __post_init__(self):
+        if self.costs is None:
+            self.costs = self.flops
 
     def best_under(self, budget: float) -> SearchResult:
-        """The front's best sub-network within `budget` MFLOPs, as a :class:`SearchResult`."""
-        fits = np.flatnonzero(self.flops <= budget)
+        """The front's best sub-network within `budget` (in `unit`), as a :class:`SearchResult`."""
+        fits = np.flatnonzero(self.costs <= budget)
         if len(fits) == 0:
-            raise ValueError(f"no sub-network of the front fits {budget:g} MFLOPs; the front "
-                             f"starts at {self.flops.min():g}")
-        i = fits[-1]  # (by increasing FLOPs, so also by increasing score)
+            raise ValueError(f"no sub-network of the front fits {budget:g} {self.unit}; the "
+                             f"front starts at {self.costs.min():g}")
+        i = fits[-1]  # (by increasing cost, so also by increasing score)
         enc = self.encodings[i]
         return SearchResult(float(budget), enc, self.space.decode(enc), float(self.scores[i]),
                             float(self.flops[i]), float(self.params[i]), self.evaluations,
-                            cost=float(self.flops[i]))
+                            cost=float(self.costs[i]), unit=self.unit)
 
     def to_dict(self) -> dict:
-        return {"flops_range": list(self.flops_range), "encodings": self.encodings.tolist(),
-                "scores": self.scores.tolist(), "flops": self.flops.tolist(),
+        return {"cost_range": list(self.cost_range), "unit": self.unit,
+                "encodings": self.encodings.tolist(), "scores": self.scores.tolist(),
+                "costs": self.costs.tolist(), "flops": self.flops.tolist(),
                 "params": self.params.tolist(), "evaluations": self.evaluations,
                 "history": self.history}
 
 
-def front(space: SearchSpace, objective, flops_range, evaluations: int = 5000,
+def front(space: SearchSpace, objective, cost_range, evaluations: int = 5000,
           population: int = 256, mutate_prob: float = 0.1, *, seed: int | None = 0,
-          progress: bool = False) -> FrontResult:
-    """The whole accuracy-FLOPs front within `flops_range` = (lo, hi) MFLOPs in one run: NSGA-II
-    (Deb et al., 2002) with the repairing moves of :func:`evolve`, stopped after `evaluations`
-    objective evaluations. Members stay within hi; FLOPs below lo count as lo, so the search
-    spends nothing on the front below the range. Each generation, parents chosen by binary
-    tournament (lower rank, then larger crowding distance) make `population` children, half
-    mutated and half crossed over; parents and children are ranked into non-dominated fronts and
-    the best `population` kept (the last front by crowding distance). Returns the non-dominated
-    set of everything evaluated with FLOPs in the range."""
-    lo, hi = _check_range(space, flops_range)
+          cost=None, cache: dict | None = None, progress: bool = False) -> FrontResult:
+    """The whole accuracy-cost front within `cost_range` = (lo, hi) in one run (MFLOPs, or the
+    unit of `cost`, as in :func:`evolve`: a :class:`~nasops.search.latency.LatencyTable` gives
+    the accuracy-latency front): NSGA-II (Deb et al., 2002) with the repairing moves of
+    :func:`evolve`, stopped after `evaluations` objective evaluations. Members stay within hi;
+    costs below lo count as lo, so the search spends nothing on the front below the range. Each
+    generation, parents chosen by binary tournament (lower rank, then larger crowding distance)
+    make `population` children, half mutated and half crossed over; parents and children are
+    ranked into non-dominated fronts and the best `population` kept (the last front by crowding
+    distance). Returns the non-dominated set of everything evaluated with costs in the range.
+    `cache` (a dict) shares objective values with other searches."""
+    cost_fn = _cost_of(space, cost)
+    lo, hi = _check_range(space, cost_range, cost_fn)
     evaluations = check_count("evaluations", evaluations, 1)
     population = check_count("population", population, 4)
     mutate_prob = _check_probability("mutate_prob", mutate_prob)
     rng = np.random.default_rng(seed64(seed))
     sampler = FlopsSampler(space, n_prior=50_000, seed=int(rng.integers(2**63)))
-    run = _Nsga(space, _Scores(objective, None), _Moves(space, _Flops(space), hi, rng, mutate_prob,
-                                                        repair=True), lo, evaluations, population)
-    run.start(initial_population(space, sampler, hi, population, rng))
-    with tqdm(total=evaluations, desc=f"front {lo:g}-{hi:g} MFLOPs", disable=not progress) as bar:
+    run = _Nsga(space, _Scores(objective, cache), _Moves(space, cost_fn, hi, rng, mutate_prob,
+                                                         repair=True), lo, evaluations, population)
+    run.start(initial_population(space, sampler, hi, population, rng,
+                                 cost=None if cost is None else cost_fn))
+    with tqdm(total=evaluations, desc=f"front {lo:g}-{hi:g} {_unit(cost_fn)}",
+              disable=not progress) as bar:
         bar.update(run.scores.calls)
         while run.scores.calls < evaluations:
             before = run.scores.calls
@@ -540,14 +552,15 @@ def front(space: SearchSpace, objective, flops_range, evaluations: int = 5000,
     return run.result(hi)
 
 
-def _check_range(space: SearchSpace, flops_range) -> tuple[float, float]:
-    if not isinstance(flops_range, (tuple, list, np.ndarray)) or len(flops_range) != 2:
-        raise ValueError(f"flops_range must be (lo, hi) in MFLOPs, got {flops_range!r}")
-    hi = check_budget(space, flops_range[1])
-    lo = flops_range[0]
+def _check_range(space: SearchSpace, cost_range, cost=None) -> tuple[float, float]:
+    unit = _unit(_cost_of(space, cost))
+    if not isinstance(cost_range, (tuple, list, np.ndarray)) or len(cost_range) != 2:
+        raise ValueError(f"cost_range must be (lo, hi) in {unit}, got {cost_range!r}")
+    hi = check_budget(space, cost_range[1], cost)
+    lo = cost_range[0]
     if not is_number(lo) \
             or not math.isfinite(lo) or not lo < hi:
-        raise ValueError(f"flops_range = {tuple(flops_range)!r}: lo must be a number below hi")
+        raise ValueError(f"cost_range = {tuple(cost_range)!r}: lo must be a number below hi")
     return float(lo), hi
 
 
@@ -561,7 +574,7 @@ class _Nsga:
 
     def select(self, members, values):
         """Keeps the `population` best by (front rank, crowding)."""
-        costs = np.maximum(self.space.flops(members), self.lo)
+        costs = np.maximum(self.moves.cost(members), self.lo)
         rank = _fronts(costs, values)
         crowd = np.zeros(len(members))
         for r in np.unique(rank):
@@ -595,15 +608,16 @@ class _Nsga:
 
     def result(self, hi) -> FrontResult:
         """The non-dominated set of everything evaluated within [lo, hi]."""
-        cache, space = self.scores.cache, self.space
+        cache, space, cost = self.scores.cache, self.space, self.moves.cost
         encs = np.stack([np.frombuffer(k, dtype=np.int64) for k in cache])
-        flops = space.flops(encs)
-        inside = np.flatnonzero((flops >= self.lo) & (flops <= hi))
+        costs = cost(encs)
+        inside = np.flatnonzero((costs >= self.lo) & (costs <= hi))
         values = np.array([cache[encs[i].tobytes()] for i in inside])
-        nd = inside[non_dominated(flops[inside], values)]
+        nd = inside[non_dominated(costs[inside], values)]
         return FrontResult(space, (self.lo, hi), encs[nd].copy(),
-                           np.array([cache[encs[i].tobytes()] for i in nd]), flops[nd],
-                           space.params(encs[nd]), self.scores.calls, self.history)
+                           np.array([cache[encs[i].tobytes()] for i in nd]), space.flops(encs[nd]),
+                           space.params(encs[nd]), self.scores.calls, self.history, costs[nd],
+                           _unit(cost))
 
 
 class SupernetAccuracy:

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from . import METHODS, EvolveOptions, SupernetAccuracy, front, pareto
+from . import METHODS, EvolveOptions, SupernetAccuracy, evolve, front, pareto
 from ..utils import distributed as dist
 from ..utils.cli import STAGES, add_import_option, prog as prog_name
 from ..utils.cpu import keep_freed_memory
@@ -32,7 +32,8 @@ from .export import describe, export_static
 from .quantize import (add_quantize_options, export_int8_measured, int8_summary,
                        int8_unavailable)
 from ..utils.files import write_json
-from .latency import LatencyTable
+from .latency import LatencyTable, measurer
+from .verify import verify_picks
 from ..utils.plots import MISSING as PLOTS_MISSING, Points, plot_front
 from ..predictor import AccuracyPredictor
 from ..space import SearchSpace
@@ -56,9 +57,13 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
                              "the table's full device name)")
     parser.add_argument("--latency-threads", type=int,
                         help="refuse a latency table not measured with this many threads")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="with --constraint latency: do not time the picks end to end here "
+                             "(for a table measured on another device)")
     parser.add_argument("--front", action="store_true",
-                        help="search the whole front up to the largest budget in one run "
-                             "(NSGA-II) and pick each budget's sub-network from it")
+                        help="search the whole front (accuracy vs FLOPs, or vs predicted "
+                             "latency) up to the largest budget in one run (NSGA-II) and pick "
+                             "each budget's sub-network from it")
     parser.add_argument("--evaluations", type=int, default=5000,
                         help="with --front: objective evaluations (default 5000)")
     parser.add_argument("--method", choices=METHODS, default="repair",
@@ -102,6 +107,9 @@ class _Search:
                                                                   "unit": "MFLOPs"})
     results: list = dataclasses.field(default_factory=list)
     found: object = None      # the FrontResult with --front
+    cache: dict = dataclasses.field(default_factory=dict)  # objective values by encoding
+    measure: object = None    # end-to-end milliseconds here, to verify latency picks
+    verified: list | None = None  # a Verification per pick
     seconds: float = 0.0
 
     @property
@@ -140,44 +148,54 @@ def _constraint(args, search: _Search) -> None:
         if not args.latency_table:
             raise ValueError("--constraint latency needs --latency-table (measure one with "
                              "python -m nasops.search.latency)")
-        if args.front:
-            raise ValueError("--front searches the accuracy-FLOPs front; with --constraint "
-                             "latency, search per budget (leave out --front)")
         cost = LatencyTable.load(args.latency_table, search.space, args.latency_device,
                                  args.latency_threads)
         search.cost, search.unit = cost, cost.unit
         search.constraint = {"kind": "latency", "unit": cost.unit, "table": args.latency_table,
-                             "device": cost.device, "threads": cost.threads, "batch": cost.batch}
+                             "device": cost.device, "threads": cost.threads, "batch": cost.batch,
+                             "verified": not args.no_verify}
+        if not args.no_verify:  # (refuses a table from another device before the search)
+            search.measure = measurer(cost, "--no-verify")
     elif args.latency_table:
         raise ValueError("--latency-table is for --constraint latency")
+    elif args.no_verify:
+        raise ValueError("--no-verify is for --constraint latency (FLOPs need no verifying)")
 
 
 def _run(args, search: _Search) -> None:
     """The search itself: one front (--front) or an evolution per budget."""
     space, start = search.space, time.perf_counter()
+    options = EvolveOptions(population=args.population or 512, mutations=args.mutations,
+                            crossovers=args.crossovers, generations=args.generations,
+                            mutate_prob=args.mutate_prob, method=args.method, polish=args.polish)
     if args.front:
-        smallest = space.flops(space.min_arch())
+        smallest = float((search.cost or space.flops)(space.encode(space.min_arch())[None])[0])
         search.found = front(space, search.objective, (smallest, max(args.budgets)),
                              evaluations=args.evaluations, population=args.population or 256,
-                             mutate_prob=args.mutate_prob, seed=args.seed,
-                             progress=not args.no_progress)
+                             mutate_prob=args.mutate_prob, seed=args.seed, cost=search.cost,
+                             cache=search.cache, progress=not args.no_progress)
         search.results = [search.found.best_under(b) for b in sorted(args.budgets)]
     else:
-        options = EvolveOptions(population=args.population or 512, mutations=args.mutations,
-                                crossovers=args.crossovers, generations=args.generations,
-                                mutate_prob=args.mutate_prob, method=args.method,
-                                polish=args.polish)
         search.results = pareto(space, search.objective, args.budgets, seed=args.seed,
-                                options=options, cost=search.cost, progress=not args.no_progress)
+                                options=options, cost=search.cost, cache=search.cache,
+                                progress=not args.no_progress)
     search.seconds = time.perf_counter() - start
+    if search.cost is not None and not args.no_verify:
+        def research(budget):  # (shares the cache, so earlier evaluations are free)
+            return evolve(space, search.objective, budget, options, seed=args.seed,
+                          cost=search.cost, cache=search.cache, progress=not args.no_progress)
+        search.verified = verify_picks(search.results, search.cost, search.cache, research,
+                                       search.measure)
 
 
 def _measure_and_export(args, search: _Search, out: str) -> tuple[list[dict], set[str]]:
     """Each pick as a dict, with its held-out and test accuracy (and 95% intervals) and, unless
     --no-export, its exported network; and the outputs skipped, with why."""
     entries, skipped = [], set()
-    for r in search.results:
+    for i, r in enumerate(search.results):
         entry = r.to_dict()
+        if search.verified is not None:
+            entry["verification"] = search.verified[i].to_dict()
         if search.evaluator is not None:
             for split in ("holdout", "test"):
                 acc = float(search.evaluator.accuracy(r.encoding, split)[0])
@@ -277,6 +295,8 @@ def _report(args, search: _Search, entries: list[dict], out: str, plotted: bool,
         latency = f", {e['cost']:.2f} ms" if search.cost is not None else ""
         print(f"<= {e['budget']:g} {search.unit}: {e['flops']:.3f} MFLOPs{latency}, "
               f"{e['params']:.3f} M params, objective {e['score']:.4f}{extra}")
+        if "verification" in e:
+            print("   " + search.verified[entries.index(e)].summary(e["budget"]))
         if "int8" in e:
             print("\n".join("   " + line for line in int8_summary(e["int8"])))
     written = ["pareto.json"] + (["pareto.png"] if plotted else [])

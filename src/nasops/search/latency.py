@@ -25,6 +25,8 @@ import platform
 import statistics
 import sys
 import time
+import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -38,10 +40,14 @@ from ..nn import Supernet
 from ..space.cost import cost_tables
 from ..space import SearchSpace, packaged_spaces
 
-FORMAT = "nasops-latency-1"
+FORMAT = "nasops-latency-2"
+FORMAT_1 = "nasops-latency-1"  # (one offset for all resolutions; still read)
 WEIGHT_SEED = 0  # the random weights of the networks timed (their values do not change the time)
 NETWORK_WARMUP = 3  # untimed calls of each whole network before its timed ones
 CALIBRATION_SEED = 0x1A7E  # the end-to-end networks a table is calibrated on (check draws seed 0)
+CALIBRATION_NETWORKS = 60  # (the fit has one scale and one offset per resolution)
+NETWORK_REPEATS, NETWORK_ROUNDS = 5, 3  # timed calls per network and round; rounds
+REFERENCE_EVERY = 4  # the reference network is timed before every 4th network and at the end
 
 
 def device_name(device: str | torch.device) -> str:
@@ -93,17 +99,30 @@ class LatencyTable:
     """Predicted latency (milliseconds) of sub-networks of `space`: a cost for
     :func:`nasops.search.evolve` (``cost=table``) and ``python -m nasops.search --constraint
     latency``. Build one with :meth:`measure`, or :meth:`load` a saved one. `tables` are in the
-    layout of ``cost_tables`` with each part's nanoseconds in the first column."""
+    layout of ``cost_tables`` with each part's nanoseconds in the first column. The prediction is
+    ``scale`` x the sum of the parts + the offset of the sub-network's resolution
+    (``offsets_ms``), fitted on networks timed end to end (:meth:`fit`)."""
 
     unit = "ms"
 
     def __init__(self, space: SearchSpace, tables: dict, device: str, threads: int, batch: int,
-                 settings: dict | None = None, scale: float = 1.0, offset_ms: float = 0.0):
+                 settings: dict | None = None, scale: float = 1.0,
+                 offsets_ms: dict | None = None, reference: dict | None = None):
         self.space, self.tables = space, tables
         self.device, self.threads, self.batch = device, threads, batch
         self.settings = dict(settings or {})
-        self.scale, self.offset_ms = float(scale), float(offset_ms)
+        self.scale = float(scale)
+        self.offsets_ms = {int(r): float((offsets_ms or {}).get(r, 0.0))
+                           for r in space.config["resolution"]}
+        # the reference network timed alongside every end-to-end measurement, and its time
+        # while the table was made: end-to-end times are expressed at that speed (see
+        # measure_networks)
+        self.reference = reference
         self._core = _C.Space(space.config, tables)  # (checks the tables' shapes)
+
+    @property
+    def reference_ms(self) -> float | None:
+        return None if self.reference is None else float(self.reference["ms"])
 
     def parts(self, archs) -> np.ndarray:
         """The sum of each sub-network's parts' measured milliseconds (float64 [N])."""
@@ -112,8 +131,10 @@ class LatencyTable:
 
     def __call__(self, archs) -> np.ndarray:
         """Predicted milliseconds of each encoded architecture [N, D] (float64 [N]):
-        scale x the sum of its parts + offset_ms (see :meth:`measure`)."""
-        return self.scale * self.parts(archs) + self.offset_ms
+        scale x the sum of its parts + its resolution's offset (see :meth:`fit`)."""
+        archs = np.atleast_2d(np.asarray(archs))
+        offsets = np.array([self.offsets_ms.get(int(r), 0.0) for r in archs[:, 0]])
+        return self.scale * self.parts(archs) + offsets
 
     @property
     def num_parts(self) -> int:
@@ -126,17 +147,17 @@ class LatencyTable:
 
     @classmethod
     def measure(cls, space: SearchSpace, device: str = "cpu", batch: int = 1, threads: int = 1,
-                repeats: int = 20, warmup: int = 5, calibrate: int = 20,
+                repeats: int = 20, warmup: int = 5, calibrate: int = CALIBRATION_NETWORKS,
                 progress: bool = False) -> "LatencyTable":
         """Times every part of every sub-network of `space` (the median of `repeats` calls after
         `warmup`) with `threads` CPU threads at batch size `batch`. Then times `calibrate` random
         sub-networks end to end (:func:`measure_networks`; seed `CALIBRATION_SEED`, not the
-        seed :func:`check` draws with) and fits end-to-end = scale x the sum of the parts +
-        offset by least squares: a part timed alone runs with its weights and input already in
-        the caches and without the rest of the network's calls around it, and the whole network
-        runs slower than its parts added up (measured in the docs: Search); 0 keeps scale 1,
-        offset 0. The weights are random (seed `WEIGHT_SEED`): their values do not change the
-        time."""
+        seed :func:`check` draws with) and fits the prediction to them (:meth:`fit`): a part
+        timed alone runs with its weights and input already in the caches and without the rest
+        of the network's calls around it, so a whole network runs slower than its parts added
+        up, and by how much depends on the resolution (measured in the docs: Search). 0 keeps
+        scale 1 and no offsets. The weights are random (seed `WEIGHT_SEED`): their values do not
+        change the time."""
         batch, threads = check_count("batch", batch), check_count("threads", threads)
         repeats, warmup = check_count("repeats", repeats), check_count("warmup", warmup, 0)
         calibrate = check_count("calibrate", calibrate, 0)
@@ -146,34 +167,50 @@ class LatencyTable:
                   disable=not progress) as bar:
             timer = _PartTimer(space, torch.device(device), batch, threads, (repeats, warmup), bar)
             tables = cost_tables(space.config, timer)
-        table = cls(space, tables, name, threads, batch,
-                    {"repeats": repeats, "warmup": warmup, "seed": WEIGHT_SEED,
-                     "calibrate": calibrate, "torch": torch.__version__})
+        settings = {"protocol": protocol(repeats, warmup, calibrate),
+                    "environment": environment(device)}
+        table = cls(space, tables, name, threads, batch, settings)
         if calibrate:
             archs = space.sample(calibrate, seed=CALIBRATION_SEED)
-            whole, _ = measure_networks(space, archs, device, batch, threads, progress=progress)
-            table.fit(archs, whole)
+            timed = measure_networks(space, archs, device, batch, threads, progress=progress)
+            table.reference = {"encoding": reference_arch(space).tolist(),
+                               "ms": timed.reference_ms}
+            table.fit(archs, timed.ms)
         return table
 
     def fit(self, archs, whole_ms) -> None:
-        """Sets scale and offset so that scale x (sum of the parts) + offset fits the measured
-        end-to-end latencies `whole_ms` of `archs` (least squares; one network, or no spread in
-        the parts: the median ratio and no offset)."""
-        parts = self.parts(archs)
-        if len(archs) >= 2 and np.ptp(parts) > 0:
-            scale, offset = np.polyfit(parts, whole_ms, 1)
-        else:
-            scale, offset = float(np.median(whole_ms / parts)), 0.0
-        if scale <= 0:  # (noise swamped the spread of the calibration networks)
-            scale, offset = float(np.median(whole_ms / parts)), 0.0
-        self.scale, self.offset_ms = float(scale), float(offset)
+        """Fits the prediction to the end-to-end milliseconds `whole_ms` of `archs` by least
+        squares: one scale for the sum of the parts and one offset per resolution (a resolution
+        no calibration network has gets the offset of a single line through all of them; with
+        fewer than two networks or no spread in the parts: the median ratio, no offsets)."""
+        archs = np.atleast_2d(np.asarray(archs))
+        parts, whole_ms = self.parts(archs), np.asarray(whole_ms, dtype=np.float64)
+        res = archs[:, 0]
+        present = sorted(set(int(r) for r in res))
+        scale, offsets = float(np.median(whole_ms / parts)), {}
+        if len(archs) >= len(present) + 1 and np.ptp(parts) > 0:
+            line_scale, line_offset = np.polyfit(parts, whole_ms, 1)
+            X = np.column_stack([parts] + [(res == r).astype(float) for r in present])
+            coef = np.linalg.lstsq(X, whole_ms, rcond=None)[0]
+            if coef[0] > 0:  # (else noise swamped the spread of the calibration networks)
+                scale = float(coef[0])
+                offsets = {r: float(line_offset) for r in self.space.config["resolution"]}
+                offsets.update({r: float(c) for r, c in zip(present, coef[1:])})
+            elif line_scale > 0:
+                scale = float(line_scale)
+                offsets = {r: float(line_offset) for r in self.space.config["resolution"]}
+        self.scale = scale
+        self.offsets_ms = {int(r): offsets.get(int(r), 0.0) for r in self.space.config["resolution"]}
 
     # -- files ------------------------------------------------------------------------------
     def save(self, path: str) -> None:
-        """JSON: the format, the space, where it was measured and the tables (nanoseconds)."""
+        """JSON: the format, the space, where and how it was measured (device, threads, batch,
+        protocol, torch version), the fitted model and the tables (nanoseconds)."""
         doc = {"format": FORMAT, "space": self.space.config, "device": self.device,
                "threads": self.threads, "batch": self.batch, "settings": self.settings,
-               "scale": self.scale, "offset_ms": self.offset_ms,
+               "scale": self.scale,
+               "offsets_ms": {str(r): v for r, v in self.offsets_ms.items()},
+               "reference": self.reference,
                "tables": {"stem": self.tables["stem"][:, 0].tolist(),
                           "head": self.tables["head"][:, 0].tolist(),
                           "first": [t[:, 0].tolist() for t in self.tables["first"]],
@@ -185,13 +222,15 @@ class LatencyTable:
              threads: int | None = None, batch: int | None = None) -> "LatencyTable":
         """A saved table. With `space`, it must be the space the table was measured for; with
         `device` ("cpu", "cuda" or a :func:`device_name`), `threads` or `batch`, the table must
-        have been measured there, so: ValueError naming both otherwise."""
+        have been measured there, so: ValueError naming both otherwise. Without `device`, a
+        table measured on another device or with another torch version than here loads with a
+        warning (a table made on the target device may be searched elsewhere)."""
         if not os.path.isfile(path):
             raise FileNotFoundError(f"latency table {path!r} does not exist")
         try:
             with open(path) as f:
                 doc = json.load(f)
-            if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            if not isinstance(doc, dict) or doc.get("format") not in (FORMAT, FORMAT_1):
                 raise ValueError(f"format is not {FORMAT!r}")
             table_space = SearchSpace(doc["space"], source=path)
             ns = lambda v: np.stack([np.asarray(v, dtype=np.int64),  # noqa: E731
@@ -199,9 +238,16 @@ class LatencyTable:
             t = doc["tables"]
             tables = {"stem": ns(t["stem"]), "head": ns(t["head"]),
                       "first": [ns(v) for v in t["first"]], "rest": [ns(v) for v in t["rest"]]}
+            if doc["format"] == FORMAT_1:  # (one offset for every resolution, no reference)
+                offsets = {r: float(doc["offset_ms"]) for r in table_space.config["resolution"]}
+            else:
+                offsets = {int(r): float(v) for r, v in doc["offsets_ms"].items()}
             table = cls(table_space, tables, str(doc["device"]), int(doc["threads"]),
-                        int(doc["batch"]), doc.get("settings"), float(doc["scale"]),
-                        float(doc["offset_ms"]))
+                        int(doc["batch"]), doc.get("settings"), float(doc["scale"]), offsets,
+                        doc.get("reference"))
+            if table.reference is not None:
+                float(table.reference["ms"])
+                table_space.rows(np.asarray([table.reference["encoding"]]))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, RuntimeError) as e:
             raise ValueError(f"{path} is not a nasops latency table: {e}") from None
         if space is not None and space.config != table.space.config:
@@ -219,7 +265,28 @@ class LatencyTable:
                 raise ValueError(f"latency table {path} was measured with {key} {have!r}, but "
                                  f"{key} {want!r} is expected here: latencies do not carry over; "
                                  f"measure a table with python -m nasops.search.latency")
+        if device is None:
+            table.warn_if_elsewhere(path)
         return table
+
+    def elsewhere(self) -> list[str]:
+        """How this machine differs from where the table was measured (device, torch version):
+        empty if it does not."""
+        kind = "cuda" if self.device.startswith("cuda") else "cpu"
+        here = device_name(kind) if kind == "cpu" or torch.cuda.is_available() else "no GPU"
+        made = self.settings.get("environment", {}).get("torch", self.settings.get("torch"))
+        differences = []
+        if here != self.device:
+            differences.append(f"measured on {self.device!r}, this machine is {here!r}")
+        if made is not None and made != torch.__version__:
+            differences.append(f"measured with torch {made}, this is torch {torch.__version__}")
+        return differences
+
+    def warn_if_elsewhere(self, path: str) -> None:
+        differences = self.elsewhere()
+        if differences:
+            warnings.warn(f"latency table {path}: {'; '.join(differences)}: its predictions "
+                          f"hold where it was measured, not necessarily here", stacklevel=3)
 
 
 def _flat(tables: dict) -> list:
@@ -283,59 +350,182 @@ class _PartTimer:
         return int(round(ms * 1e6)), 0
 
 
+def reference_arch(space: SearchSpace) -> np.ndarray:
+    """The network timed alongside every end-to-end measurement: the smallest sub-network (the
+    cheapest to time; a shared machine speeds up and slows down for all networks alike)."""
+    return space.encode(space.min_arch())
+
+
+def protocol(repeats: int, warmup: int, calibrate: int) -> dict:
+    """How a table's times were taken, recorded in it."""
+    return {"parts": {"warmup": warmup, "repeats": repeats, "statistic": "median",
+                      "module": "each part as a static module, eval mode, no gradients"},
+            "networks": {"warmup": NETWORK_WARMUP, "repeats": NETWORK_REPEATS,
+                         "rounds": NETWORK_ROUNDS, "order": "interleaved: each round times "
+                         "every network once", "statistic": "median over rounds of each "
+                         "round's median", "drift": f"each time divided by the reference "
+                         f"network's, timed before every {REFERENCE_EVERY}th network and "
+                         f"interpolated, times the reference's time when the table was made"},
+            "calibration": {"networks": calibrate, "seed": CALIBRATION_SEED,
+                            "model": "scale x sum of the parts + an offset per resolution, "
+                                     "least squares"},
+            "threads": "torch.set_num_threads while timing", "weights_seed": WEIGHT_SEED}
+
+
+def environment(device: str | torch.device) -> dict:
+    """What else a latency depends on, recorded in a table."""
+    from .. import __version__
+    env = {"torch": torch.__version__, "nasops": __version__, "python": platform.python_version()}
+    if torch.device(device).type == "cpu":
+        env["isa"] = _C.cpu_isa()
+    return env
+
+
+@dataclass
+class Timings:
+    """End-to-end times of N networks (milliseconds): `ms` corrected for the machine's drift and
+    expressed at the reference network's speed `reference_ms` (see :func:`measure_networks`),
+    `passes` the same per round [rounds, N], `raw_ms` the uncorrected median over rounds, and
+    `reference_now_ms` the reference's median during this measurement."""
+    ms: np.ndarray
+    passes: np.ndarray
+    raw_ms: np.ndarray
+    reference_ms: float
+    reference_now_ms: float
+    references: np.ndarray | None = None  # [rounds, K]: the reference's times in each round
+    raw: np.ndarray | None = None         # [rounds, N]: uncorrected times per round
+
+
 @torch.no_grad()
 def measure_networks(space: SearchSpace, archs, device: str = "cpu", batch: int = 1,
-                     threads: int = 1, repeats: int = 10, rounds: int = 3,
-                     progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """End-to-end latency (milliseconds) of each sub-network extracted as a static network: what
-    a table predicts. `rounds` passes over all of them, `repeats` timed calls each. Returns the
-    median over the rounds of each pass's median (so that a slow spell of a shared machine does
-    not fall on one network alone), [N], and every pass's median, [rounds, N]."""
+                     threads: int = 1, repeats: int = NETWORK_REPEATS,
+                     rounds: int = NETWORK_ROUNDS, reference_ms: float | None = None,
+                     progress: bool = False) -> Timings:
+    """End-to-end latency of each sub-network extracted as a static network: what a table
+    predicts. `rounds` passes over all of them, `repeats` timed calls each (after
+    NETWORK_WARMUP), the median over the rounds of each pass's median (so that a slow spell
+    falls on no network alone).
+
+    A shared machine's speed drifts by several percent over seconds to minutes (measured in the
+    docs: Search), so the reference network (:func:`reference_arch`) is timed before every
+    REFERENCE_EVERY-th network and after the last: each network's time is divided by the
+    reference's (interpolated between the two timings around it) and multiplied by
+    `reference_ms` (default: the reference's median over this measurement). Given the table's
+    reference time, times measured at different moments compare."""
     torch.manual_seed(WEIGHT_SEED)
     net = Supernet(space).eval()
     rows = space.rows(np.asarray(archs))
-    times = np.zeros((rounds, len(rows)))
+    raw = np.zeros((rounds, len(rows)))
+    ratio = np.zeros((rounds, len(rows)))
+    ref_times = []
+    reference = net.extract(reference_arch(space)).eval().to(device)
+    ref_res = int(space.min_arch().resolution)
+    ref_x = torch.randn(batch, space.in_channels, ref_res, ref_res, device=device)
     bar = tqdm(total=rounds * len(rows), desc="end-to-end latency", disable=not progress)
-    for r in range(rounds):
-        for i, arch in enumerate(rows):
-            static = net.extract(arch).eval().to(device)
-            res = int(arch[0])
-            x = torch.randn(batch, space.in_channels, res, res, device=device)
-            with using_threads(threads):
-                times[r, i] = time_module(static, x, repeats, NETWORK_WARMUP)
-            bar.update()
+    with using_threads(threads):
+        time_module(reference, ref_x, 1, 2 * NETWORK_WARMUP)  # (threads and caches awake)
+        for r in range(rounds):
+            at, ref = [], []
+            for i, arch in enumerate(rows):
+                if i % REFERENCE_EVERY == 0:
+                    at.append(i)
+                    ref.append(time_module(reference, ref_x, repeats, NETWORK_WARMUP))
+                static = net.extract(arch).eval().to(device)
+                res = int(arch[0])
+                x = torch.randn(batch, space.in_channels, res, res, device=device)
+                raw[r, i] = time_module(static, x, repeats, NETWORK_WARMUP)
+                bar.update()
+            at.append(len(rows))
+            ref.append(time_module(reference, ref_x, repeats, NETWORK_WARMUP))
+            ratio[r] = raw[r] / np.interp(np.arange(len(rows)) + 0.5, at, ref)
+            ref_times += ref
     bar.close()
-    return np.median(times, axis=0), times
+    now = float(np.median(ref_times))
+    level = now if reference_ms is None else float(reference_ms)
+    passes = ratio * level
+    return Timings(np.median(passes, axis=0), passes, np.median(raw, axis=0), level, now,
+                   np.array(ref_times).reshape(rounds, -1), raw)
 
 
-def check(table: LatencyTable, n: int = 100, seed: int = 0, repeats: int = 10, rounds: int = 3,
-          progress: bool = False) -> dict:
-    """Predicted vs measured end-to-end latency of `n` random sub-networks, here (the table must
-    have been measured on this device: otherwise ValueError). Relative error = predicted /
-    measured - 1."""
+def measurer(table: LatencyTable, skip_hint: str | None = None):
+    """A function from encodings [N, D] to their end-to-end milliseconds measured here as the
+    table was (device, threads, batch; at the table's reference speed). ValueError if the table
+    was measured on another device (`skip_hint`: the option that does without measuring)."""
     device = "cuda" if table.device.startswith("cuda") else "cpu"
-    if table.device != device_name(device):
+    here = device_name(device) if device == "cpu" or torch.cuda.is_available() else "no GPU"
+    if table.device != here:
+        hint = f" (or pass {skip_hint})" if skip_hint else ""
         raise ValueError(f"the latency table was measured on {table.device!r}; this machine is "
-                         f"{device_name(device)!r}: measured latencies here would not compare")
+                         f"{here!r}: latencies measured here would not compare; measure a table "
+                         f"here with python -m nasops.search.latency{hint}")
+
+    def measure(archs, **kw):
+        return measure_networks(table.space, archs, device, table.batch, table.threads,
+                                reference_ms=table.reference_ms, **kw).ms
+    return measure
+
+
+def error_summary(predicted, measured) -> dict:
+    """How far `predicted` is from `measured`, relative (predicted / measured - 1): the share
+    within +-10%, the median and 90th percentile of |error|, the mean error."""
+    error = np.asarray(predicted, dtype=np.float64) / np.asarray(measured, dtype=np.float64) - 1
+    return {"within_10pct": float((np.abs(error) <= 0.1).mean()),
+            "median_abs": float(np.median(np.abs(error))),
+            "p90_abs": float(np.quantile(np.abs(error), 0.9)), "mean": float(error.mean())}
+
+
+def check(table: LatencyTable, n: int = 100, seed: int = 0, repeats: int = NETWORK_REPEATS,
+          rounds: int = NETWORK_ROUNDS, retest: bool = True, progress: bool = False) -> dict:
+    """Predicted vs measured end-to-end latency of `n` random sub-networks, here (the table must
+    have been measured on this device: otherwise ValueError). With `retest`, the same networks
+    are measured a second time the same way: how far two measurements of one network differ is
+    the floor under any prediction's error. Relative error = predicted / measured - 1."""
+    measurer(table)  # (refuses another device)
+    device = "cuda" if table.device.startswith("cuda") else "cpu"
     archs = table.space.sample(check_count("n", n), seed=seed)
-    measured, passes = measure_networks(table.space, archs, device, table.batch, table.threads,
-                                        repeats, rounds, progress=progress)
+    measure = lambda: measure_networks(table.space, archs, device, table.batch,  # noqa: E731
+                                       table.threads, repeats, rounds, table.reference_ms,
+                                       progress=progress)
+    first = measure()
     predicted = table(archs)
-    error = predicted / measured - 1
-    parts_error = table.parts(archs) / measured - 1
-    # how far one pass's measurement strays from the median of the passes: the machine's noise
-    pass_error = np.abs(passes / measured - 1)
-    return {"n": n, "rounds": rounds, "device": table.device, "threads": table.threads,
-            "batch": table.batch,
-            "scale": table.scale, "offset_ms": table.offset_ms,
-            "median_abs_error": float(np.median(np.abs(error))),
-            "median_abs_error_parts_only": float(np.median(np.abs(parts_error))),
-            "median_abs_pass_deviation": float(np.median(pass_error)),
-            "mean_error_parts_only": float(parts_error.mean()),
-            "p90_abs_error": float(np.quantile(np.abs(error), 0.9)),
-            "mean_error": float(error.mean()), "encodings": archs.tolist(),
-            "mflops": table.space.flops(archs).tolist(), "predicted_ms": predicted.tolist(),
-            "measured_ms": measured.tolist()}
+    result = {"n": n, "rounds": rounds, "repeats": repeats, "device": table.device,
+              "threads": table.threads, "batch": table.batch, "scale": table.scale,
+              "offsets_ms": {str(r): v for r, v in table.offsets_ms.items()},
+              "error": error_summary(predicted, first.ms),
+              "error_raw": error_summary(predicted, first.raw_ms),
+              "error_parts_only": error_summary(table.parts(archs), first.ms),
+              "reference_ms": first.reference_ms, "reference_now_ms": first.reference_now_ms,
+              "encodings": archs.tolist(), "mflops": table.space.flops(archs).tolist(),
+              "predicted_ms": predicted.tolist(), "measured_ms": first.ms.tolist(),
+              "measured_raw_ms": first.raw_ms.tolist()}
+    if retest:
+        second = measure()
+        result["retest"] = error_summary(second.ms, first.ms)
+        result["retest_raw"] = error_summary(second.raw_ms, first.raw_ms)
+        result["retest_ms"] = second.ms.tolist()
+    return result
+
+
+def _pct(summary: dict) -> str:
+    return (f"{100 * summary['within_10pct']:.0f}% within +-10%, median |error| "
+            f"{100 * summary['median_abs']:.1f}%, 90th percentile {100 * summary['p90_abs']:.1f}%")
+
+
+def check_report(table: LatencyTable, result: dict) -> str:
+    """The lines `--check` prints."""
+    lines = [f"{table.space.name}, {table.device}, {table.threads} thread"
+             f"{'s' * (table.threads > 1)}, batch {table.batch}: predicted vs measured end-to-end "
+             f"latency of {result['n']} random sub-networks:",
+             f"  {_pct(result['error'])}, mean {100 * result['error']['mean']:+.1f}%",
+             f"  the parts' sum alone: {_pct(result['error_parts_only'])}",
+             f"  without the drift correction: {_pct(result['error_raw'])} (the reference ran at "
+             f"{result['reference_now_ms']:.2f} ms now, {result['reference_ms']:.2f} ms when the "
+             f"table was made)"]
+    if "retest" in result:
+        lines.append(f"  measurement noise (the same networks measured again): "
+                     f"{_pct(result['retest'])}; without the drift correction: "
+                     f"{_pct(result['retest_raw'])}")
+    return "\n".join(lines)
 
 
 def main(argv=None, prog=None) -> int:
@@ -365,14 +555,7 @@ def main(argv=None, prog=None) -> int:
         if args.check:
             table = LatencyTable.load(args.check)
             result = check(table, args.n, progress=not args.no_progress)
-            print(f"{table.space.name}, {table.device}, {table.threads} threads, batch "
-                  f"{table.batch}: predicted vs measured end-to-end latency of {args.n} random "
-                  f"sub-networks: median |error| {100 * result['median_abs_error']:.1f}%, 90th "
-                  f"percentile {100 * result['p90_abs_error']:.1f}%, mean error "
-                  f"{100 * result['mean_error']:+.1f}% (the parts' sum alone: median |error| "
-                  f"{100 * result['median_abs_error_parts_only']:.1f}%; one pass of the "
-                  f"measurement strays from the median of {result['rounds']} by "
-                  f"{100 * result['median_abs_pass_deviation']:.1f}% (median))")
+            print(check_report(table, result))
             if args.check_out:
                 write_json(args.check_out, result, indent=None)
                 print(f"wrote {args.check_out}")
