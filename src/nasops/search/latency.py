@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import json
 import os
+import math
 import platform
 import statistics
 import sys
@@ -47,7 +48,10 @@ NETWORK_WARMUP = 3  # untimed calls of each whole network before its timed ones
 CALIBRATION_SEED = 0x1A7E  # the end-to-end networks a table is calibrated on (check draws seed 0)
 CALIBRATION_NETWORKS = 60  # (the fit has one scale and one offset per resolution)
 NETWORK_REPEATS, NETWORK_ROUNDS = 5, 3  # timed calls per network and round; rounds
+MIN_TIMED_MS = 25  # at least this much timed work per network and round (a 1 ms network timed 5
+                   # times is at the mercy of one scheduler hiccup)
 REFERENCE_EVERY = 4  # the reference network is timed before every 4th network and at the end
+REFERENCE_SMOOTHING = 5  # running median over the reference's times (drops single hiccups)
 
 
 def device_name(device: str | torch.device) -> str:
@@ -361,10 +365,11 @@ def protocol(repeats: int, warmup: int, calibrate: int) -> dict:
     return {"parts": {"warmup": warmup, "repeats": repeats, "statistic": "median",
                       "module": "each part as a static module, eval mode, no gradients"},
             "networks": {"warmup": NETWORK_WARMUP, "repeats": NETWORK_REPEATS,
-                         "rounds": NETWORK_ROUNDS, "order": "interleaved: each round times "
+                         "min_timed_ms": MIN_TIMED_MS, "rounds": NETWORK_ROUNDS, "order": "interleaved: each round times "
                          "every network once", "statistic": "median over rounds of each "
                          "round's median", "drift": f"each time divided by the reference "
-                         f"network's, timed before every {REFERENCE_EVERY}th network and "
+                         f"network's, timed before every {REFERENCE_EVERY}th network, "
+                         f"smoothed (running median of {REFERENCE_SMOOTHING}) and "
                          f"interpolated, times the reference's time when the table was made"},
             "calibration": {"networks": calibrate, "seed": CALIBRATION_SEED,
                             "model": "scale x sum of the parts + an offset per resolution, "
@@ -403,13 +408,14 @@ def measure_networks(space: SearchSpace, archs, device: str = "cpu", batch: int 
                      progress: bool = False) -> Timings:
     """End-to-end latency of each sub-network extracted as a static network: what a table
     predicts. `rounds` passes over all of them, `repeats` timed calls each (after
-    NETWORK_WARMUP), the median over the rounds of each pass's median (so that a slow spell
+    NETWORK_WARMUP; more for a network faster than MIN_TIMED_MS / `repeats`), the median over the rounds of each pass's median (so that a slow spell
     falls on no network alone).
 
     A shared machine's speed drifts by several percent over seconds to minutes (measured in the
     docs: Search), so the reference network (:func:`reference_arch`) is timed before every
     REFERENCE_EVERY-th network and after the last: each network's time is divided by the
-    reference's (interpolated between the two timings around it) and multiplied by
+    reference's (a running median over its timings, interpolated between the two around the
+    network) and multiplied by
     `reference_ms` (default: the reference's median over this measurement). Given the table's
     reference time, times measured at different moments compare."""
     torch.manual_seed(WEIGHT_SEED)
@@ -429,15 +435,16 @@ def measure_networks(space: SearchSpace, archs, device: str = "cpu", batch: int 
             for i, arch in enumerate(rows):
                 if i % REFERENCE_EVERY == 0:
                     at.append(i)
-                    ref.append(time_module(reference, ref_x, repeats, NETWORK_WARMUP))
+                    ref.append(_time_network(reference, ref_x, repeats))
                 static = net.extract(arch).eval().to(device)
                 res = int(arch[0])
                 x = torch.randn(batch, space.in_channels, res, res, device=device)
-                raw[r, i] = time_module(static, x, repeats, NETWORK_WARMUP)
+                raw[r, i] = _time_network(static, x, repeats)
                 bar.update()
             at.append(len(rows))
-            ref.append(time_module(reference, ref_x, repeats, NETWORK_WARMUP))
-            ratio[r] = raw[r] / np.interp(np.arange(len(rows)) + 0.5, at, ref)
+            ref.append(_time_network(reference, ref_x, repeats))
+            speed = _running_median(np.array(ref), REFERENCE_SMOOTHING)
+            ratio[r] = raw[r] / np.interp(np.arange(len(rows)) + 0.5, at, speed)
             ref_times += ref
     bar.close()
     now = float(np.median(ref_times))
@@ -445,6 +452,20 @@ def measure_networks(space: SearchSpace, archs, device: str = "cpu", batch: int 
     passes = ratio * level
     return Timings(np.median(passes, axis=0), passes, np.median(raw, axis=0), level, now,
                    np.array(ref_times).reshape(rounds, -1), raw)
+
+
+def _time_network(fn, x, repeats: int) -> float:
+    """time_module after NETWORK_WARMUP calls, with at least `repeats` timed calls and at least
+    MIN_TIMED_MS of them (the first call after the warm-up tells how many that takes)."""
+    first = time_module(fn, x, 1, NETWORK_WARMUP)
+    return time_module(fn, x, min(max(repeats, math.ceil(MIN_TIMED_MS / max(first, 1e-3))),
+                                  200), 0)
+
+
+def _running_median(values: np.ndarray, window: int) -> np.ndarray:
+    half = window // 2
+    return np.array([np.median(values[max(0, i - half):i + half + 1])
+                     for i in range(len(values))])
 
 
 def measurer(table: LatencyTable, skip_hint: str | None = None):
