@@ -214,3 +214,12 @@ def test_a_format_1_table_still_loads(space, measured, tmp_path):
 def _saved(table, tmp_path):
     table.save(str(tmp_path / "t.json"))
     return (tmp_path / "t.json").read_text()
+
+
+def test_the_reference_smoothing_keeps_a_drift_and_drops_a_hiccup():
+    ramp = 1.0 + 0.02 * np.arange(10)  # the machine slowing down steadily
+    np.testing.assert_allclose(latency._running_median(ramp, 5), ramp)
+    hiccup = ramp.copy()
+    hiccup[4] *= 1.3  # one timing of the reference caught a slow spell
+    smoothed = latency._running_median(hiccup, 5)
+    assert np.abs(smoothed / ramp - 1).max() <= 0.02 + 1e-12  # (off by at most one step of drift)

@@ -463,9 +463,15 @@ def _time_network(fn, x, repeats: int) -> float:
 
 
 def _running_median(values: np.ndarray, window: int) -> np.ndarray:
+    """A running median that keeps a steady drift: the ends are padded by reflecting the series
+    through its end points, so a linear trend comes out unchanged while a single outlier inside
+    it is dropped."""
     half = window // 2
-    return np.array([np.median(values[max(0, i - half):i + half + 1])
-                     for i in range(len(values))])
+    if len(values) <= half:
+        return values.copy()
+    padded = np.concatenate([2 * values[0] - values[half:0:-1], values,
+                             2 * values[-1] - values[-2:-half - 2:-1]])
+    return np.array([np.median(padded[i:i + window]) for i in range(len(values))])
 
 
 def measurer(table: LatencyTable, skip_hint: str | None = None):
