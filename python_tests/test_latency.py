@@ -223,3 +223,30 @@ def test_the_reference_smoothing_keeps_a_drift_and_drops_a_hiccup():
     hiccup[4] *= 1.3  # one timing of the reference caught a slow spell
     smoothed = latency._running_median(hiccup, 5)
     assert np.abs(smoothed / ramp - 1).max() <= 0.02 + 1e-12  # (off by at most one step of drift)
+
+
+def test_the_command_measures_a_run_s_own_space(trained, tiny, tmp_path, monkeypatch, capsys):
+    """--checkpoint measures for the run's own space (a run's input channels and classes are its
+    data's), which the search over the run then accepts; a table of another configuration is
+    refused, naming what differs."""
+    from nasops.nn.checkpoint import load_checkpoint
+    monkeypatch.setattr(latency, "time_module", mmacs)  # (the logic, not the clock)
+    ckpt = str(trained / "checkpoint.pt")
+    run_space = nasops.SearchSpace(load_checkpoint(ckpt)["space"])
+    assert run_space.in_channels == 1
+    out = str(tmp_path / "run.json")
+    assert latency.main(["--checkpoint", ckpt, "--out", out, "--repeats", "1",
+                         "--no-progress"]) == 0
+    assert "calibrated on 60 whole networks" in capsys.readouterr().out
+    table = LatencyTable.load(out, run_space)
+    np.testing.assert_allclose(table(run_space.sample(8, seed=0)),
+                               run_space.flops(run_space.sample(8, seed=0)), rtol=1e-6)
+    rgb = tmp_path / "rgb.yaml"  # (the same space for 3-channel images)
+    rgb.write_text(open(tiny).read().replace("in_channels: 1", "in_channels: 3"))
+    assert latency.main(["--space", str(rgb), "--out", str(tmp_path / "yaml.json"), "--repeats",
+                         "1", "--no-progress"]) == 0
+    with pytest.raises(ValueError, match=r"another configuration \(in_channels 3 there, 1 here"):
+        LatencyTable.load(str(tmp_path / "yaml.json"), run_space)
+    capsys.readouterr()
+    assert latency.main(["--space", tiny, "--checkpoint", ckpt, "--out", out]) == 1
+    assert "give --space or --checkpoint (one of them)" in capsys.readouterr().err

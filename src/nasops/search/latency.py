@@ -255,9 +255,13 @@ class LatencyTable:
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, RuntimeError) as e:
             raise ValueError(f"{path} is not a nasops latency table: {e}") from None
         if space is not None and space.config != table.space.config:
+            differ = ", ".join(f"{k} {table.space.config.get(k)!r} there, {space.config.get(k)!r} "
+                               f"here" for k in sorted(set(space.config) | set(table.space.config))
+                               if space.config.get(k) != table.space.config.get(k))
             raise ValueError(f"latency table {path} was measured for search space "
-                             f"{table.space.name!r} with another configuration; this search "
-                             f"is over {space.name!r}")
+                             f"{table.space.name!r} with another configuration ({differ}); this "
+                             f"search is over {space.name!r} (measure a table for a run's own "
+                             f"space with --checkpoint RUN/checkpoint.pt)")
         if space is not None:
             table.space = space
         expected = {"device": None if device is None else (
@@ -563,10 +567,14 @@ def main(argv=None, prog=None) -> int:
                     "measurements of random sub-networks.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  python -m nasops.search.latency --space attentive_nas --device cpu --batch 1 "
-               "--threads 1 --out table.json\n  python -m nasops.search.latency --check table.json -n 100"
+               "--threads 1 --out table.json\n  python -m nasops.search.latency --checkpoint "
+               "RUN/checkpoint.pt --out RUN/latency.json\n  python -m nasops.search.latency --check table.json -n 100"
                "\n\n" + STAGES)
     parser.add_argument("--space", help=f"search space: {', '.join(packaged_spaces())} or a "
                                         f"YAML file")
+    parser.add_argument("--checkpoint", help="RUN/checkpoint.pt of nasops-train: measure for "
+                                             "the run's space (its input channels and classes "
+                                             "included) instead of --space")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads while timing")
@@ -587,17 +595,23 @@ def main(argv=None, prog=None) -> int:
                 write_json(args.check_out, result, indent=None)
                 print(f"wrote {args.check_out}")
             return 0
-        if not args.space or not args.out:
-            raise ValueError("give --space and --out to measure a table, or --check TABLE")
+        if bool(args.space) == bool(args.checkpoint) or not args.out:
+            raise ValueError("give --space or --checkpoint (one of them) and --out to measure a "
+                             "table, or --check TABLE")
         if args.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda: no CUDA device is available here")
-        space = SearchSpace.load(args.space)
+        if args.checkpoint:
+            from ..nn.checkpoint import load_checkpoint
+            space = SearchSpace(load_checkpoint(args.checkpoint)["space"], source=args.checkpoint)
+        else:
+            space = SearchSpace.load(args.space)
         start = time.perf_counter()
         table = LatencyTable.measure(space, args.device, args.batch, args.threads, args.repeats,
                                      progress=not args.no_progress)
         table.save(args.out)
         print(f"measured {table.num_parts} parts of {space.name} on "
-              f"{table.device} ({table.threads} threads, batch {table.batch}) in "
+              f"{table.device} ({table.threads} thread{'s' * (table.threads > 1)}, batch "
+              f"{table.batch}) and calibrated on {CALIBRATION_NETWORKS} whole networks in "
               f"{time.perf_counter() - start:.0f} s; wrote {args.out}")
     except (ValueError, FileNotFoundError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
