@@ -516,9 +516,11 @@ class FrontResult:
                 "history": self.history}
 
 
-def front(space: SearchSpace, objective, cost_range, evaluations: int = 5000,
-          population: int = 256, mutate_prob: float = 0.1, *, seed: int | None = 0,
-          cost=None, cache: dict | None = None, progress: bool = False) -> FrontResult:
+FRONT_KNOBS = {"population": 256, "mutate_prob": 0.1, "cache": None}  # front()'s, by keyword
+
+
+def front(space: SearchSpace, objective, cost_range, evaluations: int = 5000, *,
+          seed: int | None = 0, cost=None, progress: bool = False, **knobs) -> FrontResult:
     """The whole accuracy-cost front within `cost_range` = (lo, hi) in one run (MFLOPs, or the
     unit of `cost`, as in :func:`evolve`: a :class:`~nasops.search.latency.LatencyTable` gives
     the accuracy-latency front): NSGA-II (Deb et al., 2002) with the repairing moves of
@@ -528,15 +530,21 @@ def front(space: SearchSpace, objective, cost_range, evaluations: int = 5000,
     make `population` children, half mutated and half crossed over; parents and children are
     ranked into non-dominated fronts and the best `population` kept (the last front by crowding
     distance). Returns the non-dominated set of everything evaluated with costs in the range.
-    `cache` (a dict) shares objective values with other searches."""
+    Keywords (FRONT_KNOBS): `population` (256), `mutate_prob` (0.1) and `cache` (a dict that
+    shares objective values with other searches)."""
+    unknown = sorted(set(knobs) - set(FRONT_KNOBS))
+    if unknown:
+        raise TypeError(f"front() got unknown keyword arguments {unknown}; it takes "
+                        f"{sorted(FRONT_KNOBS)}")
+    knobs = {**FRONT_KNOBS, **knobs}
     cost_fn = _cost_of(space, cost)
     lo, hi = _check_range(space, cost_range, cost_fn)
     evaluations = check_count("evaluations", evaluations, 1)
-    population = check_count("population", population, 4)
-    mutate_prob = _check_probability("mutate_prob", mutate_prob)
+    population = check_count("population", knobs["population"], 4)
+    mutate_prob = _check_probability("mutate_prob", knobs["mutate_prob"])
     rng = np.random.default_rng(seed64(seed))
     sampler = FlopsSampler(space, n_prior=50_000, seed=int(rng.integers(2**63)))
-    run = _Nsga(space, _Scores(objective, cache), _Moves(space, cost_fn, hi, rng, mutate_prob,
+    run = _Nsga(space, _Scores(objective, knobs["cache"]), _Moves(space, cost_fn, hi, rng, mutate_prob,
                                                          repair=True), lo, evaluations, population)
     run.start(initial_population(space, sampler, hi, population, rng,
                                  cost=None if cost is None else cost_fn))

@@ -111,7 +111,7 @@ class LatencyTable:
 
     def __init__(self, space: SearchSpace, tables: dict, device: str, threads: int, batch: int,
                  settings: dict | None = None, scale: float = 1.0,
-                 offsets_ms: dict | None = None, reference: dict | None = None):
+                 offsets_ms: dict | None = None):
         self.space, self.tables = space, tables
         self.device, self.threads, self.batch = device, threads, batch
         self.settings = dict(settings or {})
@@ -120,8 +120,8 @@ class LatencyTable:
                            for r in space.config["resolution"]}
         # the reference network timed alongside every end-to-end measurement, and its time
         # while the table was made: end-to-end times are expressed at that speed (see
-        # measure_networks)
-        self.reference = reference
+        # measure_networks); set by measure and load
+        self.reference: dict | None = None
         self._core = _C.Space(space.config, tables)  # (checks the tables' shapes)
 
     @property
@@ -247,8 +247,8 @@ class LatencyTable:
             else:
                 offsets = {int(r): float(v) for r, v in doc["offsets_ms"].items()}
             table = cls(table_space, tables, str(doc["device"]), int(doc["threads"]),
-                        int(doc["batch"]), doc.get("settings"), float(doc["scale"]), offsets,
-                        doc.get("reference"))
+                        int(doc["batch"]), doc.get("settings"), float(doc["scale"]), offsets)
+            table.reference = doc.get("reference")
             if table.reference is not None:
                 float(table.reference["ms"])
                 table_space.rows(np.asarray([table.reference["encoding"]]))
@@ -407,13 +407,12 @@ class Timings:
 
 @torch.no_grad()
 def measure_networks(space: SearchSpace, archs, device: str = "cpu", batch: int = 1,
-                     threads: int = 1, repeats: int = NETWORK_REPEATS,
-                     rounds: int = NETWORK_ROUNDS, reference_ms: float | None = None,
-                     progress: bool = False) -> Timings:
+                     threads: int = 1, rounds: int = NETWORK_ROUNDS,
+                     reference_ms: float | None = None, progress: bool = False) -> Timings:
     """End-to-end latency of each sub-network extracted as a static network: what a table
-    predicts. `rounds` passes over all of them, `repeats` timed calls each (after
-    NETWORK_WARMUP; more for a network faster than MIN_TIMED_MS / `repeats`), the median over the rounds of each pass's median (so that a slow spell
-    falls on no network alone).
+    predicts. `rounds` passes over all of them, NETWORK_REPEATS timed calls each after
+    NETWORK_WARMUP (more if those take under MIN_TIMED_MS), the median over the rounds of each
+    pass's median (so that a slow spell falls on no network alone).
 
     A shared machine's speed drifts by several percent over seconds to minutes (measured in the
     docs: Search), so the reference network (:func:`reference_arch`) is timed before every
@@ -439,14 +438,14 @@ def measure_networks(space: SearchSpace, archs, device: str = "cpu", batch: int 
             for i, arch in enumerate(rows):
                 if i % REFERENCE_EVERY == 0:
                     at.append(i)
-                    ref.append(_time_network(reference, ref_x, repeats))
+                    ref.append(_time_network(reference, ref_x))
                 static = net.extract(arch).eval().to(device)
                 res = int(arch[0])
                 x = torch.randn(batch, space.in_channels, res, res, device=device)
-                raw[r, i] = _time_network(static, x, repeats)
+                raw[r, i] = _time_network(static, x)
                 bar.update()
             at.append(len(rows))
-            ref.append(_time_network(reference, ref_x, repeats))
+            ref.append(_time_network(reference, ref_x))
             speed = _running_median(np.array(ref), REFERENCE_SMOOTHING)
             ratio[r] = raw[r] / np.interp(np.arange(len(rows)) + 0.5, at, speed)
             ref_times += ref
@@ -458,12 +457,12 @@ def measure_networks(space: SearchSpace, archs, device: str = "cpu", batch: int 
                    np.array(ref_times).reshape(rounds, -1), raw)
 
 
-def _time_network(fn, x, repeats: int) -> float:
-    """time_module after NETWORK_WARMUP calls, with at least `repeats` timed calls and at least
-    MIN_TIMED_MS of them (the first call after the warm-up tells how many that takes)."""
+def _time_network(fn, x) -> float:
+    """time_module after NETWORK_WARMUP calls, with at least NETWORK_REPEATS timed calls and at
+    least MIN_TIMED_MS of them (the first call after the warm-up tells how many that takes)."""
     first = time_module(fn, x, 1, NETWORK_WARMUP)
-    return time_module(fn, x, min(max(repeats, math.ceil(MIN_TIMED_MS / max(first, 1e-3))),
-                                  200), 0)
+    repeats = max(NETWORK_REPEATS, math.ceil(MIN_TIMED_MS / max(first, 1e-3)))
+    return time_module(fn, x, min(repeats, 200), 0)
 
 
 def _running_median(values: np.ndarray, window: int) -> np.ndarray:
@@ -505,7 +504,7 @@ def error_summary(predicted, measured) -> dict:
             "p90_abs": float(np.quantile(np.abs(error), 0.9)), "mean": float(error.mean())}
 
 
-def check(table: LatencyTable, n: int = 100, seed: int = 0, repeats: int = NETWORK_REPEATS,
+def check(table: LatencyTable, n: int = 100, seed: int = 0,
           rounds: int = NETWORK_ROUNDS, retest: bool = True, progress: bool = False) -> dict:
     """Predicted vs measured end-to-end latency of `n` random sub-networks, here (the table must
     have been measured on this device: otherwise ValueError). With `retest`, the same networks
@@ -515,11 +514,11 @@ def check(table: LatencyTable, n: int = 100, seed: int = 0, repeats: int = NETWO
     device = "cuda" if table.device.startswith("cuda") else "cpu"
     archs = table.space.sample(check_count("n", n), seed=seed)
     measure = lambda: measure_networks(table.space, archs, device, table.batch,  # noqa: E731
-                                       table.threads, repeats, rounds, table.reference_ms,
+                                       table.threads, rounds, table.reference_ms,
                                        progress=progress)
     first = measure()
     predicted = table(archs)
-    result = {"n": n, "rounds": rounds, "repeats": repeats, "device": table.device,
+    result = {"n": n, "rounds": rounds, "repeats": NETWORK_REPEATS, "device": table.device,
               "threads": table.threads, "batch": table.batch, "scale": table.scale,
               "offsets_ms": {str(r): v for r, v in table.offsets_ms.items()},
               "error": error_summary(predicted, first.ms),
