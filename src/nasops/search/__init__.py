@@ -544,8 +544,8 @@ def front(space: SearchSpace, objective, cost_range, evaluations: int = 5000, *,
     mutate_prob = _check_probability("mutate_prob", knobs["mutate_prob"])
     rng = np.random.default_rng(seed64(seed))
     sampler = FlopsSampler(space, n_prior=50_000, seed=int(rng.integers(2**63)))
-    run = _Nsga(space, _Scores(objective, knobs["cache"]), _Moves(space, cost_fn, hi, rng, mutate_prob,
-                                                         repair=True), lo, evaluations, population)
+    moves = _Moves(space, cost_fn, hi, rng, mutate_prob, repair=True)
+    run = _Nsga(space, _Scores(objective, knobs["cache"]), moves, lo, evaluations, population)
     run.start(initial_population(space, sampler, hi, population, rng,
                                  cost=None if cost is None else cost_fn))
     with tqdm(total=evaluations, desc=f"front {lo:g}-{hi:g} {_unit(cost_fn)}",

@@ -9,19 +9,23 @@ and the head at each input size and width, in eval mode without gradients. It ke
 layout of the FLOPs cost tables (``nn.supernet.cost_tables``), so the C++ cost model sums them.
 
     python -m nasops.search.latency --space attentive_nas --device cpu --batch 1 --threads 1 --out table.json
+    python -m nasops.search.latency --checkpoint RUN/checkpoint.pt --out RUN/latency.json
     python -m nasops.search.latency --check table.json -n 100     # predicted vs measured, end to end
 
-A table is only valid where it was measured: :meth:`LatencyTable.load` refuses one measured on
-another device, thread count or batch size when told which the caller expects, and ``--check``
-(which measures here) always does.
+The prediction is a fitted scale x the parts' sum + an offset per resolution, calibrated on
+networks timed end to end against a reference network, so that the drift of a shared machine's
+speed cancels (:func:`measure_networks`). A table is only valid where it was measured:
+:meth:`LatencyTable.load` refuses one measured on another device, thread count or batch size
+when told which the caller expects and warns otherwise, and ``--check`` (which measures here)
+always refuses.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
-import os
 import math
+import os
 import platform
 import statistics
 import sys
@@ -204,7 +208,8 @@ class LatencyTable:
                 scale = float(line_scale)
                 offsets = {r: float(line_offset) for r in self.space.config["resolution"]}
         self.scale = scale
-        self.offsets_ms = {int(r): offsets.get(int(r), 0.0) for r in self.space.config["resolution"]}
+        self.offsets_ms = {int(r): offsets.get(int(r), 0.0)
+                           for r in self.space.config["resolution"]}
 
     # -- files ------------------------------------------------------------------------------
     def save(self, path: str) -> None:
@@ -369,9 +374,9 @@ def protocol(repeats: int, warmup: int, calibrate: int) -> dict:
     return {"parts": {"warmup": warmup, "repeats": repeats, "statistic": "median",
                       "module": "each part as a static module, eval mode, no gradients"},
             "networks": {"warmup": NETWORK_WARMUP, "repeats": NETWORK_REPEATS,
-                         "min_timed_ms": MIN_TIMED_MS, "rounds": NETWORK_ROUNDS, "order": "interleaved: each round times "
-                         "every network once", "statistic": "median over rounds of each "
-                         "round's median", "drift": f"each time divided by the reference "
+                         "min_timed_ms": MIN_TIMED_MS, "rounds": NETWORK_ROUNDS,
+                         "order": "interleaved: each round times every network once",
+                         "statistic": "median over rounds of each round's median", "drift": f"each time divided by the reference "
                          f"network's, timed before every {REFERENCE_EVERY}th network, "
                          f"smoothed (running median of {REFERENCE_SMOOTHING}) and "
                          f"interpolated, times the reference's time when the table was made"},
@@ -418,9 +423,9 @@ def measure_networks(space: SearchSpace, archs, device: str = "cpu", batch: int 
     docs: Search), so the reference network (:func:`reference_arch`) is timed before every
     REFERENCE_EVERY-th network and after the last: each network's time is divided by the
     reference's (a running median over its timings, interpolated between the two around the
-    network) and multiplied by
-    `reference_ms` (default: the reference's median over this measurement). Given the table's
-    reference time, times measured at different moments compare."""
+    network) and multiplied by `reference_ms` (default: the reference's median over this
+    measurement). Given the table's reference time, times measured at different moments
+    compare."""
     torch.manual_seed(WEIGHT_SEED)
     net = Supernet(space).eval()
     rows = space.rows(np.asarray(archs))
@@ -567,7 +572,8 @@ def main(argv=None, prog=None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  python -m nasops.search.latency --space attentive_nas --device cpu --batch 1 "
                "--threads 1 --out table.json\n  python -m nasops.search.latency --checkpoint "
-               "RUN/checkpoint.pt --out RUN/latency.json\n  python -m nasops.search.latency --check table.json -n 100"
+               "RUN/checkpoint.pt --out RUN/latency.json\n  python -m nasops.search.latency "
+               "--check table.json -n 100"
                "\n\n" + STAGES)
     parser.add_argument("--space", help=f"search space: {', '.join(packaged_spaces())} or a "
                                         f"YAML file")
