@@ -282,14 +282,25 @@ class LatencyTable:
             table.warn_if_elsewhere(path)
         return table
 
+    @property
+    def kind(self) -> str:
+        """The torch device type the table was measured on: "cpu" or "cuda"."""
+        return "cuda" if self.device.startswith("cuda") else "cpu"
+
+    def elsewhere_device(self) -> str | None:
+        """This machine's device of the table's kind, if it is not the one the table was
+        measured on ("no GPU" for a CUDA table here without one); None if it is."""
+        here = device_name(self.kind) if self.kind == "cpu" or torch.cuda.is_available() \
+            else "no GPU"
+        return None if here == self.device else here
+
     def elsewhere(self) -> list[str]:
         """How this machine differs from where the table was measured (device, torch version):
         empty if it does not."""
-        kind = "cuda" if self.device.startswith("cuda") else "cpu"
-        here = device_name(kind) if kind == "cpu" or torch.cuda.is_available() else "no GPU"
+        here = self.elsewhere_device()
         made = self.settings.get("environment", {}).get("torch", self.settings.get("torch"))
         differences = []
-        if here != self.device:
+        if here is not None:
             differences.append(f"measured on {self.device!r}, this machine is {here!r}")
         if made is not None and made != torch.__version__:
             differences.append(f"measured with torch {made}, this is torch {torch.__version__}")
@@ -486,9 +497,8 @@ def measurer(table: LatencyTable, skip_hint: str | None = None):
     """A function from encodings [N, D] to their end-to-end milliseconds measured here as the
     table was (device, threads, batch; at the table's reference speed). ValueError if the table
     was measured on another device (`skip_hint`: the option that does without measuring)."""
-    device = "cuda" if table.device.startswith("cuda") else "cpu"
-    here = device_name(device) if device == "cpu" or torch.cuda.is_available() else "no GPU"
-    if table.device != here:
+    device, here = table.kind, table.elsewhere_device()
+    if here is not None:
         hint = f" (or pass {skip_hint})" if skip_hint else ""
         raise ValueError(f"the latency table was measured on {table.device!r}; this machine is "
                          f"{here!r}: latencies measured here would not compare; measure a table "
@@ -516,7 +526,7 @@ def check(table: LatencyTable, n: int = 100, seed: int = 0,
     are measured a second time the same way: how far two measurements of one network differ is
     the floor under any prediction's error. Relative error = predicted / measured - 1."""
     measurer(table)  # (refuses another device)
-    device = "cuda" if table.device.startswith("cuda") else "cpu"
+    device = table.kind
     archs = table.space.sample(check_count("n", n), seed=seed)
     measure = lambda: measure_networks(table.space, archs, device, table.batch,  # noqa: E731
                                        table.threads, rounds, table.reference_ms,
