@@ -8,7 +8,7 @@ from scipy.stats import spearmanr
 
 import nasops
 from nasops.search import SearchResult
-from nasops.search.nao import NAOModel, NAOOptions, nao
+from nasops.search import NAOModel, NAOOptions, nao
 from nasops.search.synthetic import Interacting
 
 
@@ -91,3 +91,25 @@ def test_bad_nao_arguments_raise(small):
         nao(small, objective, 6.0, evaluations=0)
     with pytest.raises(ValueError, match="below the smallest"):
         nao(small, objective, 0.01)
+
+
+def test_search_command_with_method_nao(tiny, tmp_path, capsys):
+    import json
+    from nasops.predictor import AccuracyPredictor
+    from nasops.search.__main__ import main
+    space = nasops.SearchSpace.load(tiny)
+    X = space.sample(300, seed=0)
+    y = 0.5 + 0.1 * np.log(space.flops(X)) + np.random.default_rng(0).normal(0, 0.01, 300)
+    AccuracyPredictor(space, n_estimators=10, max_depth=6).fit(X, y).save(tmp_path / "p.npz")
+    common = ["--predictor", str(tmp_path / "p.npz"), "--space", tiny, "--no-progress",
+              "--cloud", "8", "--method", "nao"]
+    assert main(common + ["--evaluations", "150", "--budgets", "1", "2",
+                          "--out", str(tmp_path / "nao")]) == 0
+    doc = json.loads((tmp_path / "nao" / "pareto.json").read_text())
+    assert doc["search"] == "nao"
+    for entry in doc["results"]:
+        assert entry["flops"] <= entry["budget"] and entry["evaluations"] <= 150
+        assert "step_size" in entry["history"][0]
+    capsys.readouterr()
+    assert main(common + ["--front", "--budgets", "1", "--out", str(tmp_path / "x")]) == 1
+    assert "--front is its own search" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """python -m nasops.search --checkpoint RUN/checkpoint.pt --budgets 5 10 20
 
-Evolutionary search of a trained supernet under each FLOPs budget (MFLOPs), or with --constraint
+Evolutionary search (or with --method nao, Neural Architecture Optimization) of a trained
+supernet under each FLOPs budget (MFLOPs), or with --constraint
 latency --latency-table TABLE under each latency budget (milliseconds, predicted by the table of
 python -m nasops.search.latency), or with --front for the whole accuracy-FLOPs front up to the largest
 budget in one run (NSGA-II), from which each budget's pick is taken. The objective is the
@@ -21,7 +22,7 @@ import time
 
 import numpy as np
 
-from . import METHODS, EvolveOptions, SupernetAccuracy, evolve, front, pareto
+from . import METHODS, EvolveOptions, NAOOptions, SupernetAccuracy, evolve, front, nao, pareto
 from ..utils import distributed as dist
 from ..utils.cli import STAGES, add_import_option, prog as prog_name
 from ..utils.cpu import keep_freed_memory
@@ -64,11 +65,15 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
                         help="search the whole front (accuracy vs FLOPs, or vs predicted "
                              "latency) up to the largest budget in one run (NSGA-II) and pick "
                              "each budget's sub-network from it")
-    parser.add_argument("--evaluations", type=int, default=5000,
-                        help="with --front: objective evaluations (default 5000)")
-    parser.add_argument("--method", choices=METHODS, default="repair",
-                        help="repair (default): children over the budget are repaired, and a "
-                             "local search polishes the result; paper: the AttentiveNAS protocol")
+    parser.add_argument("--evaluations", type=int,
+                        help="objective evaluations: with --front (default 5000), or with "
+                             "--method nao per budget (default 1000)")
+    parser.add_argument("--method", choices=METHODS + ("nao",), default="repair",
+                        help="repair (default): evolution whose children over the budget are "
+                             "repaired, and a local search polishes the result; paper: the "
+                             "AttentiveNAS protocol; nao: Neural Architecture Optimization "
+                             "(Balanced NAO's search: an encoder, predictor and decoder trained "
+                             "on the evaluated sub-networks propose new ones)")
     parser.add_argument("--polish", type=int,
                         help="at most this many evaluations in the final local search (method "
                              "repair; default: a quarter of the evolution's)")
@@ -165,25 +170,34 @@ def _constraint(args, search: _Search) -> None:
 def _run(args, search: _Search) -> None:
     """The search itself: one front (--front) or an evolution per budget."""
     space, start = search.space, time.perf_counter()
-    options = EvolveOptions(population=args.population or 512, mutations=args.mutations,
-                            crossovers=args.crossovers, generations=args.generations,
-                            mutate_prob=args.mutate_prob, method=args.method, polish=args.polish)
+    knobs = {}
+    if args.method == "nao":
+        options, search_one = NAOOptions(), nao
+        knobs["evaluations"] = 1000 if args.evaluations is None else args.evaluations
+    else:
+        options = EvolveOptions(population=args.population or 512, mutations=args.mutations,
+                                crossovers=args.crossovers, generations=args.generations,
+                                mutate_prob=args.mutate_prob, method=args.method,
+                                polish=args.polish)
+        search_one = evolve
     if args.front:
         smallest = float((search.cost or space.flops)(space.encode(space.min_arch())[None])[0])
         search.found = front(space, search.objective, (smallest, max(args.budgets)),
-                             evaluations=args.evaluations, population=args.population or 256,
+                             evaluations=args.evaluations or 5000,
+                             population=args.population or 256,
                              mutate_prob=args.mutate_prob, seed=args.seed, cost=search.cost,
                              cache=search.cache, progress=not args.no_progress)
         search.results = [search.found.best_under(b) for b in sorted(args.budgets)]
     else:
         search.results = pareto(space, search.objective, args.budgets, seed=args.seed,
                                 options=options, cost=search.cost, cache=search.cache,
-                                progress=not args.no_progress)
+                                progress=not args.no_progress, **knobs)
     search.seconds = time.perf_counter() - start
     if search.cost is not None and not args.no_verify:
         def research(budget):  # (shares the cache, so earlier evaluations are free)
-            return evolve(space, search.objective, budget, options, seed=args.seed,
-                          cost=search.cost, cache=search.cache, progress=not args.no_progress)
+            return search_one(space, search.objective, budget, options=options, seed=args.seed,
+                              cost=search.cost, cache=search.cache,
+                              progress=not args.no_progress, **knobs)
         search.verified = verify_picks(search.results, search.cost, search.cache, research,
                                        search.measure)
 
@@ -230,6 +244,10 @@ def _measure_and_export(args, search: _Search, out: str) -> tuple[list[dict], se
 
 def _check_args(args) -> None:
     """Errors of argument combinations, before anything runs."""
+    if args.front and args.method == "nao":
+        raise ValueError("--front is its own search (NSGA-II); --method nao searches per budget")
+    if args.evaluations is not None and args.evaluations < 1:
+        raise ValueError(f"--evaluations {args.evaluations} must be >= 1")
     if args.quantize and (args.no_export or not args.checkpoint):
         raise ValueError("--quantize int8 quantizes the exported picks: it needs --checkpoint "
                          "and no --no-export")

@@ -34,8 +34,8 @@ from tqdm import tqdm
 from ..utils.checks import check_count, is_number, seed64
 from ..space import SearchSpace
 from ..space.sampler import FlopsSampler
-from . import (SearchResult, _Moves, _Scores, _cost_of, _unique, _unit, check_budget,
-               initial_population)
+from .core import (SearchResult, _Moves, _Scores, _cost_of, _unique, _unit, check_budget,
+                   initial_population)
 
 MAX_STEPS = 50  # step sizes eta, 2 eta, ..., MAX_STEPS x eta (NAO-WS: 1 to 50)
 
