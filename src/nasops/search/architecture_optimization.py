@@ -282,27 +282,34 @@ class _Pool:
         return int(self.ranked(cost_fn)[0])
 
 
+def new_candidates(model: NAOModel, moves: _Moves, seeds: np.ndarray, count: int,
+                   known) -> tuple[np.ndarray, dict]:
+    """Up to `count` sub-networks within the moves' budget that `known` (rows -> bool) does not
+    know, proposed by the model from the seeds; when its step sizes up to MAX_STEPS x eta find
+    too few, mutations of the seeds make up the rest (so a search does not stall). Returns them
+    and {"new", "mutated", "step_size"}."""
+    new, eta = model.propose(seeds, count, moves.fit, known)
+    mutated = 0
+    if len(new) < count:
+        extra = moves.children(seeds, 4 * count, moves.mutate)
+        extra = extra[~known(extra) & ~Known(new)(extra)][:count - len(new)]
+        new, mutated = np.concatenate([new, extra]), len(extra)
+    return new, {"new": int(len(new)), "mutated": int(mutated), "step_size": float(eta)}
+
+
 def _round(model: NAOModel, moves: _Moves, scores: _Scores, pool: _Pool, count: int, rng,
            cost_fn) -> dict:
     """One round of the search: fit, propose from the seeds, evaluate; its history entry."""
     losses = model.fit(pool.archs, pool.values, rng)
     seeds = pool.archs[pool.ranked(cost_fn)[:model.options.seeds]]
-    known = _Known(pool.archs)
-    new, eta = model.propose(seeds, count, moves.fit, known)
-    mutated = 0
-    if len(new) < count:  # NAO found too few new ones: mutations of the seeds make up the rest
-        extra = moves.children(seeds, 4 * count, moves.mutate)
-        extra = extra[~known(extra) & ~_Known(new)(extra)][:count - len(new)]
-        new, mutated = np.concatenate([new, extra]), len(extra)
+    new, made = new_candidates(model, moves, seeds, count, Known(pool.archs))
     if len(new):
         pool.add(new, scores(new))
     best = pool.best(cost_fn)
-    return {"best": float(pool.values[best]),
-            "evaluations": scores.calls, "new": int(len(new)), "mutated": int(mutated),
-            "step_size": float(eta), **losses}
+    return {"best": float(pool.values[best]), "evaluations": scores.calls, **made, **losses}
 
 
-class _Known:
+class Known:
     """Membership of rows in a set of encodings."""
 
     def __init__(self, archs):

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from ..data import BatchStream, FolderSet, FolderStream
-from ..evaluate import Evaluator
+from ..evaluate import Evaluator, binomial_interval
 from ..nn import Supernet, preserved_bn_stats, sync_batchnorm
 from ..nn.checkpoint import FORMAT as CHECKPOINT_FORMAT, warm_start
 from ..ops import set_dw_backend
@@ -203,7 +203,7 @@ def build_run(cfg, device: torch.device | str = "cpu", rank: int = 0, world: int
     predictor = AccuracyPredictor.load(cfg["predictor"], space) if cfg["predictor"] else None
     strategy = build_strategy(cfg["strategy"], space, seed=cfg["seed"], predictor=predictor,
                               uniform_bins=cfg["target_bins"] == "uniform",
-                              pool_size=cfg["pool_size"], n_prior=cfg["n_prior"])
+                              pool_size=cfg["pool_size"], n_prior=cfg["n_prior"], recipe=cfg)
     scaler = torch.amp.GradScaler(torch.device(device).type,
                                   enabled=resolve_amp(cfg["amp"], device) == "fp16")
     return Run(cfg, splits, stream, space, net, optimizer, scheduler, strategy, scaler)
@@ -302,6 +302,12 @@ class _Loop:
         return Evaluator(self.run.net, self.run.splits, cfg["eval_batch_size"], cfg["calib_images"],
                          self.device, channels_last=cfg["channels_last"])  # (the run's format)
 
+    def evaluate(self, archs, split: str = "holdout") -> np.ndarray:
+        """BN-calibrated accuracies of sub-networks of the supernet as it is now; training goes
+        on with its own BN statistics."""
+        with preserved_bn_stats(self.run.net):
+            return self.new_evaluator().accuracy(archs, split)
+
     def epoch(self, epoch: int, step: int) -> dict:
         """The steps of `epoch` from `step` on: its metrics entry, or {"interrupted": step}."""
         sums, count, start = np.zeros(3), 0, time.perf_counter()
@@ -354,6 +360,9 @@ class _Loop:
         run.scaler.step(run.optimizer)  # (fp16: skipped when a gradient overflowed)
         run.scaler.update()
         run.scheduler.step()
+        event = run.strategy.after_step(global_step, self.total_steps, self.evaluate)
+        if event is not None:
+            self.folder.record(event)
         self.bar.update(1)
         self.bar.set_postfix(epoch=f"{epoch + 1}/{self.epochs}", loss=f"{finite[0]:.3f}")
         if global_step % cfg["log_every"] == 0:
@@ -398,10 +407,27 @@ class _Loop:
         final = {"event": "final", **acc, "smallest_mflops": space.flops(self.smallest),
                  "largest_mflops": space.flops(self.largest), "steps": self.total_steps,
                  "world_size": self.world}
+        picks = self.run.strategy.picks(lambda archs: evaluator.accuracy(archs, "holdout"))
+        if picks is not None:
+            final["picks"] = self.with_test_accuracy(picks, evaluator)
+            self.folder.write_picks(self.run.space.name, self.run.strategy.name, final["picks"])
         self.folder.record(final)
         self.folder.write_final(final)
         self.checkpoint(epoch, step, finished=True)
         return final
+
+
+    def with_test_accuracy(self, picks: list[dict], evaluator: Evaluator) -> list[dict]:
+        """The strategy's picks with their held-out and test accuracies and 95% intervals."""
+        splits = self.run.splits
+        for entry in picks:
+            for split in ("holdout", "test"):
+                acc = float(evaluator.accuracy(np.array(entry["encoding"]), split)[0])
+                n = len(getattr(splits, split))
+                low, high = binomial_interval(acc, n)
+                entry.update({f"{split}_acc": acc, f"{split}_images": n,
+                              f"{split}_ci95": [float(low), float(high)]})
+        return picks
 
 
 def _show(value) -> str:

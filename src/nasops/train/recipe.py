@@ -130,6 +130,18 @@ class Recipe(Mapping):
     pool_size: int = option(1_000_000,
         "offline strategies: uniform sub-networks predicted at start")
     n_prior: int = option(200_000, "uniform samples the FLOPs prior and proposal are built from")
+    nao_budgets: list | None = option(None,
+        "balanced-nao: MFLOPs budgets; the candidate pool is kept per budget and the run ends "
+        "with the best of each (RUN/pareto.json)")
+    nao_rounds: int = option(4,
+        "balanced-nao: rounds of (evaluate the pool, train NAO, renew the pool), evenly spaced "
+        "over the run's steps")
+    nao_pool: int = option(100, "balanced-nao: candidates in the pool (shared among the budgets)")
+    nao_seeds: int = option(50, "balanced-nao: the best candidates NAO moves each round")
+    nao_new: int = option(50, "balanced-nao: new candidates per round, replacing the worst")
+    nao_step_size: float = option(1.0,
+        "balanced-nao: NAO's step size eta along the predictor's gradient (it grows by eta "
+        "until a decoded candidate is new)")
     # distillation
     kd: str = option("kl",
         "distillation of the smaller sub-networks: kl, alpha (AlphaNet), or one registered with "
@@ -220,10 +232,11 @@ def apply_overrides(config: Mapping, overrides: list[str]) -> Recipe:
 # are in check_config).
 _INTEGERS = {"epochs": 1, "batch_size": 1, "num_sampled": 0, "pool_size": 1, "n_prior": 1,
              "log_every": 1, "eval_every": 0, "eval_batch_size": 1, "calib_images": 1,
-             "workers": 0, "seed": 0, "holdout_seed": 0}
+             "workers": 0, "seed": 0, "holdout_seed": 0, "nao_rounds": 1, "nao_pool": 2,
+             "nao_seeds": 1, "nao_new": 1}
 _INTEGERS_OR_NULL = {"image_size": 8, "limit": 2, "lr_batch": 1}
 # key: (low, high, low excluded, null allowed)
-_NUMBERS = {"holdout": (0, 1, True, False), "lr": (0, math.inf, True, False),
+_NUMBERS = {"holdout": (0, 1, True, False), "nao_step_size": (0, math.inf, True, False), "lr": (0, math.inf, True, False),
             "lr_min": (0, math.inf, False, False), "warmup_epochs": (0, math.inf, False, False),
             "weight_decay": (0, math.inf, False, False), "kd_weight": (0, math.inf, False, True),
             "grad_clip": (0, math.inf, True, True), "warmup_start": (0, 1, False, False),
@@ -277,6 +290,10 @@ def check_config(cfg: Mapping, source: str = "config") -> Recipe:
             allowed = "a path or null"
         if key == "space" and not isinstance(cfg[key], str):
             allowed = "a packaged space name or a YAML path"
+        if key == "nao_budgets" and cfg[key] is not None and not (
+                isinstance(cfg[key], list) and cfg[key] and all(is_number(b) and 0 < b < math.inf
+                                                                for b in cfg[key])):
+            allowed = "null or a non-empty list of MFLOPs budgets > 0"
         if allowed is not None:
             raise ValueError(f"{source}: {key} = {cfg[key]!r} is not allowed; allowed: {allowed}")
     # the loss's options, checked by the loss; the alpha loss's recipe keys whatever kd is

@@ -95,6 +95,15 @@ class RunDir:
         if self.writer:
             write_json(os.path.join(self.path, "final.json"), final)
 
+    def write_picks(self, space: str, strategy: str, picks: list[dict]) -> None:
+        """pareto.json of a strategy that searches while it trains (balanced-nao), in the form
+        python -m nasops.search writes."""
+        if self.writer:
+            write_json(os.path.join(self.path, "pareto.json"),
+                       {"space": space, "objective": "held-out accuracy (BN-calibrated)",
+                        "constraint": {"kind": "flops", "unit": "MFLOPs"}, "search": strategy,
+                        "source": os.path.join(self.path, "checkpoint.pt"), "results": picks})
+
     def close(self) -> None:
         if self._metrics is not None:
             self._metrics.close()

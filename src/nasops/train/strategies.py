@@ -3,9 +3,13 @@ the FLOPs sampler (:class:`nasops.space.sampler.FlopsSampler`)."""
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
+import torch
 
+from ..search.architecture_optimization import Known, NAOModel, NAOOptions, new_candidates
+from ..search.core import _Moves, _unique, check_budget, initial_population
 from ..space import SearchSpace
 from ..space.sampler import FlopsSampler
 from ..utils.checks import check_count, seed64
@@ -34,20 +38,25 @@ class Strategy:
       with the best / worst predicted accuracy in that FLOPs bin among ``pool_size`` uniform ones
       (the table is built once, at construction).
     * ``balanced``: drawn with probability proportional to the parameter count.
+    * ``balanced-nao``: Balanced NAO (Alg. 1): drawn in proportion to the parameter count from a
+      pool of candidates that NAO renews between rounds (:class:`BalancedNAO`).
 
     Every strategy has ``space``, a FLOPs ``sampler`` and a NumPy generator ``rng``, all seeded
     from ``seed``; ``uniform_bins=True`` tells it to draw FLOPs targets uniformly over the prior's
     bins instead of from it. ``predictor`` is any callable from encodings [N, D] to accuracies
     [N] (an :class:`~nasops.predictor.AccuracyPredictor`); a class that needs one sets
     ``needs_predictor = True``. :meth:`state_dict` holds the random state; a subclass with more
-    state extends it. Build one by name with :func:`build_strategy`."""
+    state extends it. A strategy that acts between steps overrides :meth:`after_step`, one that
+    ends with its own picks :meth:`picks`; ``recipe`` holds the run's recipe (its own keys).
+    Build one by name with :func:`build_strategy`."""
 
     needs_predictor = False
 
     def __init__(self, name: str, space: SearchSpace, seed: int = 0, predictor=None,
                  uniform_bins: bool = False, pool_size: int = 1_000_000, n_prior: int = 200_000,
-                 max_trials: int = 1000):
+                 max_trials: int = 1000, recipe=None):
         self.name, self.space, self.uniform_bins = name, space, bool(uniform_bins)
+        self.recipe = recipe
         if self.needs_predictor and predictor is None:
             raise ValueError(f"strategy {name!r} needs an accuracy predictor (the recipe's "
                              f"'predictor' file)")
@@ -59,6 +68,17 @@ class Strategy:
         """n encoded architectures [n, D]. ``loss_fn``: encodings [K, D] -> the mini-batch
         losses [K] of those sub-networks (lower is better), for strategies that score by loss."""
         raise NotImplementedError(f"{type(self).__name__} does not implement sample()")
+
+    def after_step(self, step: int, total_steps: int, evaluate) -> dict | None:
+        """Called after each optimizer step (`step` from 1 of `total_steps`); `evaluate`
+        (encodings [N, D] -> held-out accuracies [N], BN re-calibrated; training statistics
+        kept) scores sub-networks of the supernet as it is. A dict returned is recorded in
+        metrics.jsonl. Nothing by default."""
+        return None
+
+    def picks(self, evaluate) -> list[dict] | None:
+        """At the end of training: the strategy's own picks (entries of pareto.json), or None."""
+        return None
 
     def predicted(self, archs: np.ndarray) -> np.ndarray:
         """The predictor's accuracies of encodings [N, D], checked to be N numbers."""
@@ -82,7 +102,8 @@ class Strategy:
 
 def build_strategy(name: str, space: SearchSpace, **options) -> Strategy:
     """The registered strategy `name` (a family's member passes its fields, e.g. k), built over
-    `space` with `options` (seed, predictor, uniform_bins, pool_size, n_prior, max_trials)."""
+    `space` with `options` (seed, predictor, uniform_bins, pool_size, n_prior, max_trials,
+    recipe)."""
     cls, fields = STRATEGIES.lookup(name)
     return cls(name, space, **options, **fields)
 
@@ -229,3 +250,103 @@ class BestUpOffline(Offline):
 @register_strategy("worstup-offline")
 class WorstUpOffline(Offline):
     best = False
+
+
+@register_strategy("balanced-nao")
+class BalancedNAO(Strategy):
+    """Balanced NAO (Luo, Qin, Chen), Alg. 1: each step's sub-networks are drawn from a pool of
+    candidates in proportion to their parameter count (Eqn. 3); at ``nao_rounds`` evenly spaced
+    steps the whole pool is evaluated on the held-out split, the NAO model (encoder, predictor,
+    decoder; :mod:`nasops.search.architecture_optimization`) trains on the pool and its
+    accuracies, and the ``nao_new`` sub-networks it proposes from the ``nao_seeds`` best replace
+    the worst. The pool is kept per budget of ``nao_budgets`` (MFLOPs; an equal share of
+    ``nao_pool``, seeds and new ones each), and proposals are repaired to their budget. As the
+    published NAO-WS code does, the pool keeps its size and each round's model sees the
+    pool's current accuracies (those of earlier rounds were measured on other weights). At the
+    end, the best of the pool under each budget, measured on the final weights (:meth:`picks`)."""
+
+    def __init__(self, name: str, space: SearchSpace, **options):
+        super().__init__(name, space, **options)
+        cfg = self.recipe or {}
+        if not cfg.get("nao_budgets"):
+            raise ValueError(f"strategy {name!r} needs nao_budgets = a list of MFLOPs budgets "
+                             f"(the pool is kept, and the run ends with a pick, per budget)")
+        self.budgets = sorted(check_budget(space, b) for b in cfg["nao_budgets"])
+        share = len(self.budgets)
+        self.options = NAOOptions(pool=max(cfg["nao_pool"] // share, 2),
+                                  seeds=max(cfg["nao_seeds"] // share, 1),
+                                  new=max(cfg["nao_new"] // share, 1),
+                                  step_size=cfg["nao_step_size"]).checked()
+        self.rounds = cfg["nao_rounds"]
+        self.model = NAOModel(space, self.options, seed=int(self.rng.integers(2**63)))
+        self.moves = [_Moves(space, space.flops, b, self.rng, 0.1, repair=True)
+                      for b in self.budgets]
+        self.pools = [initial_population(space, self.sampler, b, self.options.pool, self.rng)
+                      for b in self.budgets]
+        self.round = 0
+
+    @property
+    def pool(self) -> np.ndarray:
+        """Every candidate, once."""
+        return _unique(np.concatenate(self.pools))
+
+    def sample(self, n: int, loss_fn=None) -> np.ndarray:
+        pool = self.pool
+        size = self.space.params(pool)
+        return pool[self.rng.choice(len(pool), size=check_count("n", n), p=size / size.sum())]
+
+    def round_steps(self, total_steps: int) -> list[int]:
+        """The steps after which the rounds run: evenly spaced, the last segment trains the
+        last round's pool."""
+        return [round(total_steps * r / (self.rounds + 1)) for r in range(1, self.rounds + 1)]
+
+    def after_step(self, step: int, total_steps: int, evaluate) -> dict | None:
+        if self.round >= self.rounds or step != self.round_steps(total_steps)[self.round]:
+            return None
+        start = time.perf_counter()
+        pool = self.pool
+        scores = dict(zip((a.tobytes() for a in pool), evaluate(pool)))
+        losses = self.model.fit(pool, np.array([scores[a.tobytes()] for a in pool]), self.rng)
+        made, best = [], []
+        for i, members in enumerate(self.pools):
+            values = np.array([scores[a.tobytes()] for a in members])
+            order = np.lexsort((self.space.flops(members), -values))  # best first
+            best.append(float(values[order[0]]))
+            seeds = members[order[:self.options.seeds]]
+            new, info = new_candidates(self.model, self.moves[i], seeds, self.options.new,
+                                       Known(np.concatenate(self.pools)))
+            self.pools[i] = np.concatenate([members[order[:len(members) - len(new)]], new])
+            made.append(info)
+        self.round += 1
+        return {"event": "nao", "round": self.round, "step": step, "pool": len(pool),
+                "budgets": self.budgets, "best_holdout": best,
+                "new": [m["new"] for m in made], "mutated": [m["mutated"] for m in made],
+                "step_size": [m["step_size"] for m in made], **losses,
+                "seconds": time.perf_counter() - start}
+
+    def picks(self, evaluate) -> list[dict]:
+        """The best of the pool under each budget (the cheaper among equal accuracies), on the
+        final weights: entries with the budget, architecture, MFLOPs, params and accuracy."""
+        pool = self.pool
+        values, flops = np.asarray(evaluate(pool), dtype=np.float64), self.space.flops(pool)
+        out = []
+        for b in self.budgets:
+            fits = np.flatnonzero(flops <= b)
+            i = fits[np.lexsort((flops[fits], -values[fits]))[0]]
+            enc = pool[i]
+            out.append({"budget": b, "unit": "MFLOPs", "arch": self.space.decode(enc).to_dict(),
+                        "encoding": enc.tolist(), "score": float(values[i]),
+                        "flops": float(flops[i]), "cost": float(flops[i]),
+                        "params": float(self.space.params(enc)), "evaluations": len(pool)})
+        return out
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "round": self.round,
+                "pools": [torch.as_tensor(p) for p in self.pools],
+                "nao": self.model.state_dict_all()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.round = int(state["round"])
+        self.pools = [p.numpy().astype(np.int64) for p in state["pools"]]
+        self.model.load_state_dict_all(state["nao"])
