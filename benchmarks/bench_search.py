@@ -6,6 +6,8 @@
    optimum, the evaluations it took, and the evaluations each made in all. Then the resolution
    trap on attentive_nas at the paper's settings (no exhaustive optimum there: the resolution
    and score each method ends at).
+   nao: NAO (Balanced NAO's search) against the repairing evolution at equal evaluations, on the
+   same traps (12 seeds) and on attentive_nas (4 seeds per budget).
 2. front vs per-budget: at equal evaluations, the hypervolume of nasops.search.front (one
    NSGA-II run over the range) against that of everything pareto() evaluated for 5 budgets,
    and each budget's pick of the two; and front() with a fifth of those evaluations (the cost
@@ -16,7 +18,7 @@
    second on the small space (digits; calibration on 1,024 images, accuracy on the held-out
    split).
 
-    python benchmarks/bench_search.py [--parts traps,front,speed]
+    python benchmarks/bench_search.py [--parts traps,nao,front,speed]
 
 Latency tables and latency-budgeted picks: benchmarks/bench_latency.py. [--repeats 3]
 """
@@ -36,7 +38,7 @@ from nasops.data import load_splits
 from nasops.utils.cpu import keep_freed_memory
 from nasops.evaluate import Evaluator
 from nasops.predictor import AccuracyPredictor
-from nasops.search import evolve, front, hypervolume, non_dominated, pareto
+from nasops.search import evolve, front, hypervolume, nao, non_dominated, pareto
 from nasops.search.synthetic import Interacting, NarrowOptimum, ResolutionTrap, exhaustive
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -120,6 +122,55 @@ def traps(seeds):
             row[method] = {"resolutions": [r.arch.resolution for r in runs],
                            "scores": [r.score for r in runs],
                            "evaluations": [r.evaluations for r in runs]}
+        big[f"{budget:g}"] = row
+    out["attentive_nas resolution trap"] = big
+    return out
+
+
+def nao_vs_evolution(seeds):
+    """NAO against the repairing evolution at equal evaluations: per seed, the evolution runs
+    first and NAO gets exactly as many evaluations. The small space's traps (exhaustive optimum:
+    solved counts, evaluations to it) and attentive_nas's resolution trap at 280-360 MFLOPs
+    (NAO with a pool of 200 and 200 new per round, so that ~5,000 evaluations take 25 rounds)."""
+    out = {}
+    space = nasops.SearchSpace.load("small")
+    for name, (make, budget) in TRAPS.items():
+        objective = make(space)
+        _, optimum = exhaustive(space, objective, budget)
+        row = {"budget_mflops": budget, "optimum": optimum, "seeds": seeds}
+        runs = {"repair": [], "nao": []}
+        for seed in range(seeds):
+            for method in ("repair", "nao"):
+                wrapped = BestSoFar(objective)
+                start = time.perf_counter()
+                if method == "repair":
+                    r = evolve(space, wrapped, budget, generations=20, seed=seed, **SETTINGS)
+                    allowed = r.evaluations
+                else:
+                    r = nao(space, wrapped, budget, evaluations=allowed, seed=seed)
+                runs[method].append({"score": r.score, "evaluations": r.evaluations,
+                                     "to_optimum": wrapped.evaluations_to(optimum),
+                                     "seconds": time.perf_counter() - start})
+        for method, rs in runs.items():
+            hits = [r["to_optimum"] for r in rs if r["to_optimum"] is not None]
+            row[method] = {"solved": len(hits),
+                           "median_evaluations_to_optimum": statistics.median(hits) if hits else None,
+                           "median_evaluations": statistics.median(r["evaluations"] for r in rs),
+                           "mean_gap": float(np.mean([optimum - r["score"] for r in rs])),
+                           "median_seconds": statistics.median(r["seconds"] for r in rs)}
+        out[name] = row
+    space = nasops.SearchSpace.load("attentive_nas")
+    objective = ResolutionTrap(space)
+    big = {}
+    for budget in (280.0, 320.0, 360.0):
+        row = {"repair": [], "nao": []}
+        for seed in range(4):
+            r = evolve(space, objective, budget, seed=seed)
+            n = nao(space, objective, budget, evaluations=r.evaluations, seed=seed, pool=200,
+                    new=200, seeds=100)
+            for method, x in (("repair", r), ("nao", n)):
+                row[method].append({"resolution": x.arch.resolution, "score": x.score,
+                                    "evaluations": x.evaluations})
         big[f"{budget:g}"] = row
     out["attentive_nas resolution trap"] = big
     return out
@@ -235,7 +286,7 @@ def supernet_evaluations(n_archs, profile=False):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="traps,front,speed")
+    parser.add_argument("--parts", default="traps,nao,front,speed")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=12, help="seeds per trap and method")
     parser.add_argument("--supernet-archs", type=int, default=8)
@@ -268,6 +319,25 @@ def main():
             print(f"  <= {budget} MFLOPs: " + "; ".join(
                 f"{m} {row[m]['resolutions']} score {np.mean(row[m]['scores']):.3f} "
                 f"({np.median(row[m]['evaluations']):.0f} evaluations)" for m in ("paper", "repair")))
+    if "nao" in parts:
+        torch.set_num_threads(1)
+        results["nao_vs_repair"] = nv = nao_vs_evolution(args.seeds)
+        torch.set_num_threads(threads)
+        print(f"NAO vs the repairing evolution at equal evaluations, small space, {args.seeds} seeds:")
+        for name, row in nv.items():
+            if name.startswith("attentive_nas"):
+                continue
+            print(f"  {name} <= {row['budget_mflops']:g} MFLOPs: " + "; ".join(
+                f"{m} {row[m]['solved']}/{args.seeds} solved"
+                + (f" (median {row[m]['median_evaluations_to_optimum']:.0f} evaluations to it)"
+                   if row[m]['median_evaluations_to_optimum'] else "")
+                + f", mean gap {row[m]['mean_gap']:.3f}, {row[m]['median_seconds']:.1f} s"
+                for m in ("repair", "nao")))
+        print("attentive_nas, resolution trap, 4 seeds (resolution reached, mean score):")
+        for budget, row in nv["attentive_nas resolution trap"].items():
+            print(f"  <= {budget} MFLOPs: " + "; ".join(
+                f"{m} {[x['resolution'] for x in row[m]]} {np.mean([x['score'] for x in row[m]]):.3f}"
+                for m in ("repair", "nao")))
     if "front" in parts:
         results["front_vs_per_budget"] = fr = fronts()
         print("hypervolume at equal evaluations: front() vs pareto() over 5 budgets (all it evaluated):")
