@@ -252,9 +252,9 @@ def nao(space: SearchSpace, objective, budget: float, evaluations: int = 1000,
     history = []
     bar = tqdm(total=evaluations, initial=scores.calls, desc=f"nao <= {budget:g} {_unit(cost_fn)}",
                disable=not progress)
-    while scores.calls < evaluations:
-        record = _round(model, moves, scores, state, min(options.new, evaluations - scores.calls),
-                        rng, cost_fn)
+    while len(state.values) < evaluations:  # (values found in a shared cache count too)
+        record = _round(model, moves, scores, state,
+                        min(options.new, evaluations - len(state.values)), rng, cost_fn)
         history.append({"round": len(history) + 1, **record})
         bar.update(scores.calls - bar.n)
         bar.set_postfix(best=f"{record['best']:.4g}", eta=f"{record['step_size']:g}")

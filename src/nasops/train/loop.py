@@ -416,7 +416,6 @@ class _Loop:
         self.checkpoint(epoch, step, finished=True)
         return final
 
-
     def with_test_accuracy(self, picks: list[dict], evaluator: Evaluator) -> list[dict]:
         """The strategy's picks with their held-out and test accuracies and 95% intervals."""
         splits = self.run.splits

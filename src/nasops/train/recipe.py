@@ -236,7 +236,8 @@ _INTEGERS = {"epochs": 1, "batch_size": 1, "num_sampled": 0, "pool_size": 1, "n_
              "nao_seeds": 1, "nao_new": 1}
 _INTEGERS_OR_NULL = {"image_size": 8, "limit": 2, "lr_batch": 1}
 # key: (low, high, low excluded, null allowed)
-_NUMBERS = {"holdout": (0, 1, True, False), "nao_step_size": (0, math.inf, True, False), "lr": (0, math.inf, True, False),
+_NUMBERS = {"holdout": (0, 1, True, False), "lr": (0, math.inf, True, False),
+            "nao_step_size": (0, math.inf, True, False),
             "lr_min": (0, math.inf, False, False), "warmup_epochs": (0, math.inf, False, False),
             "weight_decay": (0, math.inf, False, False), "kd_weight": (0, math.inf, False, True),
             "grad_clip": (0, math.inf, True, True), "warmup_start": (0, 1, False, False),

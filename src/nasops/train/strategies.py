@@ -51,17 +51,18 @@ class Strategy:
     Build one by name with :func:`build_strategy`."""
 
     needs_predictor = False
+    max_trials = 1000  # the FLOPs sampler's proposals per constrained draw
 
     def __init__(self, name: str, space: SearchSpace, seed: int = 0, predictor=None,
                  uniform_bins: bool = False, pool_size: int = 1_000_000, n_prior: int = 200_000,
-                 max_trials: int = 1000, recipe=None):
+                 recipe=None):
         self.name, self.space, self.uniform_bins = name, space, bool(uniform_bins)
         self.recipe = recipe
         if self.needs_predictor and predictor is None:
             raise ValueError(f"strategy {name!r} needs an accuracy predictor (the recipe's "
                              f"'predictor' file)")
         self.predictor, self.pool_size = predictor, pool_size
-        self.sampler = FlopsSampler(space, n_prior=n_prior, seed=seed, max_trials=max_trials)
+        self.sampler = FlopsSampler(space, n_prior=n_prior, seed=seed, max_trials=self.max_trials)
         self.rng = np.random.default_rng(seed64(seed) ^ 0x5DEECE66D)
 
     def sample(self, n: int, loss_fn=None) -> np.ndarray:
@@ -102,8 +103,7 @@ class Strategy:
 
 def build_strategy(name: str, space: SearchSpace, **options) -> Strategy:
     """The registered strategy `name` (a family's member passes its fields, e.g. k), built over
-    `space` with `options` (seed, predictor, uniform_bins, pool_size, n_prior, max_trials,
-    recipe)."""
+    `space` with `options` (seed, predictor, uniform_bins, pool_size, n_prior, recipe)."""
     cls, fields = STRATEGIES.lookup(name)
     return cls(name, space, **options, **fields)
 
