@@ -331,7 +331,7 @@ def main():
                 f"{m} {row[m]['solved']}/{args.seeds} solved"
                 + (f" (median {row[m]['median_evaluations_to_optimum']:.0f} evaluations to it)"
                    if row[m]['median_evaluations_to_optimum'] else "")
-                + f", mean gap {row[m]['mean_gap']:.3f}, {row[m]['median_seconds']:.1f} s"
+                + f", mean gap {row[m]['mean_gap']:.3f}"
                 for m in ("repair", "nao")))
         print("attentive_nas, resolution trap, 4 seeds (resolution reached, mean score):")
         for budget, row in nv["attentive_nas resolution trap"].items():
