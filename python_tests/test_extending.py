@@ -178,7 +178,7 @@ def test_registry_families_duplicates_and_unknown_names():
 
 def test_built_in_names_are_registered():
     assert sampling.STRATEGIES.names() == [
-        "uniform", "balanced", "bestup-offline", "worstup-offline", "bestup-{k}-loss",
+        "uniform", "balanced", "bestup-offline", "worstup-offline", "balanced-nao", "bestup-{k}-loss",
         "worstup-{k}-loss", "bestup-{k}-acc", "worstup-{k}-acc"]
     assert losses.LOSSES.names() == ["kl", "alpha"]
     assert data.DATASETS.names() == ["digits", "fashion-mnist", "cifar10", "imagefolder", "imagenet"]
