@@ -9,8 +9,9 @@ population + generations x (mutations + crossovers) = 5,632 evaluations with the
 when children repeat, plus the final local search (``polish``). (The paper quotes 5,248 for the
 same settings without saying how it counts.) ``method="paper"`` keeps the protocol exactly;
 the default, ``method="repair"``, also makes the moves that a budget otherwise forbids (see
-:func:`evolve`). :func:`pareto` runs one search per budget; :func:`front` searches a FLOPs range
-at once (NSGA-II) and returns its non-dominated set.
+:func:`evolve`). :func:`nao` is Neural Architecture Optimization, Balanced NAO's search
+(:mod:`nasops.search.architecture_optimization`). :func:`pareto` runs one search per budget;
+:func:`front` searches a FLOPs range at once (NSGA-II) and returns its non-dominated set.
 
 ``objective`` is any batched callable from encodings [N, D] to scores [N], higher is better: an
 :class:`~nasops.predictor.AccuracyPredictor`, :class:`SupernetAccuracy`, or the user's own. The
