@@ -102,9 +102,12 @@ class Bench:
         cfg, splits, net = load_trained(ckpt)
         evaluator = Evaluator(net, splits, cfg["eval_batch_size"], cfg["calib_images"])
         objective = SupernetAccuracy(evaluator, "holdout")
-        rows = []
+        partial = path + ".partial"  # (rows done so far: an interrupted benchmark keeps them)
+        rows = read_json(partial) if os.path.exists(partial) else []
         for budget in self.budgets:
             for seed in range(self.seeds):
+                if any(r["budget"] == budget and r["seed"] == seed for r in rows):
+                    continue
                 cache = {}  # (each search pays for its own evaluations)
                 start = time.time()
                 r = evolve(net.space, objective, budget, seed=seed, cache=cache,
@@ -122,8 +125,10 @@ class Bench:
                 log(f"{strategy} <= {budget:g} MF seed {seed}: " + ", ".join(
                     f"{m} {row['holdout_acc']:.4f}/{row['test_acc']:.4f}"
                     for m, row in zip(picks, rows[-len(picks):])))
+                write_json(partial, rows)
         doc = {"checkpoint": ckpt, "rows": rows}
         write_json(path, doc)
+        os.remove(partial)
         return doc
 
     def alg1(self) -> dict:
