@@ -95,14 +95,9 @@ def test_bad_nao_arguments_raise(small):
 
 def test_search_command_with_method_nao(tiny, tmp_path, capsys):
     import json
-    from nasops.predictor import AccuracyPredictor
     from nasops.search.__main__ import main
-    space = nasops.SearchSpace.load(tiny)
-    X = space.sample(300, seed=0)
-    y = 0.5 + 0.1 * np.log(space.flops(X)) + np.random.default_rng(0).normal(0, 0.01, 300)
-    AccuracyPredictor(space, n_estimators=10, max_depth=6).fit(X, y).save(tmp_path / "p.npz")
-    common = ["--predictor", str(tmp_path / "p.npz"), "--space", tiny, "--no-progress",
-              "--cloud", "8", "--method", "nao"]
+    from test_search_quality import predictor_search_args
+    common = predictor_search_args(tiny, tmp_path, cloud=8) + ["--method", "nao"]
     assert main(common + ["--evaluations", "150", "--budgets", "1", "2",
                           "--out", str(tmp_path / "nao")]) == 0
     doc = json.loads((tmp_path / "nao" / "pareto.json").read_text())

@@ -182,16 +182,23 @@ def test_bad_search_arguments_raise(small):
         front(small, obj, (3, 10), evaluations=0)
 
 
-def test_search_command_front_and_latency_modes(tiny, tmp_path, capsys):
-    from nasops.search.latency import LatencyTable
+def predictor_search_args(tiny, tmp_path, cloud: int) -> list[str]:
+    """Arguments of python -m nasops.search by a small predictor of the tiny space, fitted on a
+    synthetic accuracy that grows with log FLOPs."""
     from nasops.predictor import AccuracyPredictor
-    from nasops.search.__main__ import main
     space = nasops.SearchSpace.load(tiny)
     X = space.sample(300, seed=0)
     y = 0.5 + 0.1 * np.log(space.flops(X)) + np.random.default_rng(0).normal(0, 0.01, 300)
     AccuracyPredictor(space, n_estimators=10, max_depth=6).fit(X, y).save(tmp_path / "p.npz")
-    common = ["--predictor", str(tmp_path / "p.npz"), "--space", tiny, "--no-progress",
-              "--cloud", "16"]
+    return ["--predictor", str(tmp_path / "p.npz"), "--space", tiny, "--no-progress",
+            "--cloud", str(cloud)]
+
+
+def test_search_command_front_and_latency_modes(tiny, tmp_path, capsys):
+    from nasops.search.latency import LatencyTable
+    from nasops.search.__main__ import main
+    space = nasops.SearchSpace.load(tiny)
+    common = predictor_search_args(tiny, tmp_path, cloud=16)
     # the whole front in one run; each budget's pick taken from it
     assert main(common + ["--front", "--evaluations", "400", "--budgets", "1", "2",
                           "--out", str(tmp_path / "front")]) == 0
