@@ -239,16 +239,21 @@ def test_peak_memory_does_not_grow_with_the_dataset(tmp_path):
     """One epoch on 480 JPEGs of 256-320 px against four epochs on 120 (the same 8 steps: the
     allocator's peak grows with the sub-networks a run has trained, so the steps are held
     equal): holding the decoded images would add ~65 MiB (260 more x 3 x 288^2 bytes);
-    streaming adds nothing (measured: 716 MiB for 480 images, 757 MiB for 120)."""
+    streaming adds nothing. One run's peak varies by up to ~60 MiB between identical runs
+    (measured: 791-858 MiB for 120 images, 797-856 for 480), so each is the lower of two runs."""
     rss = {}
     for count, epochs in ((120, 4), (480, 1)):  # 86 and 346 training images, batch 40
         write_jpegs(tmp_path / f"data{count}", count, seed=count)
-        rss[count] = peak_rss_mib(
-            ["--no-progress", "--run-dir", str(tmp_path / f"run{count}"), "dataset=imagefolder",
-             f"data_dir={tmp_path / f'data{count}'}", f"epochs={epochs}", "batch_size=40",
-             "holdout=0.1", "workers=2", "image_size=32", "eval_every=0", "calib_images=64",
-             "eval_batch_size=64"], tmp_path)
-        assert json.loads((tmp_path / f"run{count}" / "final.json").read_text())["steps"] == 8
+        peaks = []
+        for run in range(2):
+            run_dir = tmp_path / f"run{count}-{run}"
+            peaks.append(peak_rss_mib(
+                ["--no-progress", "--run-dir", str(run_dir), "dataset=imagefolder",
+                 f"data_dir={tmp_path / f'data{count}'}", f"epochs={epochs}", "batch_size=40",
+                 "holdout=0.1", "workers=2", "image_size=32", "eval_every=0", "calib_images=64",
+                 "eval_batch_size=64"], tmp_path))
+            assert json.loads((run_dir / "final.json").read_text())["steps"] == 8
+        rss[count] = min(peaks)
     assert rss[480] < rss[120] + 30, rss
 
 
