@@ -1,7 +1,7 @@
 """Balanced NAO on real data: NAO against the evolution on a trained supernet, and Alg. 1 end to end.
 
-    python benchmarks/bench_nao.py --parts search   # uniform supernet (about 25 min) + searches
-    python benchmarks/bench_nao.py --parts alg1     # balanced-nao and balanced runs + picks
+    python benchmarks/bench_nao.py --parts search   # uniform supernet, 2 seeds of searches (~45 min)
+    python benchmarks/bench_nao.py --parts alg1     # balanced-nao and balanced runs + picks (~45 min)
     python benchmarks/bench_nao.py --ci             # the minutes-long version (digits)
 
 Fashion-MNIST, the small_wide space and the study's recipe (benchmarks/study.py: 6 epochs of 128
@@ -17,8 +17,9 @@ trained with the uniform run's recipe and steps; its picks against the two-stage
 evolution above on the uniform supernet, and the same on a balanced supernet) at the same
 budgets, test accuracy with intervals.
 
-Runs are kept in --runs-dir and resumed; each finished stage's result is a file there, so an
-interrupted benchmark continues. Results: benchmarks/results/nao/bench_nao.json.
+Runs are kept in --runs-dir and resumed, and search rows are kept as they finish, so an
+interrupted benchmark continues (and a larger --seeds adds only the new seeds). Results:
+benchmarks/results/nao/bench_nao.json, and the picks' table in bench_nao.md beside it.
 """
 import argparse
 import json
@@ -37,7 +38,7 @@ from nasops.evaluate import Evaluator, binomial_interval  # noqa: E402
 from nasops.search import NAOOptions, SupernetAccuracy, evolve, nao  # noqa: E402
 from nasops.train import loop as train_mod  # noqa: E402
 from nasops.train.rundir import load_trained  # noqa: E402
-from nasops.utils.files import write_json  # noqa: E402
+from nasops.utils.files import write_json, write_text  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVOLUTION = dict(population=32, mutations=8, crossovers=8, generations=5)
@@ -96,40 +97,36 @@ class Bench:
         """Per budget and seed: the evolution's pick and (in methods) NAO's at equal evaluations,
         each with held-out and test accuracy and intervals."""
         path = os.path.join(self.runs_dir, strategy, f"bench_search_{'_'.join(methods)}.json")
-        if os.path.exists(path):
-            return read_json(path)
+        # rows are kept as they finish: an interrupted benchmark, or one with more seeds, goes on
+        rows = read_json(path)["rows"] if os.path.exists(path) else []
+        todo = [(budget, seed) for budget in self.budgets for seed in range(self.seeds)
+                if not any(r["budget"] == budget and r["seed"] == seed for r in rows)]
         ckpt = self.trained(strategy)
-        cfg, splits, net = load_trained(ckpt)
-        evaluator = Evaluator(net, splits, cfg["eval_batch_size"], cfg["calib_images"])
-        objective = SupernetAccuracy(evaluator, "holdout")
-        partial = path + ".partial"  # (rows done so far: an interrupted benchmark keeps them)
-        rows = read_json(partial) if os.path.exists(partial) else []
-        for budget in self.budgets:
-            for seed in range(self.seeds):
-                if any(r["budget"] == budget and r["seed"] == seed for r in rows):
-                    continue
-                cache = {}  # (each search pays for its own evaluations)
+        if todo:
+            cfg, splits, net = load_trained(ckpt)
+            evaluator = Evaluator(net, splits, cfg["eval_batch_size"], cfg["calib_images"])
+            objective = SupernetAccuracy(evaluator, "holdout")
+        for budget, seed in todo:
+            cache = {}  # (each search pays for its own evaluations)
+            start = time.time()
+            r = evolve(net.space, objective, budget, seed=seed, cache=cache,
+                       **(CI_EVOLUTION if self.ci else EVOLUTION))
+            picks = {"repair": (r, time.time() - start)}
+            if "nao" in methods:
                 start = time.time()
-                r = evolve(net.space, objective, budget, seed=seed, cache=cache,
-                           **(CI_EVOLUTION if self.ci else EVOLUTION))
-                picks = {"repair": (r, time.time() - start)}
-                if "nao" in methods:
-                    start = time.time()
-                    n = nao(net.space, objective, budget, evaluations=r.evaluations, seed=seed,
-                            cache={}, options=NAOOptions(**(CI_NAO_SEARCH if self.ci else NAO_SEARCH)))
-                    picks["nao"] = (n, time.time() - start)
-                for method, (x, seconds) in picks.items():
-                    rows.append({"budget": budget, "seed": seed, "method": method,
-                                 "evaluations": x.evaluations, "seconds": seconds,
-                                 **measured(evaluator, splits, x.encoding, x.flops)})
-                log(f"{strategy} <= {budget:g} MF seed {seed}: " + ", ".join(
-                    f"{m} {row['holdout_acc']:.4f}/{row['test_acc']:.4f}"
-                    for m, row in zip(picks, rows[-len(picks):])))
-                write_json(partial, rows)
-        doc = {"checkpoint": ckpt, "rows": rows}
-        write_json(path, doc)
-        os.remove(partial)
-        return doc
+                n = nao(net.space, objective, budget, evaluations=r.evaluations, seed=seed,
+                        cache={}, options=NAOOptions(**(CI_NAO_SEARCH if self.ci else NAO_SEARCH)))
+                picks["nao"] = (n, time.time() - start)
+            for method, (x, seconds) in picks.items():
+                rows.append({"budget": budget, "seed": seed, "method": method,
+                             "evaluations": x.evaluations, "seconds": seconds,
+                             **measured(evaluator, splits, x.encoding, x.flops)})
+            log(f"{strategy} <= {budget:g} MF seed {seed}: " + ", ".join(
+                f"{m} {row['holdout_acc']:.4f}/{row['test_acc']:.4f}"
+                for m, row in zip(picks, rows[-len(picks):])))
+            write_json(path, {"checkpoint": ckpt, "rows": rows})
+        return {"checkpoint": os.path.relpath(ckpt, ROOT),
+                "rows": sorted(rows, key=lambda r: (r["budget"], r["seed"]))}
 
     def alg1(self) -> dict:
         """Balanced NAO's own picks (its pareto.json), measured on its final weights."""
@@ -154,6 +151,50 @@ def measured(evaluator, splits, encoding, flops) -> dict:
     return out
 
 
+def table(results: dict) -> str:
+    """The picks per budget, one column per way of getting them: test accuracy [Wilson 95%]
+    (held-out accuracy, the objective; MFLOPs), one entry per seed; then each column's mean test
+    accuracy minus the first column's, in points."""
+    columns = {}
+    for key, name in (("search_uniform", "uniform"), ("search_balanced", "balanced")):
+        for row in results.get(key, {}).get("rows", []):
+            method = "evolution" if row["method"] == "repair" else "NAO"
+            columns.setdefault(f"{name} + {method}", {}).setdefault(row["budget"], []).append(row)
+    for pick in results.get("alg1", {}).get("picks", []):
+        columns.setdefault("Alg. 1 (balanced-nao)", {}).setdefault(pick["budget"], []).append(pick)
+    if not columns:
+        return ""
+    budgets = sorted({b for col in columns.values() for b in col})
+    lines = ["| MFLOPs | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for budget in budgets:
+        cells = ["; ".join(f"{r['test_acc']:.4f} [{r['test_ci95'][0]:.4f}, {r['test_ci95'][1]:.4f}]"
+                           f" ({r['holdout_acc']:.4f}; {r['flops']:.2f})" for r in col.get(budget, []))
+                 for col in columns.values()]
+        lines.append(f"| <= {budget:g} | " + " | ".join(cells) + " |")
+    names = list(columns)
+    for ref, others in ((names[0], names[1:]), ("balanced + evolution", ["Alg. 1 (balanced-nao)"])):
+        if ref not in columns or not all(o in columns for o in others):
+            continue
+        lines += ["", f"Mean test accuracy minus {ref}'s, points, +- the picks' binomial 95% "
+                  "half-widths combined in quadrature (no seed-to-seed spread):", "",
+                  "| MFLOPs | " + " | ".join(others) + " |", "|---" * (len(others) + 1) + "|"]
+        for budget in budgets:
+            cells = [difference(columns[o].get(budget, []), columns[ref].get(budget, []))
+                     for o in others]
+            lines.append(f"| <= {budget:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def difference(rows: list, ref: list) -> str:
+    if not rows or not ref:
+        return ""
+    def mean_and_half(rs):
+        half = np.mean([(r["test_ci95"][1] - r["test_ci95"][0]) / 2 for r in rs]) / np.sqrt(len(rs))
+        return np.mean([r["test_acc"] for r in rs]), half
+    (a, ha), (b, hb) = mean_and_half(rows), mean_and_half(ref)
+    return f"{100 * (a - b):+.2f} +- {100 * np.hypot(ha, hb):.2f}"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="search,alg1")
@@ -175,11 +216,14 @@ def main():
     if "alg1" in parts:
         results["alg1"] = bench.alg1()
         results["search_balanced"] = bench.search("balanced", methods=("repair",))
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     write_json(args.out, results)
+    write_text(os.path.splitext(args.out)[0] + ".md", table(results))
     print(json.dumps({k: v for k, v in results.items() if k not in ("search_uniform",
                                                                  "search_balanced")},
                      indent=1)[:3000])
-    log(f"wrote {args.out}")
+    print(table(results))
+    log(f"wrote {args.out} and its table (.md)")
 
 
 if __name__ == "__main__":

@@ -248,10 +248,13 @@ def nao(space: SearchSpace, objective, budget: float, evaluations: int = 1000,
     model = NAOModel(space, options, seed=int(rng.integers(2**63)))
     first = initial_population(space, sampler, budget, min(options.pool, evaluations), rng,
                                cost=None if cost is None else cost_fn)
-    state = _Pool(first, scores(first))
+    bar = tqdm(total=evaluations, desc=f"nao <= {budget:g} {_unit(cost_fn)}", disable=not progress)
+    values = []
+    for start in range(0, len(first), options.new):  # (in parts, so that the bar moves)
+        values.append(scores(first[start:start + options.new]))
+        bar.update(scores.calls - bar.n)
+    state = _Pool(first, np.concatenate(values))
     history = []
-    bar = tqdm(total=evaluations, initial=scores.calls, desc=f"nao <= {budget:g} {_unit(cost_fn)}",
-               disable=not progress)
     while len(state.values) < evaluations:  # (values found in a shared cache count too)
         record = _round(model, moves, scores, state,
                         min(options.new, evaluations - len(state.values)), rng, cost_fn)
