@@ -1,5 +1,6 @@
 """Stage-1 training: resume gives the uninterrupted run's weights, 2-process DDP gives one process's
 weights on the combined batch, every strategy trains, and bad configs and files raise."""
+import errno
 import importlib.util
 import json
 import os
@@ -281,6 +282,47 @@ def test_config_errors(tiny, capsys):
     assert "takes no overrides" in capsys.readouterr().err
     for name in train_mod.packaged_recipes():
         assert train_mod.load_recipe(name)["recipe"] == name
+
+
+def test_overrides_go_before_and_after_the_options(tmp_path, capsys):
+    """`nasops-train epochs=1 --run-dir D seed=2` reads both overrides (argparse alone refused
+    the second as an unrecognized argument): each bad value is reported as the recipe's error."""
+    run = tmp_path / "run"
+    for argv in (["batch_size=0", "--run-dir", str(run), "epochs=1"],
+                 ["epochs=1", "--run-dir", str(run), "--no-progress", "batch_size=0"]):
+        assert train_mod.main(argv) == 1 and not run.exists()
+        err = capsys.readouterr().err
+        assert "batch_size = 0 is not allowed" in err and "unrecognized" not in err
+
+
+def test_a_full_disk_stops_the_run_and_keeps_the_last_checkpoint(tiny, tmp_path, monkeypatch,
+                                                                capsys):
+    """ENOSPC while the second epoch's checkpoint is written (injected where every file nasops
+    writes is synced to disk): one line naming the file and the cause, the first epoch's
+    checkpoint still whole, no temporary file left, and the run resumes from it to the end."""
+    from nasops.utils import files
+    real_sync, checkpoints = files._sync, []
+
+    def sync(path):
+        if os.path.basename(path).startswith("checkpoint.pt."):
+            checkpoints.append(path)
+            if len(checkpoints) == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_sync(path)
+    monkeypatch.setattr(files, "_sync", sync)
+    run = tmp_path / "run"
+    args = [f"space={tiny}", "limit=480", "batch_size=32", "epochs=2", "n_prior=5000",
+            "calib_images=128", "eval_batch_size=128", "--no-progress"]
+    assert train_mod.main([*args, "--run-dir", str(run)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(f"could not write {run / 'checkpoint.pt'}: No space left on device")
+    assert not any("Traceback" in line for line in err)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["step"]) == (1, 0)
+    assert not [f for f in os.listdir(run) if f.endswith(".tmp")]
+    monkeypatch.setattr(files, "_sync", real_sync)
+    assert train_mod.main(["--resume", str(run), "--no-progress"]) == 0
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["finished"]
 
 
 @pytest.mark.slow

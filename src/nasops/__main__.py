@@ -71,7 +71,7 @@ def space_main(argv=None, prog: str = "nasops space") -> int:
             archs = sampler.sample_proportional(args.n, by=args.proportional)
         else:
             archs = sampler.sample(args.target, n=args.n)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, OSError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     flops, params = space.flops(archs), space.params(archs)

@@ -149,7 +149,7 @@ def main(argv=None, prog=None) -> int:
     args = parser.parse_args(argv)
     try:
         report = run(args)
-    except (ValueError, FileNotFoundError, TypeError, ImportError, FloatingPointError) as e:
+    except (ValueError, OSError, TypeError, ImportError, FloatingPointError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
     _print(report)

@@ -1,12 +1,13 @@
 """Run checkpoints: written atomically by training, read back by resume, evaluation and search."""
 from __future__ import annotations
 
+import io
 import os
 
 import torch
 
 from .. import __version__
-from ..utils.files import atomic_path, load_tensors
+from ..utils.files import atomic_open, load_tensors
 
 # The layout of the supernet's weights changes the format's number (docs/guides/supernet.md:
 # State-dict layout).
@@ -22,9 +23,13 @@ OLD_FORMATS = {
 
 
 def save_checkpoint(path: str, payload: dict) -> None:
-    """torch.save, atomically (nasops.utils.files): an interrupted run never leaves half a checkpoint."""
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    """torch.save, atomically (nasops.utils.files): an interrupted run never leaves half a
+    checkpoint. Serialised in memory first, so that a failing disk raises Python's OSError
+    naming `path` (torch's own writer raises a RuntimeError that names neither)."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    with atomic_open(path, "wb") as f:
+        f.write(buffer.getbuffer())
 
 
 def load_checkpoint(path: str) -> dict:

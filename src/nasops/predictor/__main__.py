@@ -38,7 +38,7 @@ def main(argv=None, prog=None) -> int:
         predictor = AccuracyPredictor(space, args.trees, args.max_depth, args.seed).fit(archs[fit], acc[fit])
         tau = predictor.kendall_tau(archs[test], acc[test])
         predictor.save(args.out)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
     print(json.dumps({"kendall_tau": tau, "fitted_on": len(fit), "tested_on": len(test),

@@ -344,11 +344,11 @@ def main(argv=None, prog=None) -> int:
         _run(args, search)
         cloud, cloud_scores = _cloud(args, search)
         entries, skipped = _measure_and_export(args, search, out)
-    except (ValueError, FileNotFoundError, TypeError, ImportError) as e:
+        plotted = dist.rank() == 0 and _write(args, search, entries, cloud, cloud_scores, out)
+    except (ValueError, OSError, TypeError, ImportError) as e:  # (OSError: names its file)
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
     if dist.rank() == 0:
-        plotted = _write(args, search, entries, cloud, cloud_scores, out)
         if not plotted:
             skipped.add(f"pareto.png ({PLOTS_MISSING})")
         _report(args, search, entries, out, plotted, skipped)

@@ -628,7 +628,7 @@ def main(argv=None, prog=None) -> int:
               f"{table.device} ({table.threads} thread{'s' * (table.threads > 1)}, batch "
               f"{table.batch}) and calibrated on {CALIBRATION_NETWORKS} whole networks in "
               f"{time.perf_counter() - start:.0f} s; wrote {args.out}")
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -68,7 +68,7 @@ def main(argv=None, prog=None) -> int:
     args = parser.parse_args(argv)
     try:
         convert_official(args.from_official, args.out, args.space, args.data_dir)
-    except (ValueError, FileNotFoundError, TypeError) as e:
+    except (ValueError, OSError, TypeError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {args.out}: the {args.space} supernet of {args.from_official}, with ImageNet's "

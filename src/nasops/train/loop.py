@@ -496,7 +496,7 @@ def main(argv=None, prog=None) -> int:
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_import_option(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # (overrides before and after the options)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("nasops").setLevel(logging.INFO)  # (not the INFO of every library)
     start = time.perf_counter()
@@ -513,8 +513,8 @@ def main(argv=None, prog=None) -> int:
             run_dir = dist.broadcast_object(args.run_dir or RunDir.default_path(cfg))
             RunDir(run_dir).check_new()
         result = train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError,
-            ImportError) as e:
+    except (ValueError, TypeError, OSError, FloatingPointError, ImportError) as e:
+        # (OSError: a missing file, an existing run, a full disk: each names its file)
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
     rank = dist.rank()

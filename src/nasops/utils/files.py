@@ -4,7 +4,8 @@ Every file goes to a temporary file beside the target (``<path>.<random>.tmp``: 
 share one), is flushed to disk and is renamed over the target only once complete (``os.replace``
 is atomic on POSIX and Windows). So a killed process, a full disk or a failing writer leaves
 either the old file or the new one, never a part of one; the temporary file is removed on
-failure. (After a power loss the rename itself may be lost, as the directory is not synced:
+failure, and a failing disk's OSError names the target ("could not write PATH: No space left on
+device"), which every command prints as its one-line error. (After a power loss the rename itself may be lost, as the directory is not synced:
 then the old file is there.) ::
 
     write_text(path, text)          # str
@@ -49,9 +50,12 @@ def atomic_path(path: str | os.PathLike):
         yield tmp
         _sync(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.filename in (None, tmp):
+            # (a full disk or a missing folder: name the file the user knows, not the temporary)
+            raise OSError(e.errno, f"could not write {path}: {e.strerror or e}") from e
         raise
 
 
