@@ -96,6 +96,20 @@ def test_a_torn_log_line_is_cut_before_appending(tmp_path):
     assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
     with pytest.raises(ValueError, match="one line"):
         files.append_line(None, "a\nb")
+    log = files.open_log(path, size=len('{"step": 1}\n{"st'))  # (a resume: cut to a checkpoint's)
+    files.append_line(log, '{"step": 3}')
+    log.close()
+    assert path.read_text() == '{"step": 1}\n{"step": 3}\n'
+
+
+def test_temporary_files_a_kill_left_are_removed(tmp_path):
+    kept = ["checkpoint.pt", "notes.tmp", "a.0123456789ab.tmp.bak", "b.0123456789AB.tmp"]
+    stale = ["checkpoint.pt.0123456789ab.tmp", "metrics.json.ffffffffffff.tmp"]
+    for name in kept + stale:
+        (tmp_path / name).write_text("x")
+    assert files.remove_stale_tmp(tmp_path) == sorted(stale)
+    assert sorted(os.listdir(tmp_path)) == sorted(kept)
+    assert files.remove_stale_tmp(tmp_path / "none") == []
 
 
 def test_search_whose_write_fails_keeps_the_previous_front(tmp_path, monkeypatch, capsys):

@@ -57,6 +57,67 @@ def test_resume_gives_the_uninterrupted_weights(tiny, tmp_path, channels_last):
     assert [l["step"] for l in lines if "lr" in l] == list(range(1, 19))  # no step lost or repeated
 
 
+def metrics_lines(run_dir):
+    """metrics.jsonl's entries without their times and interruptions (what differs between an
+    interrupted run and an uninterrupted one)."""
+    lines = [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl"))]
+    return [{k: v for k, v in l.items() if k not in ("seconds", "eval_seconds")} for l in lines
+            if l.get("event") != "interrupted"]
+
+
+def test_what_a_kill_leaves_is_resumed_to_the_uninterrupted_run(tiny, tmp_path):
+    """What SIGKILL leaves, made by hand (benchmarks/kill_anywhere.py kills real processes, and
+    test_kill_anywhere runs it): steps logged after the last checkpoint, a torn line and a
+    temporary file; a run directory with no checkpoint yet; a finished run. Resume drops what
+    follows the checkpoint's metrics and the temporary file, and ends on the uninterrupted
+    run's weights and metrics; a finished run is not evaluated again."""
+    cfg = config(tiny)
+    full = train_mod.train(cfg, str(tmp_path / "full"), progress=False)
+    part = tmp_path / "part"
+    train_mod.train(cfg, str(part), progress=False, stop_after_steps=13)
+    with open(part / "metrics.jsonl", "a") as f:  # (logged after the checkpoint, then killed)
+        f.write('{"epoch": 2, "step": 14, "lr": 0.1}\n{"epoch": 2, "st')
+    (part / "checkpoint.pt.0123456789ab.tmp").write_bytes(b"half a checkpoint")
+    assert train_mod.train(cfg, str(part), resume=True, progress=False) == full
+    assert_same_weights(weights(tmp_path / "full"), weights(part))
+    assert metrics_lines(part) == metrics_lines(tmp_path / "full")
+    assert not [f for f in os.listdir(part) if f.endswith(".tmp")]
+
+    early = tmp_path / "early"  # (killed after config.yaml, before the first checkpoint)
+    early.mkdir()
+    (early / "config.yaml").write_text(yaml.safe_dump(cfg.as_dict()))
+    (early / "metrics.jsonl").write_text('{"epoch": 1, "step": 1, "lr": 0.1}\n')
+    assert train_mod.train(cfg, str(early), resume=True, progress=False) == full
+    assert metrics_lines(early) == metrics_lines(tmp_path / "full")
+
+    before = (part / "metrics.jsonl").read_text()
+    assert train_mod.train(cfg, str(part), resume=True, progress=False) == full
+    assert (part / "metrics.jsonl").read_text() == before  # (the final is not logged twice)
+
+
+@pytest.mark.slow
+def test_kill_anywhere(tiny, tmp_path):
+    """benchmarks/kill_anywhere.py, short: 8 SIGKILLs (4 at random times, 4 at the hooks inside
+    checkpoint and metrics writes), each leaving a loadable checkpoint and clean metrics, and
+    every run resumed to its end equal to the uninterrupted one bit for bit."""
+    out = tmp_path / "kill.json"
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "kill_anywhere.py")
+    done = subprocess.run([sys.executable, script, "--kills", "8", "--out", str(out), f"space={tiny}",
+                           "limit=320", "epochs=2", "n_prior=5000", "calib_images=64",
+                           "eval_batch_size=128"], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["kills"] == 8 and result["problems"] == [] and result["bit_identical_to_uninterrupted"]
+    assert {m.get("hook") for m in result["moments"]} == {None, *kill_hooks()}
+    assert sum(c["kills"] for c in result["finished_runs"]) == 8
+
+
+def kill_hooks():
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
+    import kill_anywhere
+    return kill_anywhere.HOOKS
+
+
 def test_mixed_precision_resumes_and_stays_close_to_float32(tiny, tmp_path):
     """amp: fp16 (autocast + loss scaling) with channels-last weights and batches: a resumed run
     ends on the uninterrupted run's weights (the scaler's state is in the checkpoint); one
@@ -306,7 +367,7 @@ def test_a_full_disk_stops_the_run_and_keeps_the_last_checkpoint(tiny, tmp_path,
     def sync(path):
         if os.path.basename(path).startswith("checkpoint.pt."):
             checkpoints.append(path)
-            if len(checkpoints) == 2:
+            if len(checkpoints) == 3:  # (the first is the step-0 one)
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_sync(path)
     monkeypatch.setattr(files, "_sync", sync)

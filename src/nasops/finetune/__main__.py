@@ -26,7 +26,7 @@ from ..search.quantize import (add_quantize_options, export_int8_measured, int8_
 from ..train.rundir import load_trained
 from ..utils.cli import STAGES, add_import_option, prog as prog_name
 from ..utils.registry import import_modules
-from ..utils.files import load_tensors, write_json
+from ..utils.files import load_tensors, read_json, write_json
 
 
 def _parser(prog: str | None) -> argparse.ArgumentParser:
@@ -63,9 +63,8 @@ def _source(args) -> tuple[str, object, str, dict | None]:
         if not os.path.isfile(meta_path):
             raise FileNotFoundError(f"{args.pick} is not an exported pick: it has no meta.json "
                                     f"(give a net_<budget>MF folder of nasops-search)")
-        with open(meta_path) as f:
-            meta = json.load(f)
-        if "arch" not in meta:
+        meta = read_json(meta_path, "exported pick's meta.json")
+        if not isinstance(meta, dict) or "arch" not in meta:
             raise ValueError(f"{meta_path} names no architecture (\"arch\"): not a nasops export")
         if args.arch:
             raise ValueError("--arch is for --checkpoint without a pick; the pick names its own")

@@ -1,6 +1,7 @@
 """Run checkpoints: written atomically by training, read back by resume, evaluation and search."""
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 
@@ -23,18 +24,50 @@ OLD_FORMATS = {
 
 
 def save_checkpoint(path: str, payload: dict) -> None:
-    """torch.save, atomically (nasops.utils.files): an interrupted run never leaves half a
-    checkpoint. Serialised in memory first, so that a failing disk raises Python's OSError
-    naming `path` (torch's own writer raises a RuntimeError that names neither)."""
+    """torch.save of `payload` with its checksum (see :func:`payload_sha256`), atomically
+    (nasops.utils.files): an interrupted run never leaves half a checkpoint. Serialised in
+    memory first, so that a failing disk raises Python's OSError naming `path` (torch's own
+    writer raises a RuntimeError that names neither)."""
+    payload = {k: v for k, v in payload.items() if k != "sha256"}
+    payload["sha256"] = payload_sha256(payload)
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     with atomic_open(path, "wb") as f:
         f.write(buffer.getbuffer())
 
 
+def payload_sha256(payload: dict) -> str:
+    """SHA-256 of a checkpoint's contents, whatever their serialisation: every key and value in
+    order, tensors by dtype, shape and bytes. Written with a checkpoint and checked when it is
+    loaded, it catches the damage torch.load would not (a flipped bit in a tensor's data
+    loads as a different number)."""
+    digest = hashlib.sha256()
+    _feed(digest, {k: v for k, v in payload.items() if k != "sha256"})
+    return digest.hexdigest()
+
+
+def _feed(digest, value) -> None:
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        digest.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        digest.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    elif isinstance(value, dict):  # (dict or OrderedDict: the same contents)
+        digest.update(b"D%d" % len(value))
+        for key, item in value.items():
+            _feed(digest, key)
+            _feed(digest, item)
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{type(value).__name__}{len(value)}".encode())
+        for item in value:
+            _feed(digest, item)
+    else:  # (str, int, float, bool, None)
+        digest.update(f"{type(value).__name__}:{value!r};".encode())
+
+
 def load_checkpoint(path: str) -> dict:
     """A checkpoint written by nasops.train (plain tensors and containers only: loaded with
-    weights_only=True); FileNotFoundError / ValueError naming the file otherwise."""
+    weights_only=True) whose contents match the checksum written with them; FileNotFoundError /
+    ValueError naming the file otherwise."""
     ckpt = load_tensors(path, "nasops checkpoint")
     found = ckpt.get("format") if isinstance(ckpt, dict) else None
     if found in OLD_FORMATS:
@@ -42,6 +75,10 @@ def load_checkpoint(path: str) -> dict:
                          f"{__version__} (format {FORMAT!r}) does not load: {OLD_FORMATS[found]}")
     if found != FORMAT:
         raise ValueError(f"{path} is not a nasops checkpoint (expected format {FORMAT!r})")
+    if "sha256" in ckpt and payload_sha256(ckpt) != ckpt["sha256"]:  # (older ones have none)
+        raise ValueError(f"{path} is damaged: its contents do not match the SHA-256 written with "
+                         f"them (a changed bit on disk or in a copy); use another copy or the "
+                         f"run's previous checkpoint")
     return ckpt
 
 

@@ -25,7 +25,7 @@ import yaml
 
 from .. import _C
 from ..utils.checks import is_int, seed64
-from ..utils.files import names_a_file
+from ..utils.files import names_a_file, read_text, read_yaml_text
 from .cost import cost_tables
 
 ARCH_FIELDS = ("resolution", "width", "depth", "kernel_size", "expand_ratio")
@@ -225,11 +225,7 @@ class SearchSpace:
         the file's values (they change the stem's and classifier's cost)."""
         text_path = os.fspath(name_or_path)
         if names_a_file(text_path):
-            if not os.path.isfile(text_path):
-                raise FileNotFoundError(f"search space file {text_path!r} does not exist")
-            source = text_path
-            with open(text_path) as f:
-                text = f.read()
+            source, text = text_path, read_text(text_path, "search space file")
         else:
             available = packaged_spaces()
             if text_path not in available:
@@ -237,10 +233,7 @@ class SearchSpace:
                                  f"{available} (or give a path to a YAML file)")
             source = f"{text_path}.yaml"
             text = (resources.files("nasops") / "configs" / source).read_text()
-        try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ValueError(f"{source} is not valid YAML: {e}") from None
+        raw = read_yaml_text(text, source, "search space")
         if isinstance(raw, dict):
             if num_classes is not None:
                 raw["num_classes"] = num_classes

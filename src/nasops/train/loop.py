@@ -215,10 +215,21 @@ def _train(cfg: Recipe, run_dir: str, resume, progress, stop_after_steps) -> dic
         keep_freed_memory()
     rank = dist.rank()
     folder = RunDir(run_dir, writer=rank == 0)
-    ckpt = folder.load_checkpoint() if resume else None
+    ckpt = None
+    if resume and os.path.exists(folder.checkpoint_path):
+        ckpt = folder.load_checkpoint()
+    elif resume and not os.path.exists(folder.config_path):
+        raise FileNotFoundError(f"nasops checkpoint {folder.checkpoint_path!r} does not exist, nor "
+                                f"does {folder.config_path!r}: {run_dir} holds no run to resume")
+    elif resume and rank == 0:  # (killed before its first checkpoint: nothing to lose)
+        log.info("%s holds no checkpoint yet: the run starts from the beginning", run_dir)
     if ckpt is not None and check_config(ckpt["config"]) != cfg:
         raise ValueError(f"{folder.checkpoint_path} was written with another config; resume "
                          f"continues the same run (see {folder.config_path})")
+    if ckpt is not None and ckpt["finished"] and folder.read_final() is not None:
+        if rank == 0:  # (a kill after the end: evaluating again would log the final twice)
+            log.info("%s is finished; its results are in final.json", run_dir)
+        return folder.read_final()
 
     # Everything that can fail on a bad recipe, file or dataset runs before the run directory
     # is made, so a run that cannot start leaves nothing behind.
@@ -227,32 +238,34 @@ def _train(cfg: Recipe, run_dir: str, resume, progress, stop_after_steps) -> dic
     if cfg["init"] and ckpt is None:
         fresh = warm_start(run.net, cfg["init"], cfg["init_classifier"],
                            {"dataset": cfg["dataset"], "data_dir": cfg["data_dir"]})
-    folder.create(cfg)
+    folder.create(cfg, 0 if ckpt is None else ckpt.get("metrics_bytes"))
     if fresh is not None:
         folder.record({"event": "init", "from": cfg["init"], "reinitialised": fresh})
         if rank == 0:
             log.info("initial weights from %s%s", cfg["init"],
                      f"; re-initialised for this data: {', '.join(fresh)}" if fresh else "")
+    epoch, step, epoch_losses = 0, 0, None
+    if ckpt is None:  # (from here on, a killed run always leaves one to resume from)
+        folder.save_checkpoint(run.state_dict(epoch, step))
     dist.barrier()
-    epoch = step = 0
     if ckpt is not None:
         run.load_state_dict(ckpt)
-        epoch, step = ckpt["epoch"], ckpt["step"]
+        epoch, step, epoch_losses = ckpt["epoch"], ckpt["step"], ckpt.get("epoch_losses")
         if rank == 0:
             steps_per_epoch = run.stream.steps_per_epoch
             log.info("resumed %s at step %d/%d (epoch %d/%d)", run_dir,
                      epoch * steps_per_epoch + step, cfg["epochs"] * steps_per_epoch,
                      min(epoch + 1, cfg["epochs"]), cfg["epochs"])
     try:
-        return _loop(run, folder, (epoch, step), device, progress, stop_after_steps)
+        return _loop(run, folder, (epoch, step, epoch_losses), device, progress, stop_after_steps)
     finally:
         folder.close()
 
 
-def _loop(run: Run, folder: RunDir, resume_at: tuple[int, int], device, progress,
-          stop_after_steps) -> dict:
-    """The epochs from `resume_at` (epoch, step) on, then the final evaluation. Messages,
-    the progress bar and metrics.jsonl count steps (global) and epochs from 1."""
+def _loop(run: Run, folder: RunDir, resume_at: tuple, device, progress, stop_after_steps) -> dict:
+    """The epochs from `resume_at` (epoch, step, and the losses of that epoch's steps so far, or
+    None) on, then the final evaluation. Messages, the progress bar and metrics.jsonl count
+    steps (global) and epochs from 1."""
     return _Loop(run, folder, device, progress, stop_after_steps)(*resume_at)
 
 
@@ -273,18 +286,18 @@ class _Loop:
         self.steps_this_call = 0
         self.bar = None
 
-    def __call__(self, epoch: int, step: int) -> dict:
+    def __call__(self, epoch: int, step: int, epoch_losses: dict | None = None) -> dict:
         self.stop.install()
         self.bar = tqdm(total=self.total_steps, initial=epoch * self.steps_per_epoch + step,
                         unit="step", desc="train", dynamic_ncols=True,
                         disable=not self.progress or self.rank != 0)
         try:
             while epoch < self.epochs:
-                entry = self.epoch(epoch, step)
+                entry = self.epoch(epoch, step, epoch_losses)
                 if "interrupted" in entry:
                     return entry
                 self.folder.record(entry)
-                epoch, step = epoch + 1, 0
+                epoch, step, epoch_losses = epoch + 1, 0, None
                 self.checkpoint(epoch, step)
                 self.folder.plot()
         finally:
@@ -292,9 +305,14 @@ class _Loop:
             self.stop.restore()
         return self.final(epoch, step)
 
-    def checkpoint(self, epoch: int, step: int, finished: bool = False) -> None:
+    def checkpoint(self, epoch: int, step: int, finished: bool = False,
+                   epoch_losses: dict | None = None) -> None:
+        """(epoch_losses: mid-epoch, the sums of the epoch's losses so far, for its entry.)"""
         if self.folder.writer:
-            self.folder.save_checkpoint(self.run.state_dict(epoch, step, finished))
+            payload = self.run.state_dict(epoch, step, finished)
+            if epoch_losses is not None:
+                payload["epoch_losses"] = epoch_losses
+            self.folder.save_checkpoint(payload)
         dist.barrier()
 
     def new_evaluator(self) -> Evaluator:
@@ -308,18 +326,20 @@ class _Loop:
         with preserved_bn_stats(self.run.net):
             return self.new_evaluator().accuracy(archs, split)
 
-    def epoch(self, epoch: int, step: int) -> dict:
+    def epoch(self, epoch: int, step: int, losses: dict | None = None) -> dict:
         """The steps of `epoch` from `step` on: its metrics entry, or {"interrupted": step}."""
-        sums, count, start = np.zeros(3), 0, time.perf_counter()
+        sums, count = (np.zeros(3), 0) if losses is None else (np.array(losses["sums"]),
+                                                                losses["count"])
+        start = time.perf_counter()
         for x, y in self.run.stream.epoch(epoch, step, self.device):
             global_step = epoch * self.steps_per_epoch + step + 1  # the step being taken
             finite, stop_now = self.step(x, y, epoch, global_step)
             step += 1
             sums += finite.numpy()
             count += 1
-            if stop_now:
-                self.checkpoint(epoch, step)
+            if stop_now:  # (the record first: what the checkpoint's metrics keep on resume)
                 self.folder.record({"event": "interrupted", "epoch": epoch + 1, "step": global_step})
+                self.checkpoint(epoch, step, epoch_losses={"sums": sums.tolist(), "count": count})
                 if self.rank == 0 and self.stop.requested is not None:
                     log.warning("interrupted after %s; checkpoint saved, resume with --resume %s",
                                 self.where(epoch, global_step), self.folder.path)

@@ -47,20 +47,39 @@ def smoothed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
     return F.cross_entropy(logits, labels, label_smoothing=smoothing)
 
 
+def _log_softmaxes(student: torch.Tensor, teacher: torch.Tensor):
+    """(log p, log q): the teacher's (detached) and the student's log-softmax, finite for any
+    finite logits. In float32 at least: in fp16 / bf16 a gap between two logits past the type's
+    range gives -inf. A log that still underflows (float32 logits near 1e38) is held at the
+    type's lowest number, so that no 0 * -inf term turns the loss into NaN."""
+    dtype = torch.promote_types(student.dtype, torch.float32)  # (float32 logits: unchanged)
+    lowest = torch.finfo(dtype).min
+    log_p = F.log_softmax(teacher.detach().to(dtype), dim=1).clamp(min=lowest)
+    log_q = F.log_softmax(student.to(dtype), dim=1).clamp(min=lowest)
+    return log_p, log_q
+
+
+def _saturated(loss: torch.Tensor) -> torch.Tensor:
+    """A loss held within its type's range: logits ~1e38 apart make a divergence larger than
+    float32 holds, which then saturates at the largest float32 (no gradient) instead of
+    becoming inf. Any other value passes unchanged, bit for bit; NaN (from NaN logits) stays."""
+    top = torch.finfo(loss.dtype).max
+    return loss.clamp(-top, top)
+
+
 def kl_distillation(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """KL(teacher || student) of the softmaxes, mean over the batch; the teacher is detached."""
+    """KL(teacher || student) of the softmaxes, mean over the batch; the teacher is detached.
+    Computed in float32 at least, and finite for any finite logits."""
     _check_logits(student, teacher)
-    log_p = F.log_softmax(teacher.detach(), dim=1)
-    log_q = F.log_softmax(student, dim=1)
-    return (log_p.exp() * (log_p - log_q)).sum(1).mean()
+    log_p, log_q = _log_softmaxes(student, teacher)
+    return _saturated((log_p.exp() * (log_p - log_q)).sum(1).mean())
 
 
 def _alpha_per_sample(student: torch.Tensor, teacher: torch.Tensor, alpha: float,
                       clip: float | None) -> torch.Tensor:
     """Per-sample D_alpha(teacher || student) as AlphaNet publishes it: [N] values whose
     gradient is the loss's (module docstring)."""
-    log_p = F.log_softmax(teacher.detach(), dim=1)
-    log_q = F.log_softmax(student, dim=1)
+    log_p, log_q = _log_softmaxes(student, teacher)
     if abs(alpha - 1.0) < _EXACT_KL:  # KL(p || q), exact: no importance weight, no clip
         return (log_p.exp() * (log_p - log_q)).sum(1)
     q = log_q.exp()
@@ -73,13 +92,13 @@ def _alpha_per_sample(student: torch.Tensor, teacher: torch.Tensor, alpha: float
             coeff = -q * log_ratio
         else:
             weight = torch.exp(alpha * (log_p - log_q))  # (p / q) ** alpha
-            if clip is not None:
-                weight = weight.clamp(max=clip)
+            # (unclipped, held finite: an infinite weight times a zero q would be NaN)
+            weight = weight.clamp(max=torch.finfo(weight.dtype).max if clip is None else clip)
             value = (q * (weight - 1.0)).sum(1) / (alpha * (alpha - 1.0))
             coeff = -(weight * q) / alpha
-    # a surrogate with the published gradient, sum_i coeff_i d(log q_i), carrying the value
-    surrogate = (coeff * log_q).sum(1)
-    return value + surrogate - surrogate.detach()
+    # the value, plus a zero whose gradient is the published one, sum_i coeff_i d(log q_i) (a
+    # zero however large coeff is: coeff * log_q itself may overflow when p and q are far apart)
+    return value + (coeff * (log_q - log_q.detach())).sum(1)
 
 
 def alpha_divergence(student: torch.Tensor, teacher: torch.Tensor, alpha: float,
@@ -90,7 +109,7 @@ def alpha_divergence(student: torch.Tensor, teacher: torch.Tensor, alpha: float,
     _check_logits(student, teacher)
     if clip is not None and not clip > 0:
         raise ValueError(f"importance-weight clip = {clip!r} must be positive")
-    return _alpha_per_sample(student, teacher, float(alpha), clip).mean()
+    return _saturated(_alpha_per_sample(student, teacher, float(alpha), clip).mean())
 
 
 def adaptive_alpha_divergence(student: torch.Tensor, teacher: torch.Tensor,
@@ -110,7 +129,7 @@ def adaptive_alpha_divergence(student: torch.Tensor, teacher: torch.Tensor,
     low = _alpha_per_sample(student, teacher, float(alpha_min), clip)
     high = _alpha_per_sample(student, teacher, float(alpha_max), clip)
     per_sample = torch.where(low.detach() > high.detach(), low, high)
-    return per_sample if reduction == "none" else per_sample.mean()
+    return _saturated(per_sample if reduction == "none" else per_sample.mean())
 
 
 @dataclasses.dataclass(frozen=True)

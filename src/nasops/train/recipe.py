@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Mapping
 from importlib import resources
 
@@ -18,7 +19,7 @@ import yaml
 
 from ..data import DATASETS, NORMALIZATIONS, Splits, load_splits
 from ..utils.checks import is_int, is_number
-from ..utils.files import names_a_file
+from ..utils.files import names_a_file, one_line, read_text, read_yaml_text
 from .losses import LOSSES
 from ..ops import BACKENDS
 from .strategies import STRATEGIES, needs_predictor
@@ -194,21 +195,15 @@ def packaged_recipes() -> list[str]:
 def load_recipe(name_or_path: str) -> Recipe:
     """A packaged recipe by name or a YAML file by path, merged over DEFAULTS and checked."""
     if names_a_file(name_or_path):
-        if not os.path.isfile(name_or_path):
-            raise FileNotFoundError(f"recipe file {name_or_path!r} does not exist")
-        with open(name_or_path) as f:
-            text, source = f.read(), name_or_path
-        name = os.path.splitext(os.path.basename(name_or_path))[0]
+        text, source = read_text(name_or_path, "recipe file"), name_or_path
+        name = os.path.splitext(os.path.basename(name_or_path))[0].lstrip(".") or "recipe"
     else:
         if name_or_path not in packaged_recipes():
             raise ValueError(f"unknown recipe {name_or_path!r}; packaged recipes: "
                              f"{packaged_recipes()} (or give a path to a YAML file)")
         text = (_recipe_dir() / f"{name_or_path}.yaml").read_text()
         source, name = f"recipes/{name_or_path}.yaml", name_or_path
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"{source} is not valid YAML: {e}") from None
+    raw = read_yaml_text(text, source, "recipe")
     if not isinstance(raw, dict):
         raise ValueError(f"{source} must be a mapping of recipe keys")
     return check_config({"recipe": name, **raw}, source)
@@ -224,7 +219,7 @@ def apply_overrides(config: Mapping, overrides: list[str]) -> Recipe:
         try:
             out[key] = yaml.safe_load(value)
         except yaml.YAMLError as e:
-            raise ValueError(f"override {item!r}: {e}") from None
+            raise ValueError(f"override {item!r} is not valid YAML: {one_line(e)}") from None
     return check_config(out, "command line")
 
 
@@ -249,6 +244,10 @@ _FLAGS = ("augment", "flip", "nesterov", "sync_bn", "zero_init_residual", "autoa
 _CHOICES = {"grad_clip_mode": ["norm", "value"], "amp": list(AMP), "dw_backend": list(BACKENDS),
             "normalization": list(NORMALIZATIONS) + [None], "target_bins": ["prior", "uniform"],
             "channels_last": [True, False, "auto"], "init_classifier": ["auto", "keep", "reset"]}
+
+
+# (no path separator and no leading dot: a name cannot point a run's directory elsewhere)
+_NAME = re.compile(r"[^/\\\0.][^/\\\0]*")
 
 
 def _check_value(cfg: Mapping, key: str) -> str | None:
@@ -291,6 +290,9 @@ def check_config(cfg: Mapping, source: str = "config") -> Recipe:
             allowed = "a path or null"
         if key == "space" and not isinstance(cfg[key], str):
             allowed = "a packaged space name or a YAML path"
+        if key == "recipe" and not (isinstance(cfg[key], str) and _NAME.fullmatch(cfg[key])):
+            allowed = ("a name without '/' or '\\' that does not start with '.' (it names the "
+                       "run's default directory)")
         if key == "nao_budgets" and cfg[key] is not None and not (
                 isinstance(cfg[key], list) and cfg[key] and all(is_number(b) and 0 < b < math.inf
                                                                 for b in cfg[key])):

@@ -13,7 +13,8 @@ import torch
 import yaml
 
 from ..nn.checkpoint import load_checkpoint, load_supernet, save_checkpoint
-from ..utils.files import append_line, open_log, read_lines, write_json, write_text
+from ..utils.files import (append_line, open_log, read_lines, read_text, read_yaml_text,
+                           remove_stale_tmp, write_json, write_text)
 from ..utils.plots import plot_training_curves
 from .recipe import Recipe, check_config, splits_of
 
@@ -40,22 +41,26 @@ class RunDir:
         """The recipe of the run in this directory (to resume it)."""
         if not os.path.isfile(self.config_path):
             raise FileNotFoundError(f"{self.path!r} is not a run directory (no config.yaml)")
-        with open(self.config_path) as f:
-            return check_config(yaml.safe_load(f), self.config_path)
+        text = read_text(self.config_path, "run's config.yaml")
+        return check_config(read_yaml_text(text, self.config_path, "run's config"),
+                            self.config_path)
 
     def check_new(self) -> None:
         if os.path.exists(self.checkpoint_path):
             raise FileExistsError(f"{self.path} already holds a run; continue it with --resume "
                                   f"{self.path} or choose another --run-dir")
 
-    def create(self, cfg: Recipe) -> None:
-        """Makes the directory, writes config.yaml and opens the metrics (appending to those of
-        an earlier invocation of the same run)."""
+    def create(self, cfg: Recipe, metrics_bytes: int | None = 0) -> None:
+        """Makes the directory, writes config.yaml, removes what a killed writer left there and
+        opens the metrics: its first `metrics_bytes` bytes are kept (a resumed run's, as its
+        checkpoint recorded them: what was logged after that checkpoint is logged again; None:
+        all, for checkpoints older than that record)."""
         if not self.writer:
             return
         os.makedirs(self.path, exist_ok=True)
+        remove_stale_tmp(self.path)
         write_text(self.config_path, yaml.safe_dump(cfg.as_dict(), sort_keys=False))
-        self._metrics = open_log(self.metrics_path)
+        self._metrics = open_log(self.metrics_path, metrics_bytes)
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is optional
@@ -67,7 +72,10 @@ class RunDir:
         return load_checkpoint(self.checkpoint_path)
 
     def save_checkpoint(self, payload: dict) -> None:
+        """The checkpoint, with the length of the metrics logged up to it (see create)."""
         if self.writer:
+            if self._metrics is not None:
+                payload = {**payload, "metrics_bytes": os.fstat(self._metrics.fileno()).st_size}
             save_checkpoint(self.checkpoint_path, payload)
 
     def record(self, entry: dict) -> None:
@@ -90,6 +98,15 @@ class RunDir:
         return plot_training_curves(os.path.join(self.path, "curves.png"),
                                     [json.loads(line) for line in read_lines(self.metrics_path)
                                      if line.strip()])
+
+    def read_final(self) -> dict | None:
+        """final.json of a finished run; None when it is missing or damaged."""
+        try:
+            with open(os.path.join(self.path, "final.json")) as f:
+                final = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return final if isinstance(final, dict) and "steps" in final else None
 
     def write_final(self, final: dict) -> None:
         if self.writer:

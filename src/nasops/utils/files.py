@@ -27,11 +27,28 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import uuid
 
 
 def _tmp(path: str) -> str:
     return f"{path}.{uuid.uuid4().hex[:12]}.tmp"
+
+
+_TMP_NAME = re.compile(r".+\.[0-9a-f]{12}\.tmp")
+
+
+def remove_stale_tmp(folder: str | os.PathLike) -> list[str]:
+    """Removes the temporary files a killed writer left in `folder` (a SIGKILL or a power loss
+    gives atomic_path no chance to); returns their names. Call it only where no other process
+    is writing."""
+    if not os.path.isdir(folder):
+        return []
+    stale = sorted(n for n in os.listdir(folder) if _TMP_NAME.fullmatch(n))
+    for name in stale:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(folder, name))
+    return stale
 
 
 def _sync(path: str) -> None:
@@ -81,14 +98,15 @@ def write_json(path: str | os.PathLike, doc, indent: int | None = 2) -> None:
     write_text(path, json.dumps(doc, indent=indent))
 
 
-def open_log(path: str | os.PathLike):
+def open_log(path: str | os.PathLike, size: int | None = None):
     """Opens a log for :func:`append_line`, cutting off a torn last line first (one a run
-    killed mid-write left without its newline, which the next line would otherwise join)."""
+    killed mid-write left without its newline, which the next line would otherwise join), and
+    with `size`, everything after its first `size` bytes (what a resumed run logs again)."""
     if os.path.exists(path):
         with open(path, "rb+") as f:
-            data = f.read()
+            data = f.read() if size is None else f.read(size)
             end = data.rfind(b"\n") + 1
-            if end != len(data):
+            if end != os.fstat(f.fileno()).st_size:
                 f.truncate(end)
     return open(path, "a")
 
@@ -116,6 +134,47 @@ def names_a_file(name_or_path) -> bool:
     return os.sep in text or text.endswith((".yaml", ".yml"))
 
 
+def one_line(error) -> str:
+    """An error's text on one line (YAML's and some libraries' messages run over several)."""
+    return " ".join(str(error).split())
+
+
+def read_yaml_text(text: str, source: str, kind: str):
+    """yaml.safe_load of `text` read from `source`: ValueError "SOURCE is not valid YAML: ..."
+    on one line, or "SOURCE is empty" when it holds no document."""
+    import yaml  # (late, like torch below)
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{source} is not valid YAML: {one_line(e)}") from None
+    if doc is None:
+        raise ValueError(f"{source} is empty: a {kind} holds a mapping of keys")
+    return doc
+
+
+def read_text(path: str, kind: str) -> str:
+    """The text of a UTF-8 file: FileNotFoundError "KIND 'PATH' does not exist", or ValueError
+    "PATH is not a KIND: ..." when its bytes are not UTF-8 text (a binary file, a damaged one)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{kind} {path!r} does not exist")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not a {kind}: byte {e.start} is not UTF-8 text "
+                         f"(a binary or damaged file)") from None
+
+
+def read_json(path: str, kind: str):
+    """The document of a JSON file: FileNotFoundError / ValueError naming the file (see
+    :func:`read_text`), "PATH is not a KIND: ..." for text that is not JSON."""
+    text = read_text(path, kind)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not a {kind}: {e}") from None
+
+
 def load_tensors(path: str, kind: str):
     """torch.load of a file of tensors and plain containers (weights_only=True, onto the CPU):
     FileNotFoundError "KIND 'PATH' does not exist", or ValueError "PATH is not a readable KIND"
@@ -123,7 +182,26 @@ def load_tensors(path: str, kind: str):
     import torch  # (late: most users of this module write files and need no torch)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{kind} {path!r} does not exist")
+    _check_zip_records(path, kind)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"{path} is not a readable {kind}: {type(e).__name__}: {e}") from None
+        first = str(e).strip().split("\n")[0]  # (weights_only's refusals run to paragraphs)
+        raise ValueError(f"{path} is not a readable {kind}: {type(e).__name__}: {first}") from None
+
+
+def _check_zip_records(path: str, kind: str) -> None:
+    """torch.save's files are zip archives whose records carry CRC-32s, which torch.load does
+    not check: a flipped bit in a tensor would load as another number. ValueError naming the
+    record that fails. (Legacy, non-zip files have none to check.)"""
+    import zipfile
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
+        raise ValueError(f"{path} is not a readable {kind}: {one_line(e)}") from None
+    if bad is not None:
+        raise ValueError(f"{path} is damaged: its record {bad!r} fails its CRC-32 check (a "
+                         f"changed bit on disk or in a copy)")
