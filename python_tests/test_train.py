@@ -231,6 +231,64 @@ def test_ddp_two_processes_equal_one_on_the_combined_batch(tiny, tmp_path):
         np.testing.assert_allclose([l[key] for l in two], [l[key] for l in one], rtol=1e-4, atol=1e-6)
 
 
+def test_auto_resume_starts_continues_or_refuses_another_recipe(tiny, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = [f"space={tiny}", "limit=320", "epochs=1", "n_prior=5000", "calib_images=64",
+            "eval_batch_size=128", "--no-progress", "--auto-resume"]
+    assert train_mod.main([*args, "--run-dir", str(run)]) == 0  # (nothing there: it starts)
+    first = (run / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert train_mod.main([*args, "--run-dir", str(run)]) == 0  # (finished: nothing to redo)
+    assert (run / "metrics.jsonl").read_text() == first
+    assert "smallest (" in capsys.readouterr().out
+    assert train_mod.main([*args, "seed=3", "--run-dir", str(run)]) == 1
+    assert f"{run} holds a run of another recipe (['seed'] differ" in capsys.readouterr().err
+    assert train_mod.main(args) == 1
+    assert "--auto-resume needs --run-dir" in capsys.readouterr().err
+
+
+DIE = """
+import os, signal, sys
+from nasops.train import loop
+step = loop._Loop.step
+def dying_step(self, x, y, epoch, global_step):  # rank 1 dies at step 13 of the first attempt
+    if (global_step == 13 and os.environ["RANK"] == "1"
+            and os.environ["TORCHELASTIC_RESTART_COUNT"] == "0"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return step(self, x, y, epoch, global_step)
+loop._Loop.step = dying_step
+sys.exit(loop.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_rank_killed_under_torchrun_restarts_and_resumes(tiny, tmp_path):
+    """2 gloo ranks under torchrun --max-restarts=1; rank 1 is SIGKILLed mid-epoch 2. Rank 0
+    stops at once with one line naming the lost rank (no hang), torchrun restarts both, and
+    --auto-resume continues from the epoch-1 checkpoint to the uninterrupted 2-rank run's
+    weights, bit for bit."""
+    cfg = config(tiny, epochs=2)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({k: v for k, v in cfg.items() if k != "recipe"}))
+    (tmp_path / "die.py").write_text(DIE)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node=2", "--max-restarts=1"]
+    args = ["--recipe", str(recipe), "--no-progress", "--auto-resume"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    full = subprocess.run(torchrun + ["-m", "nasops.train", *args, "--run-dir", str(tmp_path / "full")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert full.returncode == 0, full.stderr[-3000:]
+    killed = subprocess.run(torchrun + [str(tmp_path / "die.py"), *args, "--run-dir",
+                                        str(tmp_path / "killed")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert killed.returncode == 0, killed.stderr[-5000:]
+    assert re.search(r"error: rank 0: [^\n]* failed \([^\n]*Connection (reset|closed) by peer\): "
+                     r"another rank has stopped or is stuck", killed.stderr), killed.stderr[-3000:]
+    assert f"resumed {tmp_path / 'killed'} at step 9/18" in killed.stderr
+    assert_same_weights(weights(tmp_path / "full"), weights(tmp_path / "killed"))
+    assert metrics_lines(tmp_path / "killed") == metrics_lines(tmp_path / "full")
+
+
 def predictor_file(tiny, path):
     space = nasops.SearchSpace.load(tiny)
     X = space.sample(200, seed=0)

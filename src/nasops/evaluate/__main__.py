@@ -39,7 +39,7 @@ def main(argv=None, prog=None) -> int:
         keep_freed_memory()
         acc = Evaluator(net, splits, cfg["eval_batch_size"], cfg["calib_images"], device).accuracy(
             archs, args.split, progress=not args.no_progress)
-    except (ValueError, OSError, ImportError) as e:
+    except (ValueError, OSError, ImportError, dist.RankLost) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
     if dist.rank() == 0:

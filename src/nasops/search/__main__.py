@@ -345,7 +345,7 @@ def main(argv=None, prog=None) -> int:
         cloud, cloud_scores = _cloud(args, search)
         entries, skipped = _measure_and_export(args, search, out)
         plotted = dist.rank() == 0 and _write(args, search, entries, cloud, cloud_scores, out)
-    except (ValueError, OSError, TypeError, ImportError) as e:  # (OSError: names its file)
+    except (ValueError, OSError, TypeError, ImportError, dist.RankLost) as e:  # (OSError: its file)
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
     if dist.rank() == 0:

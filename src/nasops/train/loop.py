@@ -514,6 +514,10 @@ def main(argv=None, prog=None) -> int:
                              f"(default: digits)")
     parser.add_argument("--run-dir", help="run directory (default: runs/RECIPE-STRATEGY-seedS-TIME)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    parser.add_argument("--auto-resume", action="store_true",
+                        help="with --run-dir: continue the run there if it holds one (of this "
+                             "same recipe), else start it; the command to give torchrun "
+                             "--max-restarts, whose restarts then go on from the last checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_import_option(parser)
     args = parser.parse_intermixed_args(argv)  # (overrides before and after the options)
@@ -529,11 +533,16 @@ def main(argv=None, prog=None) -> int:
             cfg, run_dir = RunDir(args.resume).read_config(), args.resume
         else:
             cfg = apply_overrides(load_recipe(args.recipe), args.overrides)
+            if args.auto_resume and not args.run_dir:
+                raise ValueError("--auto-resume needs --run-dir (the default directory is new "
+                                 "each time)")
             dist.init_from_env()
             run_dir = dist.broadcast_object(args.run_dir or RunDir.default_path(cfg))
-            RunDir(run_dir).check_new()
+            args.resume = args.auto_resume and RunDir(run_dir).holds(cfg)
+            if not args.resume:
+                RunDir(run_dir).check_new()
         result = train(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
-    except (ValueError, TypeError, OSError, FloatingPointError, ImportError) as e:
+    except (ValueError, TypeError, OSError, FloatingPointError, ImportError, dist.RankLost) as e:
         # (OSError: a missing file, an existing run, a full disk: each names its file)
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1

@@ -45,6 +45,18 @@ class RunDir:
         return check_config(read_yaml_text(text, self.config_path, "run's config"),
                             self.config_path)
 
+    def holds(self, cfg: Recipe) -> bool:
+        """Whether the directory holds a run (its config.yaml) to continue with `cfg`;
+        ValueError naming the keys when that run's recipe is another."""
+        if not os.path.isfile(self.config_path):
+            return False
+        saved = self.read_config()
+        if saved != cfg:
+            differ = sorted(k for k in cfg if saved.get(k) != cfg[k])
+            raise ValueError(f"{self.path} holds a run of another recipe ({differ} differ; see "
+                             f"{self.config_path}): --auto-resume continues only the same run")
+        return True
+
     def check_new(self) -> None:
         if os.path.exists(self.checkpoint_path):
             raise FileExistsError(f"{self.path} already holds a run; continue it with --resume "

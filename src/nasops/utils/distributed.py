@@ -9,10 +9,38 @@ weights before one optimizer step, which this does with a single collective.)
 """
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
+import re
 
 import torch
 import torch.distributed as dist
+
+# How long a rank waits in a collective for the others before it stops with RankLost (a rank
+# that dies is noticed at once; one that is stuck, only after this). Rank 0 alone writes
+# checkpoints while the others wait, so it must exceed that.
+COLLECTIVE_TIMEOUT_S = float(os.environ.get("NASOPS_COLLECTIVE_TIMEOUT_S", "600"))
+
+
+class RankLost(RuntimeError):
+    """A collective failed or timed out: another rank stopped (killed, crashed) or is stuck."""
+
+
+@contextlib.contextmanager
+def _collective(what: str):
+    try:
+        yield
+    except RankLost:
+        raise
+    except RuntimeError as e:  # (gloo and NCCL report a lost peer or a timeout as RuntimeError)
+        # (the backend's first sentence, without its source location: "Read error ...:
+        # Connection reset by peer")
+        first = re.sub(r"^\[[^\]]*\]\s*", "", (str(e).strip().splitlines() or [""])[0])
+        first = first.split(". ")[0][:200] or type(e).__name__
+        raise RankLost(f"rank {rank()}: {what} failed ({first}): another rank has stopped or is "
+                       f"stuck, see its log (under torchrun --max-restarts, train with "
+                       f"--auto-resume to continue from the last checkpoint)") from None
 
 
 def initialized() -> bool:
@@ -36,8 +64,28 @@ def init_from_env() -> torch.device:
     if cuda:
         torch.cuda.set_device(device)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
+        timeout = datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S)
+        with _collective("joining the process group"):
+            dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout,
+                                    **_attempt_store(timeout))
     return device
+
+
+def _attempt_store(timeout) -> dict:
+    """Under torchrun, the rendezvous store with a prefix of its own for each restart attempt.
+    torchrun keeps one store across restarts; without the prefix, the restarted ranks read the
+    killed ranks' gloo addresses and fail to connect ("Connection refused") or hang. (Seen
+    with torch 2.13.0 on CPU: without the prefix 10 of 15 restarts failed, with it 0 of 13;
+    python_tests/test_train.py::test_a_rank_killed_under_torchrun_restarts_and_resumes.)"""
+    if "TORCHELASTIC_RESTART_COUNT" not in os.environ or "MASTER_ADDR" not in os.environ:
+        return {}
+    me = int(os.environ["RANK"])
+    hosted_by_agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                          is_master=not hosted_by_agent and me == 0, timeout=timeout)
+    prefix = f"nasops/attempt-{os.environ['TORCHELASTIC_RESTART_COUNT']}"
+    return {"store": dist.PrefixStore(prefix, store), "rank": me,
+            "world_size": int(os.environ["WORLD_SIZE"])}
 
 
 def average_gradients(params) -> None:
@@ -48,7 +96,8 @@ def average_gradients(params) -> None:
         return
     params = [p for p in params if p.grad is not None]
     flat = torch.cat([p.grad.reshape(-1) for p in params])
-    dist.all_reduce(flat)
+    with _collective("averaging the gradients"):
+        dist.all_reduce(flat)
     flat /= world_size()
     offset = 0
     for p in params:
@@ -61,7 +110,8 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     """The elementwise sum over ranks (a copy; the input is left alone)."""
     out = values.clone()
     if world_size() > 1:
-        dist.all_reduce(out)
+        with _collective("an all-reduce"):
+            dist.all_reduce(out)
     return out
 
 
@@ -73,13 +123,15 @@ class _DifferentiableSum(torch.autograd.Function):
     def forward(ctx, values, group):
         ctx.group = group
         out = values.clone()
-        dist.all_reduce(out, group=group)
+        with _collective("synchronised batch norm's all-reduce"):
+            dist.all_reduce(out, group=group)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         grad = grad.clone()
-        dist.all_reduce(grad, group=ctx.group)
+        with _collective("synchronised batch norm's all-reduce"):
+            dist.all_reduce(grad, group=ctx.group)
         return grad, None
 
 
@@ -108,13 +160,15 @@ def broadcast_object(obj, src: int = 0):
     if world_size() == 1:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    with _collective("a broadcast"):
+        dist.broadcast_object_list(box, src=src)
     return box[0]
 
 
 def barrier() -> None:
     if world_size() > 1:
-        dist.barrier()
+        with _collective("a barrier"):
+            dist.barrier()
 
 
 def shutdown() -> None:
@@ -122,5 +176,5 @@ def shutdown() -> None:
     while still in a gloo group can abort in gloo's threads, "terminate called without an active
     exception", which failed a CI run.)"""
     if initialized():
-        dist.barrier()
+        barrier()
         dist.destroy_process_group()
