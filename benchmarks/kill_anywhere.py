@@ -197,6 +197,17 @@ def next_moment(kills: int, run: str, ref: str, full_s: float, rng: random.Rando
                                               else writes)}
 
 
+def where(moment: dict, before: dict, after: dict) -> str:
+    """Where a kill landed: its hook, or for a timed one, what the run had written by then."""
+    if "hook" in moment:
+        return moment["hook"]
+    if after["checkpoint"] == "finished":
+        return "at the end (final checkpoint written)"
+    if (after["checkpoint"], after["logged_step"]) == (before["checkpoint"], before["logged_step"]):
+        return "start-up or an evaluation (nothing new written)"
+    return "training steps (steps logged)"
+
+
 def finish_chain(run: str, ref: str, overrides, kills: int, log) -> dict:
     """Resumes the run to its end and compares it with the uninterrupted one; then removes it,
     so that the next kill hits a new run."""
@@ -262,19 +273,22 @@ def main() -> int:
                 finish()
                 continue
             moment = next_moment(len(kills), run, ref, full_s, rng)
+            before = check_after_kill(run)
             if not kill_once(run, args.overrides, moment, log):
                 print(f"  {moment}: the run finished first", flush=True)
                 finish()
                 continue
             found = check_after_kill(run)
-            kills.append({**moment, **found})
+            kills.append({**moment, "where": where(moment, before, found), **found})
             print(f"  kill {len(kills)}: {moment} -> checkpoint {found['checkpoint']}, "
                   f"logged step {found['logged_step']}, tmp {found['tmp_files']} "
                   f"{found['problems'] or 'ok'}", flush=True)
         finish()
     problems = [p for k in kills for p in k["problems"]] + [p for c in chains for p in c["problems"]]
+    places = [k["where"] for k in kills]
     result = {"command": "python benchmarks/kill_anywhere.py " + " ".join(sys.argv[1:]),
               "kills": len(kills), "uninterrupted_seconds": round(full_s, 1),
+              "where": {w: places.count(w) for w in sorted(set(places))},
               "finished_runs": chains, "moments": kills,
               "bit_identical_to_uninterrupted": all(not c["problems"] for c in chains),
               "problems": problems}

@@ -102,14 +102,22 @@ class RunDir:
                     self._events.add_scalar(tag, entry[key], entry["step"])
             self._events.flush()
 
+    # steps drawn at most in curves.png: a long run's plot (and the memory it takes, redrawn
+    # every epoch) stays the same size (benchmarks/memory_flat.py)
+    PLOTTED_STEPS = 2000
+
     def plot(self) -> bool:
         """curves.png from the whole metrics.jsonl (earlier invocations of a resumed run
-        included); False when matplotlib is missing."""
+        included; at most PLOTTED_STEPS evenly spaced step entries, every epoch entry); False
+        when matplotlib is missing."""
         if self._metrics is None:
             return False
+        lines = read_lines(self.metrics_path)
+        stride = 1 + len(lines) // self.PLOTTED_STEPS
+        entries = (json.loads(line) for line in lines if line.strip())
         return plot_training_curves(os.path.join(self.path, "curves.png"),
-                                    [json.loads(line) for line in read_lines(self.metrics_path)
-                                     if line.strip()])
+                                    [e for e in entries
+                                     if "lr" not in e or e.get("step", 0) % stride == 0])
 
     def read_final(self) -> dict | None:
         """final.json of a finished run; None when it is missing or damaged."""
