@@ -93,7 +93,7 @@ def part_train(work: str, steps: int) -> dict:
             rss.append(memory)
     if proc.returncode != 0:
         raise SystemExit(f"training failed:\n{proc.stderr.read()[-3000:]}")
-    return {"command": " ".join(cmd[1:]).replace(work, "WORK"), **summary(xs, rss, "step")}
+    return {"training_command": " ".join(cmd[1:]).replace(work, "WORK"), **summary(xs, rss, "step")}
 
 
 def part_evaluate(work: str, evaluations: int) -> dict:
@@ -161,12 +161,16 @@ def main() -> int:
             found = {"train": lambda: part_train(work, args.steps),
                      "evaluate": lambda: part_evaluate(work, args.evaluations),
                      "loader": lambda: part_loader(work, args.batches)}[part]()
-            result[part] = {**found, "seconds": round(time.perf_counter() - start, 1)}
+            result[part] = {**found, "seconds": round(time.perf_counter() - start, 1),
+                            "measured_by": result["command"]}
             print(f"{part}: {json.dumps(result[part])}", flush=True)
     finally:
         shutil.rmtree(work)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     from nasops.utils.files import write_json
+    if os.path.exists(args.out):  # (the parts not run this time keep their last results)
+        with open(args.out) as f:
+            result = {**json.load(f), **result}
     write_json(args.out, result)
     return 0
 

@@ -4,6 +4,7 @@ False and the caller says what was skipped. Figures are drawn without pyplot, so
 matplotlib backend is left alone, and written atomically."""
 from __future__ import annotations
 
+import functools
 import gc
 from dataclasses import dataclass
 
@@ -21,13 +22,22 @@ def _figure(**kw):
 
 
 def _save(fig, path: str) -> None:
-    """Writes the figure, then collects it: a Figure (with its canvas and rendered image) is
-    cyclic garbage, which Python's collector may leave for many epochs of a training run (they
-    held its memory growing by 22 MiB per 1,000 steps: benchmarks/memory_flat.py)."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    del fig
-    gc.collect()
+
+
+def _collected(draw):
+    """A plot function that collects its figure once it returns: a Figure (with its canvas and
+    rendered image) is cyclic garbage, which Python's collector may leave for many epochs of a
+    training run (a curves.png per epoch held its memory growing by 22 MiB per 1,000 steps:
+    benchmarks/memory_flat.py)."""
+    @functools.wraps(draw)
+    def plot(*args, **kwargs):
+        try:
+            return draw(*args, **kwargs)
+        finally:
+            gc.collect()
+    return plot
 
 
 @dataclass
@@ -39,6 +49,7 @@ class Points:
     intervals: tuple | None = None
 
 
+@_collected
 def plot_front(path: str, cloud: Points, results, pick_intervals=None, front: Points | None = None,
                *, ylabel: str, title: str, unit: str = "MFLOPs") -> bool:
     """The searched picks over a cloud of random sub-networks, a dotted line per budget; x is
@@ -88,6 +99,7 @@ def plot_front(path: str, cloud: Points, results, pick_intervals=None, front: Po
     return True
 
 
+@_collected
 def plot_training_curves(path: str, metrics: list[dict]) -> bool:
     """Losses and learning rate by step, held-out accuracy of the smallest and largest
     sub-networks by epoch, from a run's metrics.jsonl entries. False when matplotlib is
