@@ -226,10 +226,11 @@ def _train(cfg: Recipe, run_dir: str, resume, progress, stop_after_steps) -> dic
     if ckpt is not None and check_config(ckpt["config"]) != cfg:
         raise ValueError(f"{folder.checkpoint_path} was written with another config; resume "
                          f"continues the same run (see {folder.config_path})")
-    if ckpt is not None and ckpt["finished"] and folder.read_final() is not None:
+    final = folder.read_final() if ckpt is not None and ckpt["finished"] else None
+    if final is not None:
         if rank == 0:  # (a kill after the end: evaluating again would log the final twice)
             log.info("%s is finished; its results are in final.json", run_dir)
-        return folder.read_final()
+        return final
 
     # Everything that can fail on a bad recipe, file or dataset runs before the run directory
     # is made, so a run that cannot start leaves nothing behind.
