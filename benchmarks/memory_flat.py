@@ -1,6 +1,6 @@
 """Memory over long loops: resident memory (RSS) must stay flat after warm-up.
 
-    python benchmarks/memory_flat.py                       # the three parts below (~20 min)
+    python benchmarks/memory_flat.py                       # the three parts below (~7 min)
     python benchmarks/memory_flat.py --parts evaluate --evaluations 200   # a shorter look
 
 train:    a training run of at least --steps optimizer steps (`python -m nasops.train` on digits,
