@@ -41,7 +41,6 @@ TIMES = ("seconds", "eval_seconds")  # (metrics that differ between any two runs
 
 # -- the child: nasops.train with a hook that SIGKILLs it at the n-th occurrence of a moment ------
 def child(hook: str, nth: int, argv: list[str]) -> int:
-    from nasops.nn import checkpoint
     from nasops.train import loop, rundir
     from nasops.utils import files
     seen = [0]
@@ -54,9 +53,7 @@ def child(hook: str, nth: int, argv: list[str]) -> int:
         os.kill(os.getpid(), signal.SIGKILL)
 
     if hook == "checkpoint-half-written":
-        real_open = checkpoint.atomic_open
-
-        class HalfFile:
+        class HalfFile:  # (the checkpoint's temporary file: killed half-way through its bytes)
             def __init__(self, f):
                 self.f = f
 
@@ -67,16 +64,20 @@ def child(hook: str, nth: int, argv: list[str]) -> int:
                     die()
                 return self.f.write(data)
 
-        def atomic_open(path, mode="w"):
-            class Ctx:
-                def __enter__(self):
-                    self.cm = real_open(path, mode)
-                    return HalfFile(self.cm.__enter__())
+            def __getattr__(self, name):
+                return getattr(self.f, name)
 
-                def __exit__(self, *exc):
-                    return self.cm.__exit__(*exc)
-            return Ctx()
-        checkpoint.atomic_open = atomic_open
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.f.close()
+
+        def open_(path, mode="r", *args, **kwargs):
+            f = open(path, mode, *args, **kwargs)
+            checkpoint_tmp = os.path.basename(path).startswith("checkpoint.pt.") and mode == "wb"
+            return HalfFile(f) if checkpoint_tmp else f
+        files.open = open_
     elif hook in ("checkpoint-before-rename", "checkpoint-after-rename"):
         real_replace = files.os.replace
 
@@ -93,8 +94,7 @@ def child(hook: str, nth: int, argv: list[str]) -> int:
 
         def append_line(log, line):
             if due():
-                log.write(line[:len(line) // 2])
-                log.flush()
+                log.write(line[:len(line) // 2].encode())
                 die()
             real_append(log, line)
         rundir.append_line = append_line

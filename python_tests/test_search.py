@@ -229,7 +229,7 @@ def test_export_says_what_it_skipped_without_the_onnx_packages(tiny, tmp_path, m
 
     def failing(*args):
         raise ValueError("the exporter cannot\nhandle this")
-    monkeypatch.setattr(nasops.search.export, "_write_onnx", failing)
+    monkeypatch.setattr(nasops.search.export, "_onnx_bytes", failing)
     paths = export_subnet(net, space.sample(1, seed=0)[0], str(tmp_path / "net3"))
     assert paths["onnx_skipped"].endswith("ONNX exporter failed: ValueError: the exporter cannot")
     assert (tmp_path / "net3" / "model.ts").exists() and "onnx" not in paths

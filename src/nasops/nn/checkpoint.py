@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 
 import torch
 
 from .. import __version__
-from ..utils.files import atomic_open, load_tensors
+from ..utils.files import load_tensors, serialised, write_files
 
 # The layout of the supernet's weights changes the format's number (docs/guides/supernet.md:
 # State-dict layout).
@@ -25,15 +24,11 @@ OLD_FORMATS = {
 
 def save_checkpoint(path: str, payload: dict) -> None:
     """torch.save of `payload` with its checksum (see :func:`payload_sha256`), atomically
-    (nasops.utils.files): an interrupted run never leaves half a checkpoint. Serialised in
-    memory first, so that a failing disk raises Python's OSError naming `path` (torch's own
-    writer raises a RuntimeError that names neither)."""
+    (nasops.utils.files): an interrupted run never leaves half a checkpoint, and a full disk
+    raises an OSError naming `path`."""
     payload = {k: v for k, v in payload.items() if k != "sha256"}
     payload["sha256"] = payload_sha256(payload)
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    with atomic_open(path, "wb") as f:
-        f.write(buffer.getbuffer())
+    write_files({path: serialised(torch.save, payload)})
 
 
 def payload_sha256(payload: dict) -> str:

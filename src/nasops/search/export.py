@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import json
 import logging
 import os
 import warnings
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from ..data.augment import eval_size
-from ..utils.files import atomic_open, atomic_path, write_json
+from ..utils.files import serialised, write_files
 from ..nn import Supernet
 
 # A program whose outputs differ from the module's by more than this is not written: float32
@@ -88,21 +89,23 @@ def _checked_program(static: torch.nn.Module, x: torch.Tensor):
         return program, _difference(program.module()(x), static(x), "the torch.export program")
 
 
-def _write_onnx(static: torch.nn.Module, x: torch.Tensor, path: str) -> dict:
-    """model.onnx with a dynamic batch dimension; torch's exporter (dynamo) needs onnx and
-    onnxscript. With onnxruntime installed, the file is run on x and written only if its
-    outputs match `static`'s; returns what was checked."""
-    with _quiet_exporter(), atomic_path(path) as tmp:
-        torch.onnx.export(static, (x,), tmp, input_names=["x"], output_names=["logits"],
+def _onnx_bytes(static: torch.nn.Module, x: torch.Tensor) -> tuple[bytes, dict]:
+    """model.onnx's bytes, with a dynamic batch dimension; torch's exporter (dynamo) needs onnx
+    and onnxscript. With onnxruntime installed, the model is run on x and returned only if its
+    outputs match `static`'s. Returns (the bytes, what was checked)."""
+    buffer = io.BytesIO()
+    with _quiet_exporter():
+        torch.onnx.export(static, (x,), buffer, input_names=["x"], output_names=["logits"],
                           dynamo=True, external_data=False, dynamic_shapes=_batch_dim())
-        if importlib.util.find_spec("onnxruntime") is None:
-            return {"onnxruntime": "not installed: not run"}
-        import onnxruntime
-        session = onnxruntime.InferenceSession(tmp, providers=["CPUExecutionProvider"])
-        (got,) = session.run(None, {"x": x.numpy()})
-        with torch.no_grad():
-            diff = _difference(got, static(x), "onnxruntime")
-    return {"onnxruntime": onnxruntime.__version__, "max_abs_difference": diff}
+    model = buffer.getvalue()
+    if importlib.util.find_spec("onnxruntime") is None:
+        return model, {"onnxruntime": "not installed: not run"}
+    import onnxruntime
+    session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        diff = _difference(got, static(x), "onnxruntime")
+    return model, {"onnxruntime": onnxruntime.__version__, "max_abs_difference": diff}
 
 
 def onnx_unavailable() -> str | None:
@@ -164,6 +167,25 @@ def describe(space, arch) -> dict:
             "num_classes": space.num_classes}
 
 
+# the files of an export by kind (the keys of export_static's result)
+KINDS = {"state_dict": "state_dict.pt", "program": "model.pt2", "torchscript": "model.ts",
+         "onnx": "model.onnx", "meta": "meta.json"}
+
+
+def _add_onnx(contents: dict, checks: dict, static, x, required: bool) -> str | None:
+    """Adds model.onnx's bytes to `contents` and its check to `checks`; returns why it could not
+    (ONNX is an optional output unless `required`), or None."""
+    try:
+        contents["model.onnx"], checks["model.onnx"] = _onnx_bytes(static, x)
+        return None
+    except Exception as e:
+        if required:
+            raise
+        first_line = (str(e).strip().splitlines() or [""])[0][:300]
+        return (f"model.onnx not written: {first_line}" if isinstance(e, CheckFailed) else
+                f"torch {torch.__version__}'s ONNX exporter failed: {type(e).__name__}: {first_line}")
+
+
 def export_static(static: torch.nn.Module, meta: dict, out_dir: str, splits=None,
                   onnx: bool | None = None) -> dict:
     """Writes the static network `static` to `out_dir` (see the module's docstring). `meta`
@@ -178,43 +200,28 @@ def export_static(static: torch.nn.Module, meta: dict, out_dir: str, splits=None
     if onnx and unavailable:
         raise RuntimeError(f"ONNX export: {unavailable}")
     os.makedirs(out_dir, exist_ok=True)
-    paths = {name: os.path.join(out_dir, file) for name, file in
-             (("state_dict", "state_dict.pt"), ("program", "model.pt2"),
-              ("torchscript", "model.ts"), ("meta", "meta.json"))}
     x = _example(channels, resolution)
-    # the checks first: a program that computes something else stops the export before any file
-    # of it is written (model.onnx is checked before it replaces an earlier one)
+    # every file is made and checked in memory first: a program that computes something else
+    # stops the export before any file is written, and a full disk leaves the earlier export
     program, difference = _checked_program(static, x)
+    contents = {"state_dict.pt": serialised(torch.save, static.state_dict()),
+                "model.pt2": serialised(torch.export.save, program),
+                "model.ts": serialised(torch.jit.save, torch.jit.script(static))}
     checks = {"model.pt2": {"max_abs_difference": difference}}
-    if unavailable:
-        paths["onnx_skipped"] = unavailable
-    else:
-        try:
-            checks["model.onnx"] = _write_onnx(static, x, os.path.join(out_dir, "model.onnx"))
-            paths["onnx"] = os.path.join(out_dir, "model.onnx")
-        except Exception as e:  # ONNX is an optional output: say why it is missing instead
-            if onnx:
-                raise
-            first_line = (str(e).strip().splitlines() or [""])[0][:300]
-            paths["onnx_skipped"] = (f"model.onnx not written: {first_line}"
-                                     if isinstance(e, CheckFailed) else
-                                     f"torch {torch.__version__}'s ONNX exporter failed: "
-                                     f"{type(e).__name__}: {first_line}")
-    with atomic_path(paths["state_dict"]) as tmp:
-        torch.save(static.state_dict(), tmp)
-    with atomic_open(paths["program"], "wb") as f:  # (a file object: the saver wants .pt2 names)
-        torch.export.save(program, f)
-    with atomic_path(paths["torchscript"]) as tmp:
-        torch.jit.save(torch.jit.script(static), tmp)
-    # no file of an earlier export into the folder beside the new ones (export_int8 comes after)
-    for stale in ["model_int8.pt2"] + (["model.onnx"] if "onnx_skipped" in paths else []):
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(out_dir, stale))
+    skipped = unavailable or _add_onnx(contents, checks, static, x, required=bool(onnx))
     info = {"format": "nasops-export-1", **meta,
             "input": input_spec(channels, resolution, splits),
             "output": "logits [N, num_classes]; the predicted class is classes[argmax]",
             "checks": {"input": f"a random batch of {len(x)}", "tolerance": TOLERANCE, **checks}}
     if splits is not None:
         info["classes"] = list(splits.train.classes)
-    write_json(paths["meta"], info)
+    contents["meta.json"] = json.dumps(info, indent=2)
+    write_files({os.path.join(out_dir, name): data for name, data in contents.items()})
+    # no file of an earlier export beside the new ones (export_int8 comes after)
+    for stale in ["model_int8.pt2"] + (["model.onnx"] if skipped else []):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(out_dir, stale))
+    paths = {kind: os.path.join(out_dir, name) for kind, name in KINDS.items() if name in contents}
+    if skipped:
+        paths["onnx_skipped"] = skipped
     return paths

@@ -24,7 +24,7 @@ import warnings
 
 import torch
 
-from ..utils.files import atomic_open, write_json
+from ..utils.files import read_json, serialised, write_files
 from .export import export_program
 from .latency import using_threads
 
@@ -136,8 +136,7 @@ def export_int8(static: torch.nn.Module, out_dir: str, calibration, accuracy=Non
     {split: accuracy}), both networks' accuracies and the drop in points; with `max_drop`
     (points), whether the drop exceeds it. Returns that entry."""
     meta_path = os.path.join(out_dir, "meta.json")
-    with open(meta_path) as f:
-        meta = json.load(f)
+    meta = read_json(meta_path, "export's meta.json")
     channels, resolution = meta["channels"], meta["resolution"]
     calibration = list(calibration)
     example = torch.zeros(2, channels, resolution, resolution)
@@ -146,8 +145,6 @@ def export_int8(static: torch.nn.Module, out_dir: str, calibration, accuracy=Non
     with _quiet():
         program = torch.export.export(quantized, (example,),
                                       dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}})
-    with atomic_open(path, "wb") as f:  # (a file object: the saver wants names ending .pt2)
-        torch.export.save(program, f)
     entry = {"file": "model_int8.pt2", "scheme": "x86 static: int8 per-channel weights, "
                                                  "per-tensor activations (PT2E, torchao)",
              "calibration_images": sum(len(x) for x in calibration), "load": LOAD,
@@ -161,7 +158,8 @@ def export_int8(static: torch.nn.Module, out_dir: str, calibration, accuracy=Non
             entry["max_drop_points"] = max_drop
             entry["drop_exceeds_max"] = any(d > max_drop for d in entry["drop_points"].values())
     meta["int8"] = entry
-    write_json(meta_path, meta)
+    write_files({path: serialised(torch.export.save, program),
+                 meta_path: json.dumps(meta, indent=2)})
     return entry
 
 
