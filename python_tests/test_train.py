@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,6 +56,32 @@ def test_resume_gives_the_uninterrupted_weights(tiny, tmp_path, channels_last):
     assert resumed == full
     lines = [json.loads(l) for l in open(tmp_path / "part" / "metrics.jsonl")]
     assert [l["step"] for l in lines if "lr" in l] == list(range(1, 19))  # no step lost or repeated
+
+
+def test_checkpoint_every_bounds_what_a_kill_loses(tiny, tmp_path, monkeypatch):
+    """checkpoint_every=3, 9 steps an epoch: checkpoints at steps 0, 3, 6, 9 (the epoch's end,
+    written once), 12, 15 and 18; what a kill just after step 12's leaves resumes to the
+    uninterrupted run, and the checkpoints change neither its weights nor its metrics."""
+    from nasops.train.rundir import RunDir
+    train_mod.train(config(tiny), str(tmp_path / "plain"), progress=False)
+    real, saved = RunDir.save_checkpoint, []
+
+    def save_checkpoint(self, payload):
+        real(self, payload)
+        saved.append((payload["epoch"], payload["step"], payload["finished"]))
+        if saved[-1] == (1, 3, False):  # (a SIGKILL now leaves this directory)
+            shutil.copytree(self.path, tmp_path / "killed")
+    monkeypatch.setattr(RunDir, "save_checkpoint", save_checkpoint)
+    cfg = config(tiny, checkpoint_every=3)
+    full = train_mod.train(cfg, str(tmp_path / "full"), progress=False)
+    assert saved == [(0, 0, False), (0, 3, False), (0, 6, False), (1, 0, False), (1, 3, False),
+                     (1, 6, False), (2, 0, False), (2, 0, True)]
+    assert_same_weights(weights(tmp_path / "plain"), weights(tmp_path / "full"))
+    assert metrics_lines(tmp_path / "plain") == metrics_lines(tmp_path / "full")
+    monkeypatch.undo()
+    assert train_mod.train(cfg, str(tmp_path / "killed"), resume=True, progress=False) == full
+    assert_same_weights(weights(tmp_path / "full"), weights(tmp_path / "killed"))
+    assert metrics_lines(tmp_path / "killed") == metrics_lines(tmp_path / "full")
 
 
 def metrics_lines(run_dir):

@@ -338,13 +338,17 @@ class _Loop:
             step += 1
             sums += finite.numpy()
             count += 1
+            so_far = {"sums": sums.tolist(), "count": count}
             if stop_now:  # (the record first: what the checkpoint's metrics keep on resume)
                 self.folder.record({"event": "interrupted", "epoch": epoch + 1, "step": global_step})
-                self.checkpoint(epoch, step, epoch_losses={"sums": sums.tolist(), "count": count})
+                self.checkpoint(epoch, step, epoch_losses=so_far)
                 if self.rank == 0 and self.stop.requested is not None:
                     log.warning("interrupted after %s; checkpoint saved, resume with --resume %s",
                                 self.where(epoch, global_step), self.folder.path)
                 return {"interrupted": global_step}
+            every = self.run.cfg["checkpoint_every"]
+            if every and global_step % every == 0 and step < self.steps_per_epoch:
+                self.checkpoint(epoch, step, epoch_losses=so_far)  # (the epoch's end has its own)
         return self.epoch_entry(epoch, sums, count, start)
 
     def where(self, epoch: int, global_step: int) -> str:

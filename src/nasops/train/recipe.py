@@ -159,6 +159,9 @@ class Recipe(Mapping):
     # bookkeeping
     seed: int = option(0, "seed of everything: initialisation, data order, augmentation, sampling")
     log_every: int = option(10, "steps between loss lines in metrics.jsonl")
+    checkpoint_every: int = option(0,
+        "steps between checkpoints within an epoch, which bound what a kill or a power loss "
+        "loses (0: at the end of each epoch only)")
     eval_every: int = option(1,
         "epochs between held-out accuracies of the smallest and largest (0: only at the end)")
     eval_batch_size: int = option(256, "batch size of evaluation")
@@ -226,7 +229,7 @@ def apply_overrides(config: Mapping, overrides: list[str]) -> Recipe:
 # What each key allows, by kind (the registries', the loss options' and the cross-key rules
 # are in check_config).
 _INTEGERS = {"epochs": 1, "batch_size": 1, "num_sampled": 0, "pool_size": 1, "n_prior": 1,
-             "log_every": 1, "eval_every": 0, "eval_batch_size": 1, "calib_images": 1,
+             "log_every": 1, "checkpoint_every": 0, "eval_every": 0, "eval_batch_size": 1, "calib_images": 1,
              "workers": 0, "seed": 0, "holdout_seed": 0, "nao_rounds": 1, "nao_pool": 2,
              "nao_seeds": 1, "nao_new": 1}
 _INTEGERS_OR_NULL = {"image_size": 8, "limit": 2, "lr_batch": 1}
