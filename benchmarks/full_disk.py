@@ -63,15 +63,20 @@ def empty(mount: str) -> None:
         os.remove(os.path.join(mount, FILLER))
 
 
-def snapshot(folder: str) -> dict:
-    """{relative path: bytes} of every file under `folder` but the filler."""
+def snapshot(output: str) -> dict:
+    """{relative path: bytes} of every file under the folder `output` but the filler; of a file
+    `output`, of it and the temporary files beside it."""
+    if os.path.isdir(output):
+        base = output
+        paths = [os.path.join(root, name) for root, _, names in os.walk(output)
+                 for name in names if name != FILLER]
+    else:
+        base, name = os.path.split(output)
+        paths = [os.path.join(base, n) for n in os.listdir(base) if n.startswith(name)]
     files = {}
-    for root, _, names in os.walk(folder):
-        for name in names:
-            path = os.path.join(root, name)
-            if name != FILLER:
-                with open(path, "rb") as f:
-                    files[os.path.relpath(path, folder)] = f.read()
+    for path in paths:
+        with open(path, "rb") as f:
+            files[os.path.relpath(path, base)] = f.read()
     return files
 
 
@@ -128,7 +133,7 @@ def train_case(mount: str, space: str, reference: str, room: int) -> dict:
         a, b = weights(reference), weights(run)
         if a.keys() != b.keys() or any(not a[k].equal(b[k]) for k in a):
             problems.append("the resumed run's weights differ from the uninterrupted run's")
-    return {"command": "train", "room_bytes": room, "free_bytes": free,
+    return {"command": "train", "room_bytes": room, "free_bytes": free, "files_kept": len(before),
             "error": (stderr.strip().splitlines() or [""])[-1], "problems": problems}
 
 

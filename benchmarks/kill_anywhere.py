@@ -1,7 +1,7 @@
 """Kill anywhere: a training run SIGKILLed at N moments, resumed each time, ends on the weights of
 the run that was never interrupted, bit for bit.
 
-    python benchmarks/kill_anywhere.py                  # 24 kills of the digits recipe, 3 epochs (~10 min)
+    python benchmarks/kill_anywhere.py                  # 24 kills of the digits recipe, 3 epochs (~20 min)
     python benchmarks/kill_anywhere.py --kills 4 space=PATH.yaml limit=320   # (the test's)
 
 First an uninterrupted run (`python -m nasops.train --recipe digits epochs=3 log_every=1`).
